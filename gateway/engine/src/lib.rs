@@ -1,0 +1,124 @@
+//! The engine seam: one trait that every engine implements (ONNX Runtime on
+//! the CPU, TensorRT on the GPU, a regional cloud endpoint).
+//!
+//! An engine instance runs one batch at a time; the scheduler owns several
+//! instances and decides what goes where. Engines never run model code on the
+//! async runtime's threads: `run` hands the batch to the engine's own thread
+//! (or to the network) and returns a future of the outputs.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+
+use nusa_tensor::{DataType, Tensor, TensorData};
+
+/// A tensor the model takes or gives: name, datatype, and shape with -1 for
+/// every variable dimension.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub datatype: DataType,
+    pub shape: Vec<i64>,
+}
+
+/// What an engine reports about the model it loaded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelMetadata {
+    /// Triton's platform string, e.g. `onnxruntime_onnx`.
+    pub platform: String,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+}
+
+impl ModelMetadata {
+    /// True when every input and output has a variable first dimension, so
+    /// requests can be concatenated along it.
+    pub fn batchable(&self) -> bool {
+        self.inputs
+            .iter()
+            .chain(&self.outputs)
+            .all(|t| t.shape.first().is_some_and(|&d| d < 0))
+    }
+
+    pub fn input(&self, name: &str) -> Option<&TensorSpec> {
+        self.inputs.iter().find(|t| t.name == name)
+    }
+
+    pub fn output(&self, name: &str) -> Option<&TensorSpec> {
+        self.outputs.iter().find(|t| t.name == name)
+    }
+}
+
+/// One input of a batch: the parts of each request in order, to be gathered
+/// by the engine into its own input buffer along the first dimension.
+#[derive(Clone, Debug)]
+pub struct BatchInput {
+    pub name: String,
+    pub datatype: DataType,
+    /// Shape of the whole batch (first dimension = total rows).
+    pub shape: Vec<i64>,
+    pub parts: Vec<TensorData>,
+}
+
+impl BatchInput {
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(TensorData::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Copies every part, in order, into `out` (exactly `self.len()` bytes).
+    pub fn gather_into(&self, out: &mut [u8]) {
+        let mut at = 0;
+        for p in &self.parts {
+            let n = p.len();
+            p.copy_to(&mut out[at..at + n]);
+            at += n;
+        }
+    }
+}
+
+/// Whether an engine can take work.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    Ready,
+    Unavailable(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("loading model {path}: {message}")]
+    Load { path: PathBuf, message: String },
+    #[error("the engine library is not available: {0}")]
+    Library(String),
+    #[error("engine rejected the input: {0}")]
+    Input(String),
+    #[error("engine failed: {0}")]
+    Run(String),
+    #[error("engine instance stopped")]
+    Stopped,
+}
+
+pub type RunFuture = Pin<Box<dyn Future<Output = Result<Vec<Tensor>, EngineError>> + Send>>;
+
+/// One loaded instance of one model version.
+pub trait Engine: Send + Sync + 'static {
+    fn metadata(&self) -> &ModelMetadata;
+
+    /// Runs one batch; the outputs come back in the model's output order with
+    /// their full batch shapes.
+    fn run(&self, inputs: Vec<BatchInput>) -> RunFuture;
+
+    fn health(&self) -> Health;
+}
+
+/// How to load a model file into an engine: one per kind of engine.
+pub trait EngineFactory: Send + Sync + 'static {
+    /// The file name in a version directory this engine loads, e.g. `model.onnx`.
+    fn model_file(&self) -> &'static str;
+
+    /// Loads one instance. Called off the async runtime (it may block).
+    fn load(&self, path: &std::path::Path) -> Result<Box<dyn Engine>, EngineError>;
+}

@@ -1,0 +1,104 @@
+/// The endpoints of the protocol, parsed from a request path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    Live,
+    Ready,
+    ServerMetadata,
+    ModelMetadata { model: String, version: Option<String> },
+    ModelReady { model: String, version: Option<String> },
+    ModelConfig { model: String, version: Option<String> },
+    ModelStats { model: Option<String>, version: Option<String> },
+    Infer { model: String, version: Option<String> },
+    RepositoryIndex,
+}
+
+/// Parses a path (without query). `None` means no such endpoint.
+pub fn parse_route(path: &str) -> Option<Route> {
+    let path = path.strip_suffix('/').unwrap_or(path);
+    let parts: Vec<&str> = path.split('/').collect();
+    // parts[0] is the empty string before the leading '/'.
+    if parts.first() != Some(&"") || parts.get(1) != Some(&"v2") {
+        return None;
+    }
+    let rest = &parts[2..];
+    let owned = |s: &str| percent_decode(s);
+    Some(match rest {
+        [] => Route::ServerMetadata,
+        ["health", "live"] => Route::Live,
+        ["health", "ready"] => Route::Ready,
+        ["repository", "index"] => Route::RepositoryIndex,
+        ["models", "stats"] => Route::ModelStats {
+            model: None,
+            version: None,
+        },
+        ["models", m, tail @ ..] => {
+            let model = owned(m)?;
+            let (version, tail) = match tail {
+                ["versions", v, t @ ..] => (Some(owned(v)?), t),
+                t => (None, t),
+            };
+            match tail {
+                [] => Route::ModelMetadata { model, version },
+                ["ready"] => Route::ModelReady { model, version },
+                ["config"] => Route::ModelConfig { model, version },
+                ["stats"] => Route::ModelStats {
+                    model: Some(model),
+                    version,
+                },
+                ["infer"] => Route::Infer { model, version },
+                _ => return None,
+            }
+        }
+        _ => return None,
+    })
+}
+
+/// Decodes %XX escapes; `None` for a bad escape, non-UTF-8 or an empty name.
+fn percent_decode(s: &str) -> Option<String> {
+    if s.is_empty() {
+        return None;
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(parse_route("/v2/health/live"), Some(Route::Live));
+        assert_eq!(parse_route("/v2/"), Some(Route::ServerMetadata));
+        assert_eq!(
+            parse_route("/v2/models/tiny-cnn/versions/3/infer"),
+            Some(Route::Infer {
+                model: "tiny-cnn".into(),
+                version: Some("3".into())
+            })
+        );
+        assert_eq!(
+            parse_route("/v2/models/a%20b/ready"),
+            Some(Route::ModelReady {
+                model: "a b".into(),
+                version: None
+            })
+        );
+        assert_eq!(parse_route("/v2/models//infer"), None);
+        assert_eq!(parse_route("/v2/models/m/versions/1/bogus"), None);
+        assert_eq!(parse_route("/v1/models"), None);
+        assert_eq!(parse_route("/v2/models/%zz"), None);
+    }
+}

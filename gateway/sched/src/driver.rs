@@ -1,0 +1,320 @@
+//! The tokio task that drives a [`Batcher`]: it owns the queue, reads the
+//! clock, starts batches on engine instances and splits their outputs back
+//! to the requests. Callers hold a [`Scheduler`] handle (an actor's mailbox).
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use nusa_engine::{BatchInput, Engine, EngineError, ModelMetadata};
+use nusa_telemetry::ModelMetrics;
+use nusa_tensor::{bytes_elements, element_count, DataType, Tensor, TensorData};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::batcher::{Batch, Batcher, Micros, Policy, Rejection, RequestInfo};
+
+/// Where the time of one request went.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timing {
+    pub queue: Duration,
+    pub compute: Duration,
+    /// Rows in the batch the request ran in.
+    pub batch_rows: usize,
+}
+
+#[derive(Debug)]
+pub struct InferOutcome {
+    /// This request's rows of every output, in the model's output order.
+    pub outputs: Vec<Tensor>,
+    pub timing: Timing,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedError {
+    #[error("the model's queue is full ({capacity} requests waiting)")]
+    QueueFull { capacity: usize },
+    #[error("the request has {rows} rows but the model's max_batch_size is {max}")]
+    TooManyRows { rows: usize, max: usize },
+    #[error("the request waited in the queue past its timeout")]
+    Timeout,
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("the scheduler stopped")]
+    Stopped,
+}
+
+struct Job {
+    inputs: Vec<Tensor>,
+    rows: usize,
+    reply: oneshot::Sender<Result<InferOutcome, SchedError>>,
+}
+
+enum Msg {
+    Submit(Job, RequestInfo),
+    /// An instance finished its batch.
+    Done(usize),
+}
+
+enum Wake {
+    Msg(Msg),
+    /// The batcher's wake-up time came.
+    Tick,
+    /// Every handle is gone.
+    Closed,
+}
+
+/// Handle to one model version's batching queue.
+#[derive(Clone)]
+pub struct Scheduler {
+    tx: mpsc::UnboundedSender<Msg>,
+    batching: bool,
+}
+
+impl Scheduler {
+    /// Starts the driver task on the current runtime.
+    pub fn spawn(policy: Policy, engines: Vec<Arc<dyn Engine>>, metadata: ModelMetadata, metrics: ModelMetrics) -> Scheduler {
+        let policy = Policy {
+            instances: engines.len(),
+            ..policy
+        };
+        let batching = policy.max_batch_size > 0;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let driver = Driver {
+            batcher: Batcher::new(policy),
+            engines,
+            metadata: Arc::new(metadata),
+            metrics,
+            origin: Instant::now(),
+            done: tx.downgrade(),
+            batching,
+        };
+        tokio::spawn(driver.run(rx));
+        Scheduler { tx, batching }
+    }
+
+    pub fn batching(&self) -> bool {
+        self.batching
+    }
+
+    /// Queues one request whose inputs are already checked against the
+    /// model (every input present, in the model's order, with one batch
+    /// dimension of `rows` when batching).
+    pub async fn infer(&self, inputs: Vec<Tensor>, rows: usize, priority: u64, timeout_us: u64) -> Result<InferOutcome, SchedError> {
+        let (reply, rx) = oneshot::channel();
+        let info = RequestInfo {
+            rows,
+            shape_key: shape_key(&inputs, self.batching),
+            priority,
+            timeout_us,
+        };
+        let job = Job {
+            inputs,
+            rows,
+            reply,
+        };
+        self.tx.send(Msg::Submit(job, info)).map_err(|_| SchedError::Stopped)?;
+        rx.await.map_err(|_| SchedError::Stopped)?
+    }
+}
+
+/// Requests batch together only when every dimension but the first agrees.
+fn shape_key(inputs: &[Tensor], batching: bool) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for t in inputs {
+        let dims = if batching { t.shape.get(1..).unwrap_or(&[]) } else { &t.shape[..] };
+        dims.hash(&mut h);
+    }
+    h.finish()
+}
+
+struct Driver {
+    batcher: Batcher<Job>,
+    engines: Vec<Arc<dyn Engine>>,
+    metadata: Arc<ModelMetadata>,
+    metrics: ModelMetrics,
+    origin: Instant,
+    // Weak, so the task ends once every Scheduler handle is gone.
+    done: mpsc::WeakUnboundedSender<Msg>,
+    batching: bool,
+}
+
+impl Driver {
+    fn now(&self) -> Micros {
+        self.origin.elapsed().as_micros() as Micros
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+        let mut wake_at: Option<Micros> = None;
+        loop {
+            let wake = match wake_at {
+                Some(t) => {
+                    let deadline = self.origin + Duration::from_micros(t);
+                    tokio::select! {
+                        m = rx.recv() => m.map_or(Wake::Closed, Wake::Msg),
+                        _ = tokio::time::sleep_until(deadline) => Wake::Tick,
+                    }
+                }
+                None => rx.recv().await.map_or(Wake::Closed, Wake::Msg),
+            };
+            let now = self.now();
+            match wake {
+                Wake::Closed => break,
+                Wake::Tick => {}
+                Wake::Msg(Msg::Submit(job, info)) => {
+                    if let Err((job, why)) = self.batcher.enqueue(job, info, now) {
+                        let err = match why {
+                            Rejection::QueueFull { capacity } => SchedError::QueueFull { capacity },
+                            Rejection::TooManyRows { rows, max } => SchedError::TooManyRows { rows, max },
+                        };
+                        let _ = job.reply.send(Err(err));
+                    }
+                }
+                Wake::Msg(Msg::Done(instance)) => self.batcher.release(instance),
+            }
+            let poll = self.batcher.poll(now);
+            for q in poll.expired {
+                let _ = q.item.reply.send(Err(SchedError::Timeout));
+            }
+            for batch in poll.batches {
+                self.start(batch, now);
+            }
+            self.metrics.queue_depth.set(self.batcher.queued() as i64);
+            wake_at = poll.wake_at;
+        }
+    }
+
+    fn start(&self, batch: Batch<Job>, now: Micros) {
+        let engine = Arc::clone(&self.engines[batch.instance]);
+        let metadata = Arc::clone(&self.metadata);
+        let metrics = self.metrics.clone();
+        let done = self.done.clone();
+        let batching = self.batching;
+        let rows = batch.rows();
+        metrics.batch_size.observe(rows as f64);
+        let instance = batch.instance;
+        let queued: Vec<(Job, Duration)> = batch
+            .items
+            .into_iter()
+            .map(|q| {
+                let waited = Duration::from_micros(now.saturating_sub(q.enqueued));
+                metrics.queue.observe(waited.as_secs_f64());
+                (q.item, waited)
+            })
+            .collect();
+        tokio::spawn(async move {
+            let inputs = batch_inputs(&metadata, &queued, rows, batching);
+            let started = Instant::now();
+            let result = engine.run(inputs).await;
+            let compute = started.elapsed();
+            metrics.compute.observe(compute.as_secs_f64());
+            if let Some(tx) = done.upgrade() {
+                let _ = tx.send(Msg::Done(instance));
+            }
+            match result.and_then(|outs| split_outputs(outs, &queued, rows, batching)) {
+                Ok(per_request) => {
+                    for ((job, waited), outputs) in queued.into_iter().zip(per_request) {
+                        let timing = Timing {
+                            queue: waited,
+                            compute,
+                            batch_rows: rows,
+                        };
+                        let _ = job.reply.send(Ok(InferOutcome { outputs, timing }));
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    for (job, _) in queued {
+                        let _ = job.reply.send(Err(SchedError::Engine(EngineError::Run(msg.clone()))));
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// One input per model input: each request's bytes as parts, gathered by the
+/// engine into its own buffer.
+fn batch_inputs(metadata: &ModelMetadata, jobs: &[(Job, Duration)], rows: usize, batching: bool) -> Vec<BatchInput> {
+    metadata
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let first = &jobs[0].0.inputs[i];
+            let mut shape = first.shape.clone();
+            if batching {
+                shape[0] = rows as i64;
+            }
+            BatchInput {
+                name: spec.name.clone(),
+                datatype: first.datatype,
+                shape,
+                parts: jobs.iter().map(|(j, _)| j.inputs[i].data.clone()).collect(),
+            }
+        })
+        .collect()
+}
+
+/// Cuts every output along the batch dimension, request by request. Slices
+/// of the engine's output buffer: no copy.
+fn split_outputs(outputs: Vec<Tensor>, jobs: &[(Job, Duration)], rows: usize, batching: bool) -> Result<Vec<Vec<Tensor>>, EngineError> {
+    let mut per_request: Vec<Vec<Tensor>> = jobs.iter().map(|_| Vec::with_capacity(outputs.len())).collect();
+    if !batching {
+        per_request[0] = outputs;
+        return Ok(per_request);
+    }
+    for out in outputs {
+        if out.shape.first().copied() != Some(rows as i64) {
+            return Err(EngineError::Run(format!(
+                "output '{}' has shape {:?}, expected {rows} rows",
+                out.name, out.shape
+            )));
+        }
+        let per_row = element_count(&out.shape[1..]).unwrap_or(0);
+        let data = out.data.contiguous();
+        let offsets = row_offsets(&out, &data, rows, per_row)?;
+        let mut row = 0;
+        for ((job, _), dest) in jobs.iter().zip(per_request.iter_mut()) {
+            let mut shape = out.shape.clone();
+            shape[0] = job.rows as i64;
+            let (start, end) = (offsets[row], offsets[row + job.rows]);
+            row += job.rows;
+            dest.push(Tensor {
+                name: out.name.clone(),
+                datatype: out.datatype,
+                shape,
+                data: TensorData::from(data.slice(start..end)),
+            });
+        }
+    }
+    Ok(per_request)
+}
+
+/// Byte offset where each row starts, plus the end.
+fn row_offsets(out: &Tensor, data: &Bytes, rows: usize, per_row: usize) -> Result<Vec<usize>, EngineError> {
+    match out.datatype.element_size() {
+        Some(size) => Ok((0..=rows).map(|r| r * per_row * size).collect()),
+        None => {
+            debug_assert_eq!(out.datatype, DataType::Bytes);
+            let elements = bytes_elements(data).map_err(EngineError::Run)?;
+            let mut offsets = Vec::with_capacity(rows + 1);
+            let mut at = 0;
+            for (i, e) in elements.iter().enumerate() {
+                if i % per_row.max(1) == 0 {
+                    offsets.push(at);
+                }
+                at += 4 + e.len();
+            }
+            offsets.push(at);
+            if offsets.len() != rows + 1 {
+                return Err(EngineError::Run(format!("BYTES output '{}' does not split into {rows} rows", out.name)));
+            }
+            Ok(offsets)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

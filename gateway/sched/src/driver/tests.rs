@@ -1,0 +1,186 @@
+//! The driver under tokio's paused clock, with a test double for the engine.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nusa_engine::{BatchInput, Engine, EngineError, Health, ModelMetadata, RunFuture, TensorSpec};
+use nusa_telemetry::ModelMetrics;
+use nusa_tensor::{DataType, Tensor, TensorData};
+use parking_lot::Mutex;
+
+use super::*;
+
+/// Test double: doubles an FP32 input `x` [-1, 2] into output `y`, taking
+/// `delay` of (simulated) time per batch and recording batch sizes.
+struct Doubler {
+    metadata: ModelMetadata,
+    delay: Duration,
+    batches: Arc<Mutex<Vec<usize>>>,
+    fail: bool,
+}
+
+impl Doubler {
+    fn new(delay_ms: u64, batches: Arc<Mutex<Vec<usize>>>) -> Doubler {
+        let spec = |name: &str| TensorSpec {
+            name: name.into(),
+            datatype: DataType::Fp32,
+            shape: vec![-1, 2],
+        };
+        Doubler {
+            metadata: ModelMetadata {
+                platform: "test-double".into(),
+                inputs: vec![spec("x")],
+                outputs: vec![spec("y")],
+            },
+            delay: Duration::from_millis(delay_ms),
+            batches,
+            fail: false,
+        }
+    }
+}
+
+impl Engine for Doubler {
+    fn metadata(&self) -> &ModelMetadata {
+        &self.metadata
+    }
+
+    fn run(&self, inputs: Vec<BatchInput>) -> RunFuture {
+        let input = inputs.into_iter().next().unwrap();
+        self.batches.lock().push(input.shape[0] as usize);
+        let delay = self.delay;
+        let fail = self.fail;
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            if fail {
+                return Err(EngineError::Run("injected failure".into()));
+            }
+            let mut buf = vec![0u8; input.len()];
+            input.gather_into(&mut buf);
+            let out: Vec<u8> = buf
+                .chunks_exact(4)
+                .flat_map(|c| (f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * 2.0).to_le_bytes())
+                .collect();
+            Ok(vec![Tensor {
+                name: "y".into(),
+                datatype: DataType::Fp32,
+                shape: input.shape,
+                data: TensorData::from(out),
+            }])
+        })
+    }
+
+    fn health(&self) -> Health {
+        Health::Ready
+    }
+}
+
+fn rows(values: &[f32]) -> Tensor {
+    Tensor {
+        name: "x".into(),
+        datatype: DataType::Fp32,
+        shape: vec![(values.len() / 2) as i64, 2],
+        data: TensorData::from(values.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>()),
+    }
+}
+
+fn floats(t: &Tensor) -> Vec<f32> {
+    t.data
+        .contiguous()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+fn scheduler(policy: Policy, delay_ms: u64) -> (Scheduler, Arc<Mutex<Vec<usize>>>) {
+    let batches = Arc::new(Mutex::new(Vec::new()));
+    let engine = Doubler::new(delay_ms, batches.clone());
+    let metadata = engine.metadata.clone();
+    let s = Scheduler::spawn(policy, vec![Arc::new(engine)], metadata, ModelMetrics::detached());
+    (s, batches)
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_requests_share_a_batch_and_get_their_own_rows() {
+    let (s, batches) = scheduler(
+        Policy {
+            max_batch_size: 8,
+            max_queue_delay_us: 5_000,
+            ..Policy::default()
+        },
+        1,
+    );
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let s = s.clone();
+        let n = 1 + (i % 2);
+        let vals: Vec<f32> = (0..n * 2).map(|k| (i * 10 + k) as f32).collect();
+        tasks.push(tokio::spawn(async move {
+            let out = s.infer(vec![rows(&vals)], n, 0, 0).await.unwrap();
+            (vals, out)
+        }));
+    }
+    for t in tasks {
+        let (vals, out) = t.await.unwrap();
+        let want: Vec<f32> = vals.iter().map(|v| v * 2.0).collect();
+        assert_eq!(floats(&out.outputs[0]), want);
+        assert_eq!(out.outputs[0].shape, vec![(vals.len() / 2) as i64, 2]);
+        assert_eq!(out.timing.batch_rows, 6);
+    }
+    assert_eq!(*batches.lock(), vec![6]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn queue_timeout_and_queue_full_are_reported() {
+    let (s, _) = scheduler(
+        Policy {
+            max_batch_size: 1,
+            max_queue_size: 1,
+            default_timeout_us: 2_000,
+            ..Policy::default()
+        },
+        10,
+    );
+    let busy = tokio::spawn({
+        let s = s.clone();
+        async move { s.infer(vec![rows(&[1.0, 2.0])], 1, 0, 0).await }
+    });
+    tokio::time::sleep(Duration::from_micros(10)).await;
+    let waiting = tokio::spawn({
+        let s = s.clone();
+        async move { s.infer(vec![rows(&[1.0, 2.0])], 1, 0, 0).await }
+    });
+    tokio::time::sleep(Duration::from_micros(10)).await;
+    let full = s.infer(vec![rows(&[1.0, 2.0])], 1, 0, 0).await;
+    assert!(matches!(full, Err(SchedError::QueueFull { capacity: 1 })), "{full:?}");
+    assert!(matches!(waiting.await.unwrap(), Err(SchedError::Timeout)));
+    assert!(busy.await.unwrap().is_ok());
+    let too_big = s.infer(vec![rows(&[1.0, 2.0, 3.0, 4.0])], 2, 0, 0).await;
+    assert!(matches!(too_big, Err(SchedError::TooManyRows { rows: 2, max: 1 })));
+}
+
+#[tokio::test(start_paused = true)]
+async fn engine_failure_reaches_every_request_and_the_queue_goes_on() {
+    let batches = Arc::new(Mutex::new(Vec::new()));
+    let mut engine = Doubler::new(1, batches.clone());
+    engine.fail = true;
+    let metadata = engine.metadata.clone();
+    let s = Scheduler::spawn(
+        Policy {
+            max_batch_size: 4,
+            max_queue_delay_us: 1_000,
+            ..Policy::default()
+        },
+        vec![Arc::new(engine)],
+        metadata,
+        ModelMetrics::detached(),
+    );
+    let (a, b) = tokio::join!(
+        s.infer(vec![rows(&[1.0, 2.0])], 1, 0, 0),
+        s.infer(vec![rows(&[3.0, 4.0])], 1, 0, 0)
+    );
+    assert!(matches!(a, Err(SchedError::Engine(_))));
+    assert!(matches!(b, Err(SchedError::Engine(_))));
+    let c = s.infer(vec![rows(&[3.0, 4.0])], 1, 0, 0).await;
+    assert!(matches!(c, Err(SchedError::Engine(_))), "next batch still runs");
+    assert_eq!(*batches.lock(), vec![2, 1]);
+}

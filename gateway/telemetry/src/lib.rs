@@ -1,0 +1,183 @@
+//! Metrics in Prometheus text format. The families are fixed here so that
+//! their names and labels are one list the docs can point to.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use prometheus_client::encoding::{text::encode, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    model: String,
+    outcome: String,
+    protocol: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    model: String,
+    phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    model: String,
+}
+
+#[derive(Clone)]
+struct Buckets(fn() -> Histogram);
+
+impl MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        (self.0)()
+    }
+}
+
+fn latency_buckets() -> Histogram {
+    // 50us .. ~26s, doubling.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+}
+
+fn batch_buckets() -> Histogram {
+    Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0])
+}
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<PhaseLabels, Histogram, Buckets>,
+    batch_size: Family<ModelLabels, Histogram, Buckets>,
+    queue_depth: Family<ModelLabels, Gauge>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("nusa");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let duration = Family::new_with_constructor(Buckets(latency_buckets));
+        let batch_size = Family::new_with_constructor(Buckets(batch_buckets));
+        let queue_depth = Family::<ModelLabels, Gauge>::default();
+        registry.register(
+            "requests",
+            "Inference requests by model, outcome and protocol (http1, http2, http3)",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Inference request latency by phase: queue (waiting for a batch), compute (the batch on the engine), total (received to answered)",
+            duration.clone(),
+        );
+        registry.register("batch_size", "Rows per batch run on an engine", batch_size.clone());
+        registry.register(
+            "queue_depth",
+            "Requests waiting in a model's batching queue",
+            queue_depth.clone(),
+        );
+        Arc::new(Metrics {
+            registry: Mutex::new(registry),
+            requests,
+            duration,
+            batch_size,
+            queue_depth,
+        })
+    }
+
+    /// The exposition text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry.lock());
+        out
+    }
+
+    pub fn request(&self, model: &str, outcome: &str, protocol: &str) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                model: model.to_string(),
+                outcome: outcome.to_string(),
+                protocol: protocol.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn total_latency(&self, model: &str, seconds: f64) {
+        self.phase(model, "total", seconds);
+    }
+
+    /// Handles for one model, cheap to clone and to record into.
+    pub fn model(&self, model: &str) -> ModelMetrics {
+        let m = ModelLabels {
+            model: model.to_string(),
+        };
+        let phase = |phase| {
+            self.duration
+                .get_or_create(&PhaseLabels {
+                    model: model.to_string(),
+                    phase,
+                })
+                .clone()
+        };
+        ModelMetrics {
+            queue: phase("queue"),
+            compute: phase("compute"),
+            batch_size: self.batch_size.get_or_create(&m).clone(),
+            queue_depth: self.queue_depth.get_or_create(&m).clone(),
+        }
+    }
+
+    fn phase(&self, model: &str, phase: &'static str, seconds: f64) {
+        self.duration
+            .get_or_create(&PhaseLabels {
+                model: model.to_string(),
+                phase,
+            })
+            .observe(seconds);
+    }
+}
+
+/// Per-model metric handles for the scheduler.
+#[derive(Clone)]
+pub struct ModelMetrics {
+    pub queue: Histogram,
+    pub compute: Histogram,
+    pub batch_size: Histogram,
+    pub queue_depth: Gauge,
+}
+
+impl ModelMetrics {
+    /// Handles registered nowhere, for tests and tools.
+    pub fn detached() -> ModelMetrics {
+        ModelMetrics {
+            queue: latency_buckets(),
+            compute: latency_buckets(),
+            batch_size: batch_buckets(),
+            queue_depth: Gauge::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_appear_in_the_text() {
+        let m = Metrics::new();
+        m.request("tiny-cnn", "ok", "http2");
+        let mm = m.model("tiny-cnn");
+        mm.batch_size.observe(3.0);
+        mm.queue_depth.set(2);
+        m.total_latency("tiny-cnn", 0.001);
+        let text = m.encode();
+        assert!(text.contains(r#"nusa_requests_total{model="tiny-cnn",outcome="ok",protocol="http2"} 1"#), "{text}");
+        assert!(text.contains(r#"nusa_batch_size_sum{model="tiny-cnn"} 3.0"#), "{text}");
+        assert!(text.contains(r#"nusa_queue_depth{model="tiny-cnn"} 2"#), "{text}");
+        assert!(text.contains(r#"nusa_request_duration_seconds_count{model="tiny-cnn",phase="total"} 1"#), "{text}");
+    }
+}

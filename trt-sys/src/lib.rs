@@ -1,0 +1,1 @@
+//! TensorRT FFI. Empty until the TensorRT issue lands; see ARCHITECTURE.md.
