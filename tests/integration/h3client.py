@@ -20,7 +20,7 @@ from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamReset
 
-from nusatest import NusadServer, Response, _join_headers
+from nusatest import NusadServer, Response, join_headers
 
 
 @dataclasses.dataclass
@@ -92,7 +92,7 @@ class H3ClientProtocol(QuicConnectionProtocol):
                 if stream.status is None:
                     stream.future.set_exception(ConnectionError("stream ended without a response"))
                 else:
-                    stream.future.set_result(Response(stream.status, _join_headers(stream.headers),
+                    stream.future.set_result(Response(stream.status, join_headers(stream.headers),
                                                       bytes(stream.body), "3"))
 
 
@@ -103,18 +103,21 @@ def _configuration(server: NusadServer) -> QuicConfiguration:
     return config
 
 
-async def _run(server: NusadServer, reqs: Sequence[H3Request], timeout: float) -> list[Response]:
+async def _run(server: NusadServer, reqs: Sequence[H3Request]) -> list[Response]:
     async with connect(server.host, server.port, configuration=_configuration(server),
                        create_protocol=H3ClientProtocol) as client:
         assert isinstance(client, H3ClientProtocol)
         assert client._quic.tls.alpn_negotiated == "h3", "server did not negotiate h3"
-        tasks = [client.request(server.authority, r) for r in reqs]
-        return list(await asyncio.wait_for(asyncio.gather(*tasks), timeout))
+        return list(await asyncio.gather(*(client.request(server.authority, r) for r in reqs)))
 
 
 def h3_requests(server: NusadServer, reqs: Sequence[H3Request], timeout: float = 60) -> list[Response]:
     """Send all reqs concurrently on one HTTP/3 connection; responses in the same order."""
-    return asyncio.run(_run(server, reqs, timeout))
+
+    async def bounded():
+        return await asyncio.wait_for(_run(server, reqs), timeout)
+
+    return asyncio.run(bounded())
 
 
 def h3_request(server: NusadServer, method: str, path: str, body: bytes = b"",

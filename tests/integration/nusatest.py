@@ -19,7 +19,9 @@ import socket
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -245,6 +247,7 @@ class NusadServer:
             with open(self.log_path, "ab") as log:
                 log.write(f"\n=== {' '.join(args)}\n".encode())
                 log.flush()
+                attempt_start = log.tell()
                 self.proc = subprocess.Popen(args, env=nusad_env(), stdout=log, stderr=log,
                                              stdin=subprocess.DEVNULL, cwd=self.workdir)
             try:
@@ -252,7 +255,8 @@ class NusadServer:
                 return self
             except ServerStartError:
                 # Another process may have grabbed a port between the probe and the bind.
-                if attempt + 1 < attempts and "in use" in self.log_tail().lower():
+                attempt_log = self.log_path.read_bytes()[attempt_start:].decode("utf-8", "replace")
+                if attempt + 1 < attempts and "in use" in attempt_log.lower():
                     continue
                 raise
         raise AssertionError("unreachable")
@@ -337,7 +341,7 @@ class Response:
         return f"HTTP/{self.http_version} {self.status} {self.headers} {self.body[:300]!r}"
 
 
-def _join_headers(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+def join_headers(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in pairs:
         k = k.strip().lower()
@@ -366,7 +370,7 @@ def https1(server: NusadServer, method: str, path: str, body: bytes | None = Non
             pass  # the server may reply early and stop reading; the reply is what we want
         resp = conn.getresponse()
         data = resp.read()
-        return Response(resp.status, _join_headers(resp.getheaders()), data, "1.1")
+        return Response(resp.status, join_headers(resp.getheaders()), data, "1.1")
     finally:
         conn.close()
 
@@ -388,11 +392,30 @@ class Https1Pool:
         c.request(method, path, body=body, headers=dict(headers or {}))
         resp = c.getresponse()
         data = resp.read()
-        return Response(resp.status, _join_headers(resp.getheaders()), data, "1.1")
+        return Response(resp.status, join_headers(resp.getheaders()), data, "1.1")
 
     def close(self) -> None:
         for c in self.conns:
             c.close()
+
+
+def fire_at_once(server: NusadServer, bodies: list[tuple[bytes, Mapping[str, str]]],
+                 path: str | None = None) -> list[Response]:
+    """POST each (body, headers) on its own pre-opened HTTP/1.1 connection, all released
+    together by a barrier; responses in order. For batching and queue-full tests."""
+    path = path or infer_path()
+    pool = Https1Pool(server, len(bodies))
+    barrier = threading.Barrier(len(bodies))
+
+    def one(i: int) -> Response:
+        barrier.wait(timeout=30)
+        return pool.request(i, "POST", path, *bodies[i])
+
+    try:
+        with ThreadPoolExecutor(len(bodies)) as ex:
+            return list(ex.map(one, range(len(bodies))))
+    finally:
+        pool.close()
 
 
 def curl(server: NusadServer, method: str, path: str, *, http: str, body: bytes | None = None,
@@ -418,7 +441,7 @@ def curl(server: NusadServer, method: str, path: str, *, http: str, body: bytes 
         # --dump-header holds one block per response (1xx first); keep the last one.
         blocks = [b for b in re.split(r"\r?\n\r?\n", Path(hdr_file).read_text("latin-1")) if b.strip()]
         lines = blocks[-1].splitlines()[1:] if blocks else []
-        hdrs = _join_headers(tuple(line.split(":", 1)) for line in lines if ":" in line)
+        hdrs = join_headers(tuple(line.split(":", 1)) for line in lines if ":" in line)
         return Response(int(code), hdrs, Path(out_file).read_bytes(), version)
 
 
@@ -467,7 +490,7 @@ def parse_gtlsclient_headers(out: str) -> tuple[int, dict[str, str]]:
     pairs = _GTLS_HEADER_RE.findall(out)
     if not pairs:
         raise AssertionError(f"no response headers in gtlsclient output:\n{out[-4000:]}")
-    headers = _join_headers(pairs)
+    headers = join_headers(pairs)
     return int(headers.pop(":status")), headers
 
 
@@ -608,6 +631,7 @@ def parse_prometheus(text: str) -> list[Sample]:
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
+        line = line.split(" # ", 1)[0]  # drop an OpenMetrics exemplar
         m = _SAMPLE_RE.match(line)
         if not m:
             raise AssertionError(f"metrics line {lineno} unparsable: {line!r}")

@@ -1,1 +1,139 @@
+//! The Open Inference Protocol's endpoints over plain request and response
+//! types: routing, checking requests against the model, calling the
+//! scheduler, encoding answers. HTTP itself is the ingress's business.
 
+mod infer;
+mod meta;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use nusa_proto::{parse_route, ErrorKind, Frames, ProtoError, Route};
+use nusa_registry::Repository;
+use nusa_telemetry::Metrics;
+
+/// Which HTTP version carried a request (a metrics label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+    Http3,
+}
+
+impl Protocol {
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::Http2 => "http2",
+            Protocol::Http3 => "http3",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Other,
+}
+
+pub struct ApiRequest {
+    pub method: Method,
+    /// The path without the query string.
+    pub path: String,
+    /// `Inference-Header-Content-Length`, as sent.
+    pub header_length: Option<String>,
+    pub body: Frames,
+    pub protocol: Protocol,
+    /// When the request's head arrived, for the total latency.
+    pub received: Instant,
+}
+
+pub struct ApiResponse {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<Bytes>,
+}
+
+impl ApiResponse {
+    pub fn json(status: u16, body: String) -> ApiResponse {
+        ApiResponse {
+            status,
+            headers: vec![("content-type", "application/json".into())],
+            body: vec![Bytes::from(body)],
+        }
+    }
+
+    /// `{"error": ...}` with the status the error's kind calls for, and
+    /// `Retry-After` where waiting helps.
+    pub fn error(e: &ProtoError) -> ApiResponse {
+        let mut r = ApiResponse::json(e.kind.status(), e.body());
+        if matches!(e.kind, ErrorKind::QueueFull | ErrorKind::Unavailable) {
+            r.headers.push(("retry-after", "1".into()));
+        }
+        r
+    }
+
+    pub fn body_len(&self) -> usize {
+        self.body.iter().map(Bytes::len).sum()
+    }
+}
+
+/// The protocol's server side for one model repository.
+pub struct Api {
+    repo: Arc<Repository>,
+    metrics: Arc<Metrics>,
+}
+
+impl Api {
+    pub fn new(repo: Arc<Repository>, metrics: Arc<Metrics>) -> Api {
+        Api { repo, metrics }
+    }
+
+    pub fn ready(&self) -> bool {
+        self.repo.ready()
+    }
+
+    pub async fn handle(&self, req: ApiRequest) -> ApiResponse {
+        let Some(route) = parse_route(&req.path) else {
+            return ApiResponse::error(&ProtoError::not_found(format!("no endpoint at {}", req.path)));
+        };
+        let read_only = matches!(req.method, Method::Get | Method::Head);
+        let result = match route {
+            Route::Infer { model, version } => {
+                if req.method != Method::Post {
+                    Err(method_not_allowed("POST", &req.path))
+                } else {
+                    return infer::handle(self, &model, version.as_deref(), req).await;
+                }
+            }
+            Route::RepositoryIndex if matches!(req.method, Method::Post | Method::Get) => Ok(meta::repository_index(&self.repo)),
+            Route::RepositoryIndex => Err(method_not_allowed("POST", &req.path)),
+            _ if !read_only => Err(method_not_allowed("GET", &req.path)),
+            Route::Live => Ok(ApiResponse::json(200, r#"{"live":true}"#.into())),
+            Route::Ready => Ok(if self.ready() {
+                ApiResponse::json(200, r#"{"ready":true}"#.into())
+            } else {
+                ApiResponse::json(503, r#"{"ready":false}"#.into())
+            }),
+            Route::ServerMetadata => Ok(meta::server(&self.repo)),
+            Route::ModelMetadata { model, version } => meta::model(&self.repo, &model, version.as_deref()),
+            Route::ModelReady { model, version } => Ok(meta::model_ready(&self.repo, &model, version.as_deref())),
+            Route::ModelConfig { model, version } => meta::model_config(&self.repo, &model, version.as_deref()),
+            Route::ModelStats { .. } => Err(ProtoError::not_found(
+                "the statistics extension is not served; per-model statistics are on the metrics endpoint",
+            )),
+        };
+        let mut resp = result.unwrap_or_else(|e| ApiResponse::error(&e));
+        if req.method == Method::Head {
+            resp.body.clear();
+        }
+        resp
+    }
+}
+
+fn method_not_allowed(allowed: &str, path: &str) -> ProtoError {
+    ProtoError::new(ErrorKind::MethodNotAllowed, format!("{path} accepts {allowed} only"))
+}

@@ -1,1 +1,106 @@
+//! Wires the gateway's crates together from one [`Config`].
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nusa_api::Api;
+use nusa_config::Config;
+use nusa_engine_ort::{init_library, OrtFactory, OrtOptions};
+use nusa_ingress::{load_or_generate, IngressConfig, Limits};
+use nusa_registry::{materialize_demo, Repository};
+use nusa_telemetry::Metrics;
+use tokio::sync::watch;
+
+/// How long open requests may run on after a shutdown signal.
+const DRAIN: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    OnnxRuntime(#[from] nusa_engine_ort::LibraryError),
+    #[error("ONNX Runtime engine: {0}")]
+    Engine(#[from] nusa_engine_ort::EngineErrorWrap),
+    #[error(transparent)]
+    Registry(#[from] nusa_registry::RegistryError),
+    #[error(transparent)]
+    Tls(#[from] nusa_ingress::TlsError),
+    #[error(transparent)]
+    Ingress(#[from] nusa_ingress::IngressError),
+}
+
+/// Addresses the gateway ended up on (ports may have been 0).
+#[derive(Clone, Debug)]
+pub struct Bound {
+    pub listen: SocketAddr,
+    pub metrics: SocketAddr,
+    pub ca_cert: Option<PathBuf>,
+}
+
+/// Starts everything, reports where it listens through `on_bound`, and
+/// serves until `shutdown` turns true.
+pub async fn run(config: Config, shutdown: watch::Receiver<bool>, on_bound: impl FnOnce(&Bound)) -> Result<(), AppError> {
+    let data = config.server.data_dir.clone();
+    std::fs::create_dir_all(&data).map_err(|source| AppError::DataDir {
+        path: data.clone(),
+        source,
+    })?;
+
+    let lib = init_library(config.onnxruntime.library.as_deref())?;
+    tracing::info!(library = %lib.display(), "ONNX Runtime loaded");
+    let factory = OrtFactory::new(OrtOptions {
+        intra_op_threads: config.onnxruntime.intra_op_threads,
+        inter_op_threads: config.onnxruntime.inter_op_threads,
+    })
+    .map_err(nusa_engine_ort::EngineErrorWrap)?;
+
+    let models = match &config.server.models {
+        Some(dir) => dir.clone(),
+        None => {
+            let dir = materialize_demo(&data).map_err(|source| AppError::DataDir {
+                path: data.clone(),
+                source,
+            })?;
+            tracing::info!(repository = %dir.display(), "no model repository configured: serving the bundled demo model");
+            dir
+        }
+    };
+    let metrics = Metrics::new();
+    let repo = Arc::new(Repository::load(&models, Arc::new(factory), &metrics).await?);
+    if !repo.ready() {
+        tracing::warn!("not every model loaded: /v2/health/ready answers 503 until they do");
+    }
+    let api = Arc::new(Api::new(repo, Arc::clone(&metrics)));
+
+    let tls = load_or_generate(config.tls.cert.as_deref(), config.tls.key.as_deref(), &data)?;
+    let l = &config.limits;
+    let ingress_config = IngressConfig {
+        listen: config.server.listen,
+        limits: Limits {
+            max_body_bytes: l.max_body_bytes,
+            max_header_bytes: l.max_header_bytes,
+            max_concurrent_streams: l.max_concurrent_streams,
+            idle_timeout: Duration::from_millis(l.idle_timeout_ms),
+            request_timeout: Duration::from_millis(l.request_timeout_ms),
+            handshake_timeout: Duration::from_millis(l.handshake_timeout_ms),
+        },
+        http3: config.server.http3,
+        alt_svc_max_age_s: config.server.alt_svc_max_age_s,
+        early_data: config.tls.early_data,
+    };
+    let ingress = nusa_ingress::Ingress::bind(ingress_config, &tls, api).await?;
+    let (metrics_addr, metrics_serve) =
+        nusa_ingress::serve_metrics(config.server.metrics_listen, metrics, shutdown.clone()).await?;
+    let bound = Bound {
+        listen: ingress.local_addr(),
+        metrics: metrics_addr,
+        ca_cert: tls.generated_ca.clone(),
+    };
+    on_bound(&bound);
+    tokio::join!(ingress.serve(shutdown, DRAIN), metrics_serve);
+    tracing::info!("stopped");
+    Ok(())
+}

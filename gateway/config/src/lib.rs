@@ -1,1 +1,282 @@
+//! `nusad`'s configuration: one TOML file, every key documented in
+//! `docs/config.md` and in the README, command-line flags on top.
+//!
+//! A bad file is one error naming the key (`limits.max_body_bytes: ...`).
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default listen address: loopback only until an operator says otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: Server,
+    pub tls: Tls,
+    pub limits: Limits,
+    pub onnxruntime: OnnxRuntime,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// TCP (HTTP/1.1, HTTP/2) and UDP (HTTP/3) on this one address.
+    pub listen: SocketAddr,
+    /// Prometheus metrics, plain HTTP; keep it on loopback or a private net.
+    pub metrics_listen: SocketAddr,
+    /// State: generated TLS material, the unpacked demo model.
+    pub data_dir: PathBuf,
+    /// Model repository; unset serves the bundled demo model.
+    pub models: Option<PathBuf>,
+    /// Advertise HTTP/3 in `Alt-Svc` on TCP responses.
+    pub http3: bool,
+    /// `ma` of the Alt-Svc advertisement, seconds.
+    pub alt_svc_max_age_s: u64,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// PEM certificate chain; with `key`. Unset: a local CA and server
+    /// certificate are generated once under `data_dir/tls`.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// Accept TLS 1.3 early data (0-RTT) on TCP and QUIC. Only GET and HEAD
+    /// are served from early data; anything else gets 425 Too Early.
+    pub early_data: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body; a larger declared or received body gets 413.
+    pub max_body_bytes: u64,
+    /// Largest request header block (HTTP/1.1 buffer, HTTP/2 and HTTP/3
+    /// header list size).
+    pub max_header_bytes: u32,
+    /// Concurrent streams per HTTP/2 or HTTP/3 connection.
+    pub max_concurrent_streams: u32,
+    /// Close a connection idle this long.
+    pub idle_timeout_ms: u64,
+    /// Give up on a request (reading the body to sending the answer) after
+    /// this long: 408 while reading, 503 after.
+    pub request_timeout_ms: u64,
+    /// Time allowed for the TLS handshake.
+    pub handshake_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnnxRuntime {
+    /// Path of libonnxruntime.so; unset: `ORT_DYLIB_PATH`, then the usual
+    /// places (see the README).
+    pub library: Option<PathBuf>,
+    /// Threads per instance inside an operator.
+    pub intra_op_threads: usize,
+    /// Threads per instance across operators.
+    pub inter_op_threads: usize,
+}
+
+impl Default for Server {
+    fn default() -> Server {
+        Server {
+            listen: parse_addr(DEFAULT_LISTEN),
+            metrics_listen: parse_addr(DEFAULT_METRICS_LISTEN),
+            data_dir: PathBuf::from("nusa-data"),
+            models: None,
+            http3: true,
+            alt_svc_max_age_s: 86_400,
+        }
+    }
+}
+
+fn parse_addr(s: &str) -> SocketAddr {
+    // The defaults above are literal addresses.
+    s.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_body_bytes: 64 << 20,
+            max_header_bytes: 16 << 10,
+            max_concurrent_streams: 128,
+            idle_timeout_ms: 60_000,
+            request_timeout_ms: 30_000,
+            handshake_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for OnnxRuntime {
+    fn default() -> OnnxRuntime {
+        OnnxRuntime {
+            library: None,
+            intra_op_threads: 1,
+            inter_op_threads: 1,
+        }
+    }
+}
+
+#[allow(clippy::derivable_impls)]
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            server: Server::default(),
+            tls: Tls::default(),
+            limits: Limits::default(),
+            onnxruntime: OnnxRuntime::default(),
+        }
+    }
+}
+
+/// A configuration problem, naming the key where there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {key}: {message}")]
+    Key { path: PathBuf, key: String, message: String },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config = Config::parse(&text).map_err(|e| match e {
+            Parsed::Key { key, message } => ConfigError::Key {
+                path: path.to_path_buf(),
+                key,
+                message,
+            },
+            Parsed::Syntax(message) => ConfigError::Syntax {
+                path: path.to_path_buf(),
+                message,
+            },
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn parse(text: &str) -> Result<Config, Parsed> {
+        let de = toml::Deserializer::parse(text).map_err(|e| Parsed::Syntax(one_line(&e.to_string())))?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let message = one_line(&e.inner().to_string());
+            if key == "." || key.is_empty() {
+                Parsed::Syntax(message)
+            } else {
+                Parsed::Key { key, message }
+            }
+        })
+    }
+
+    /// Checks that hold across keys or need more than a type.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let positive = [
+            ("limits.max_body_bytes", l.max_body_bytes),
+            ("limits.max_header_bytes", l.max_header_bytes as u64),
+            ("limits.max_concurrent_streams", l.max_concurrent_streams as u64),
+            ("limits.idle_timeout_ms", l.idle_timeout_ms),
+            ("limits.request_timeout_ms", l.request_timeout_ms),
+            ("limits.handshake_timeout_ms", l.handshake_timeout_ms),
+            ("onnxruntime.intra_op_threads", self.onnxruntime.intra_op_threads as u64),
+            ("onnxruntime.inter_op_threads", self.onnxruntime.inter_op_threads as u64),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: "must be greater than 0".into(),
+                });
+            }
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "tls.cert",
+                message: "tls.cert and tls.key must be set together".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+enum Parsed {
+    Key { key: String, message: String },
+    Syntax(String),
+}
+
+/// toml's messages quote the offending line over several lines; the first
+/// line says what is wrong.
+fn one_line(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    // Keep the first line and the final explanation (after the snippet).
+    match (lines.first(), lines.last()) {
+        (Some(first), Some(last)) if first != last && !last.starts_with('|') && !last.starts_with('^') => {
+            format!("{first} {last}")
+        }
+        (Some(first), _) => first.to_string(),
+        _ => s.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        match Config::parse(text) {
+            Ok(c) => c.validate().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string()),
+            Err(Parsed::Key { key, message }) => format!("{key}: {message}"),
+            Err(Parsed::Syntax(m)) => format!("syntax: {m}"),
+        }
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        assert_eq!(Config::parse("").ok(), Some(Config::default()));
+    }
+
+    #[test]
+    fn keys_are_read() {
+        let c = Config::parse(
+            "[server]\nlisten = \"0.0.0.0:443\"\nmodels = \"/m\"\n[limits]\nmax_body_bytes = 10\n[tls]\nearly_data = true\n",
+        )
+        .ok()
+        .unwrap();
+        assert_eq!(c.server.listen, "0.0.0.0:443".parse().unwrap());
+        assert_eq!(c.server.models.as_deref(), Some(Path::new("/m")));
+        assert_eq!(c.limits.max_body_bytes, 10);
+        assert!(c.tls.early_data);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = err("[limits]\nmax_body_bytes = \"big\"\n");
+        assert!(e.starts_with("limits.max_body_bytes: "), "{e}");
+        assert!(!e.contains('\n'));
+        let e = err("[limits]\nmax_body_byte = 1\n");
+        assert!(e.contains("max_body_byte") && e.contains("unknown field"), "{e}");
+        let e = err("[server]\nlisten = \"nowhere\"\n");
+        assert!(e.starts_with("server.listen: "), "{e}");
+        let e = err("[limits]\nmax_body_bytes = 0\n");
+        assert_eq!(e, "limits.max_body_bytes: must be greater than 0");
+        let e = err("[tls]\ncert = \"/c.pem\"\n");
+        assert!(e.starts_with("tls.cert: "), "{e}");
+        let e = err("[server\n");
+        assert!(e.starts_with("syntax: "), "{e}");
+    }
+}

@@ -176,3 +176,8 @@ fn metadata(session: &Session) -> Result<ModelMetadata, String> {
         outputs: session.outputs().iter().map(spec).collect::<Result<_, _>>()?,
     })
 }
+
+/// An engine error at start-up, as the app reports it.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct EngineErrorWrap(pub EngineError);

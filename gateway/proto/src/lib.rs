@@ -11,7 +11,7 @@ mod error;
 mod route;
 
 pub use body::Frames;
-pub use decode::{decode_infer_request, InferRequest, RequestedOutput};
+pub use decode::{decode_infer_request, InferRequest, RequestedOutput, SoleInput};
 pub use encode::{encode_infer_response, EncodedResponse, ResponseOutput};
 pub use error::{ErrorKind, ProtoError};
 pub use route::{parse_route, Route};

@@ -1,0 +1,253 @@
+//! HTTP/3 over QUIC (quinn + h3), on the same port number as TCP.
+//!
+//! h3 is young ("still very experimental"); it is kept behind this module so
+//! that another HTTP/3 stack could replace it without touching the rest.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use h3::server::RequestStream;
+use nusa_api::{ApiResponse, Protocol};
+use tokio::sync::watch;
+
+use crate::request::{self, Shared};
+use crate::tls::TlsMaterial;
+use crate::track::Tracker;
+use crate::{IngressConfig, IngressError};
+
+pub(crate) struct QuicIngress {
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    early_data: bool,
+    max_header_bytes: u64,
+}
+
+impl QuicIngress {
+    pub fn bind(addr: SocketAddr, config: &IngressConfig, tls: &TlsMaterial, shared: Arc<Shared>) -> Result<QuicIngress, IngressError> {
+        let tls_err = |e: &dyn std::fmt::Display| IngressError::Tls(e.to_string());
+        let mut crypto = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| tls_err(&e))?
+            .with_no_client_auth()
+            .with_single_cert(tls.certs.clone(), tls.key.clone_key())
+            .map_err(|e| tls_err(&e))?;
+        crypto.alpn_protocols = vec![b"h3".to_vec()];
+        if config.early_data {
+            // QUIC requires exactly this value when 0-RTT is on (RFC 9001 4.6.1).
+            crypto.max_early_data_size = u32::MAX;
+        }
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(|e| tls_err(&e))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let l = &config.limits;
+        let mut transport = quinn::TransportConfig::default();
+        transport.max_concurrent_bidi_streams(l.max_concurrent_streams.into());
+        transport.max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(l.idle_timeout).map_err(|e| IngressError::Tls(format!("idle timeout: {e}")))?,
+        ));
+        server.transport_config(Arc::new(transport));
+        let endpoint = quinn::Endpoint::server(server, addr).map_err(|source| IngressError::BindUdp { addr, source })?;
+        Ok(QuicIngress {
+            endpoint,
+            shared,
+            early_data: config.early_data,
+            max_header_bytes: l.max_header_bytes.into(),
+        })
+    }
+
+    pub async fn serve(self, mut shutdown: watch::Receiver<bool>, drain: Duration) {
+        let tracker = Tracker::default();
+        loop {
+            tokio::select! {
+                incoming = self.endpoint.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    let conn = Connection {
+                        shared: Arc::clone(&self.shared),
+                        shutdown: shutdown.clone(),
+                        early_data: self.early_data,
+                        max_header_bytes: self.max_header_bytes,
+                        guard: tracker.guard(),
+                    };
+                    tokio::spawn(conn.run(incoming));
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+        if tokio::time::timeout(drain, tracker.idle()).await.is_err() {
+            tracing::warn!("QUIC connections still open after the drain period");
+        }
+        self.endpoint.close(0u32.into(), b"shutting down");
+        self.endpoint.wait_idle().await;
+    }
+}
+
+struct Connection {
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    early_data: bool,
+    max_header_bytes: u64,
+    guard: crate::track::Guard,
+}
+
+impl Connection {
+    async fn run(mut self, incoming: quinn::Incoming) {
+        let peer = incoming.remote_address();
+        let connecting = match incoming.accept() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "refusing QUIC connection");
+                return;
+            }
+        };
+        // With 0-RTT on, the connection is usable before the handshake ends;
+        // `handshake_done` tells requests that arrived in early data apart.
+        let handshake_done = Arc::new(AtomicBool::new(true));
+        let conn = if self.early_data {
+            match connecting.into_0rtt() {
+                Ok((conn, accepted)) => {
+                    handshake_done.store(false, Ordering::SeqCst);
+                    let flag = Arc::clone(&handshake_done);
+                    tokio::spawn(async move {
+                        accepted.await;
+                        flag.store(true, Ordering::SeqCst);
+                    });
+                    conn
+                }
+                Err(connecting) => match self.handshake(connecting, peer).await {
+                    Some(c) => c,
+                    None => return,
+                },
+            }
+        } else {
+            match self.handshake(connecting, peer).await {
+                Some(c) => c,
+                None => return,
+            }
+        };
+        let built = h3::server::builder()
+            .max_field_section_size(self.max_header_bytes)
+            .build::<_, Bytes>(h3_quinn::Connection::new(conn))
+            .await;
+        let mut h3 = match built {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "HTTP/3 setup failed");
+                return;
+            }
+        };
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                accepted = h3.accept() => match accepted {
+                    Ok(Some(resolver)) => {
+                        let shared = Arc::clone(&self.shared);
+                        let done = Arc::clone(&handshake_done);
+                        tokio::spawn(async move {
+                            match resolver.resolve_request().await {
+                                Ok((req, stream)) => {
+                                    let early = !done.load(Ordering::SeqCst);
+                                    serve_request(&shared, req, stream, early).await;
+                                }
+                                Err(e) => tracing::debug!(error = %e, "bad HTTP/3 request"),
+                            }
+                        });
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "HTTP/3 connection ended");
+                        break;
+                    }
+                },
+                _ = self.shutdown.changed(), if !closing => {
+                    closing = true;
+                    // GOAWAY: requests already accepted finish.
+                    let _ = h3.shutdown(0).await;
+                }
+            }
+        }
+        drop(self.guard);
+    }
+
+    async fn handshake(&self, connecting: quinn::Connecting, peer: SocketAddr) -> Option<quinn::Connection> {
+        match tokio::time::timeout(self.shared.limits.handshake_timeout, connecting).await {
+            Ok(Ok(c)) => Some(c),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "QUIC handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "QUIC handshake timed out");
+                None
+            }
+        }
+    }
+}
+
+type Stream = RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+
+async fn serve_request(shared: &Shared, req: http::Request<()>, mut stream: Stream, early: bool) {
+    let received = Instant::now();
+    let limits = &shared.limits;
+    let idempotent = matches!(*req.method(), http::Method::GET | http::Method::HEAD);
+    let resp = if early && !idempotent {
+        request::too_early()
+    } else if let Err(e) = request::check_declared_length(req.headers(), limits) {
+        ApiResponse::error(&e)
+    } else {
+        match tokio::time::timeout(limits.request_timeout, read_body(&mut stream, limits.max_body_bytes)).await {
+            Err(_) => request::timed_out_reading(limits),
+            Ok(Err(ReadError::TooLarge)) => ApiResponse::error(&request::too_large(limits)),
+            Ok(Err(ReadError::Stream(e))) => {
+                tracing::debug!(error = %e, "reading an HTTP/3 request body");
+                return;
+            }
+            Ok(Ok(frames)) => {
+                let api_req = request::api_request(req.method(), req.uri(), req.headers(), frames, Protocol::Http3, received);
+                let left = limits.request_timeout.saturating_sub(received.elapsed());
+                match tokio::time::timeout(left, shared.api.handle(api_req)).await {
+                    Ok(r) => r,
+                    Err(_) => request::timed_out_serving(limits),
+                }
+            }
+        }
+    };
+    if let Err(e) = send(&mut stream, resp).await {
+        tracing::debug!(error = %e, "sending an HTTP/3 response");
+    }
+}
+
+async fn send(stream: &mut Stream, resp: ApiResponse) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let len = resp.body_len();
+    let head = request::response_head(&resp, None)
+        .header(http::header::CONTENT_LENGTH, len)
+        .body(())?;
+    stream.send_response(head).await?;
+    for frame in resp.body {
+        if !frame.is_empty() {
+            stream.send_data(frame).await?;
+        }
+    }
+    stream.finish().await?;
+    Ok(())
+}
+
+enum ReadError {
+    TooLarge,
+    Stream(h3::error::StreamError),
+}
+
+async fn read_body(stream: &mut Stream, max: u64) -> Result<Vec<Bytes>, ReadError> {
+    let mut frames = Vec::new();
+    let mut total: u64 = 0;
+    while let Some(mut chunk) = stream.recv_data().await.map_err(ReadError::Stream)? {
+        total += chunk.remaining() as u64;
+        if total > max {
+            return Err(ReadError::TooLarge);
+        }
+        // h3-quinn hands out `Bytes`: taking them whole does not copy.
+        frames.push(chunk.copy_to_bytes(chunk.remaining()));
+    }
+    Ok(frames)
+}

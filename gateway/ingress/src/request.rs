@@ -1,0 +1,116 @@
+//! What TCP and QUIC share: turning a request head and body into an
+//! [`ApiRequest`] within the limits, and decorating the answer.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method as HttpMethod, StatusCode};
+use nusa_api::{Api, ApiRequest, ApiResponse, Method, Protocol};
+use nusa_proto::{ErrorKind, Frames, ProtoError, HEADER_LENGTH};
+
+use crate::{IngressConfig, Limits};
+
+pub(crate) struct Shared {
+    pub api: Arc<Api>,
+    pub limits: Limits,
+    /// `Alt-Svc` value for TCP responses, when HTTP/3 is on.
+    pub alt_svc: Option<String>,
+}
+
+impl Shared {
+    pub fn new(config: &IngressConfig, api: Arc<Api>) -> Shared {
+        Shared {
+            api,
+            limits: config.limits.clone(),
+            alt_svc: None,
+        }
+    }
+}
+
+pub(crate) fn method(m: &HttpMethod) -> Method {
+    match *m {
+        HttpMethod::GET => Method::Get,
+        HttpMethod::HEAD => Method::Head,
+        HttpMethod::POST => Method::Post,
+        _ => Method::Other,
+    }
+}
+
+/// Refuses a body whose declared length is over the limit, before reading.
+pub(crate) fn check_declared_length(headers: &HeaderMap, limits: &Limits) -> Result<(), ProtoError> {
+    let Some(v) = headers.get(http::header::CONTENT_LENGTH) else {
+        return Ok(());
+    };
+    let n: u64 = v
+        .to_str()
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| ProtoError::bad_request("Content-Length is not a number"))?;
+    if n > limits.max_body_bytes {
+        return Err(too_large(limits));
+    }
+    Ok(())
+}
+
+pub(crate) fn too_large(limits: &Limits) -> ProtoError {
+    ProtoError::new(
+        ErrorKind::TooLarge,
+        format!("request body is larger than the limit of {} bytes (limits.max_body_bytes)", limits.max_body_bytes),
+    )
+}
+
+pub(crate) fn too_early() -> ApiResponse {
+    let e = ProtoError::bad_request("only GET and HEAD are served from TLS early data (0-RTT); retry after the handshake");
+    let mut r = ApiResponse::json(425, e.body());
+    r.headers.clear();
+    r.headers.push(("content-type", "application/json".into()));
+    r
+}
+
+pub(crate) fn timed_out_reading(limits: &Limits) -> ApiResponse {
+    ApiResponse::json(
+        StatusCode::REQUEST_TIMEOUT.as_u16(),
+        ProtoError::bad_request(format!(
+            "the request body did not arrive within {} ms (limits.request_timeout_ms)",
+            limits.request_timeout.as_millis()
+        ))
+        .body(),
+    )
+}
+
+pub(crate) fn timed_out_serving(limits: &Limits) -> ApiResponse {
+    ApiResponse::error(&ProtoError::new(
+        ErrorKind::Unavailable,
+        format!(
+            "the request was not answered within {} ms (limits.request_timeout_ms)",
+            limits.request_timeout.as_millis()
+        ),
+    ))
+}
+
+pub(crate) fn api_request(method: &HttpMethod, uri: &http::Uri, headers: &HeaderMap, body: Vec<Bytes>, protocol: Protocol, received: Instant) -> ApiRequest {
+    ApiRequest {
+        method: self::method(method),
+        path: uri.path().to_string(),
+        header_length: headers
+            .get(HEADER_LENGTH)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        body: Frames::new(body),
+        protocol,
+        received,
+    }
+}
+
+/// Turns an API answer into an `http::Response` head (the body goes
+/// separately: hyper and h3 send it differently).
+pub(crate) fn response_head(resp: &ApiResponse, alt_svc: Option<&str>) -> http::response::Builder {
+    let mut b = http::Response::builder().status(resp.status);
+    for (k, v) in &resp.headers {
+        b = b.header(*k, v.as_str());
+    }
+    if let Some(a) = alt_svc {
+        b = b.header(http::header::ALT_SVC, a);
+    }
+    b
+}

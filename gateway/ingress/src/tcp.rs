@@ -1,0 +1,238 @@
+//! HTTP/1.1 and HTTP/2 over TLS on TCP (hyper-util's auto builder).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use nusa_api::{ApiResponse, Protocol};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::body::FramesBody;
+use crate::request::{self, Shared};
+use crate::tls::TlsMaterial;
+use crate::track::{Activity, Tracker};
+use crate::{IngressConfig, IngressError};
+
+pub(crate) struct TcpIngress {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+    builder: auto::Builder<TokioExecutor>,
+}
+
+impl TcpIngress {
+    pub async fn bind(config: &IngressConfig, tls: &TlsMaterial, listener: TcpListener, shared: Arc<Shared>) -> Result<TcpIngress, IngressError> {
+        let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| IngressError::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(tls.certs.clone(), tls.key.clone_key())
+            .map_err(|e| IngressError::Tls(e.to_string()))?;
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // TLS 1.3 early data is served on QUIC only, where the request's
+        // arrival in 0-RTT can be told apart (see quic.rs).
+        server.max_early_data_size = 0;
+
+        let l = &config.limits;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            // Slow-header (slowloris) protection.
+            .header_read_timeout(l.handshake_timeout)
+            // hyper's minimum buffer is 8 KiB; a head larger than the buffer is 431.
+            .max_buf_size((l.max_header_bytes as usize).max(8192));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(l.max_concurrent_streams)
+            .max_header_list_size(l.max_header_bytes)
+            .keep_alive_interval(Some(Duration::from_secs(20)))
+            .keep_alive_timeout(Duration::from_secs(20));
+        Ok(TcpIngress {
+            listener,
+            acceptor: TlsAcceptor::from(Arc::new(server)),
+            shared,
+            builder,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        // A bound listener always has an address.
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    pub async fn serve(self, mut shutdown: watch::Receiver<bool>, drain: Duration) {
+        let tracker = Tracker::default();
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // Out of descriptors and the like: back off, keep serving.
+                            tracing::warn!(error = %e, "accepting a TCP connection");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let conn = Connection {
+                        acceptor: self.acceptor.clone(),
+                        shared: Arc::clone(&self.shared),
+                        builder: self.builder.clone(),
+                        shutdown: shutdown.clone(),
+                        guard: tracker.guard(),
+                    };
+                    tokio::spawn(conn.run(stream, peer));
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+        drop(self.listener);
+        if tokio::time::timeout(drain, tracker.idle()).await.is_err() {
+            tracing::warn!("TCP connections still open after the drain period");
+        }
+    }
+}
+
+struct Connection {
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+    builder: auto::Builder<TokioExecutor>,
+    shutdown: watch::Receiver<bool>,
+    guard: crate::track::Guard,
+}
+
+impl Connection {
+    async fn run(mut self, stream: tokio::net::TcpStream, peer: SocketAddr) {
+        let limits = &self.shared.limits;
+        let tls = match tokio::time::timeout(limits.handshake_timeout, self.acceptor.accept(stream)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        let activity = Activity::new();
+        let shared = Arc::clone(&self.shared);
+        let act = activity.clone();
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let shared = Arc::clone(&shared);
+            let act = act.clone();
+            async move {
+                let _busy = act.busy();
+                Ok::<_, Infallible>(handle(&shared, req).await)
+            }
+        });
+        let mut conn = pin!(self.builder.serve_connection(TokioIo::new(tls), svc));
+        let idle_timeout = limits.idle_timeout;
+        let mut tick = tokio::time::interval(Duration::from_secs(1).min(idle_timeout));
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    break;
+                }
+                _ = self.shutdown.changed(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                _ = tick.tick(), if !closing => {
+                    if activity.idle_for() >= idle_timeout {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        }
+        drop(self.guard);
+    }
+}
+
+async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<FramesBody> {
+    let received = Instant::now();
+    let protocol = if req.version() == http::Version::HTTP_2 {
+        Protocol::Http2
+    } else {
+        Protocol::Http1
+    };
+    let limits = &shared.limits;
+    let resp = match request::check_declared_length(req.headers(), limits) {
+        Err(e) => ApiResponse::error(&e),
+        Ok(()) => {
+            let (parts, body) = req.into_parts();
+            match tokio::time::timeout(limits.request_timeout, read_body(body, limits.max_body_bytes)).await {
+                Err(_) => request::timed_out_reading(limits),
+                Ok(Err(BodyError::TooLarge)) => ApiResponse::error(&request::too_large(limits)),
+                Ok(Err(BodyError::Io(e))) => {
+                    ApiResponse::error(&nusa_proto::ProtoError::bad_request(format!("reading the request body: {e}")))
+                }
+                Ok(Ok(frames)) => {
+                    let api_req = request::api_request(&parts.method, &parts.uri, &parts.headers, frames, protocol, received);
+                    let left = limits.request_timeout.saturating_sub(received.elapsed());
+                    match tokio::time::timeout(left, shared.api.handle(api_req)).await {
+                        Ok(r) => r,
+                        Err(_) => request::timed_out_serving(limits),
+                    }
+                }
+            }
+        }
+    };
+    into_hyper(resp, shared.alt_svc.as_deref())
+}
+
+fn into_hyper(resp: ApiResponse, alt_svc: Option<&str>) -> Response<FramesBody> {
+    let head = request::response_head(&resp, alt_svc);
+    match head.body(FramesBody::new(resp.body)) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "building a response");
+            let mut r = Response::new(FramesBody::new(vec![Bytes::from_static(br#"{"error":"internal error building the response"}"#)]));
+            *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+            r
+        }
+    }
+}
+
+pub(crate) enum BodyError {
+    TooLarge,
+    Io(String),
+}
+
+/// Reads the body as its frames, stopping as soon as it passes `max`.
+async fn read_body(mut body: Incoming, max: u64) -> Result<Vec<Bytes>, BodyError> {
+    let mut frames = Vec::new();
+    let mut total: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Io(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            total += data.len() as u64;
+            if total > max {
+                return Err(BodyError::TooLarge);
+            }
+            frames.push(data);
+        }
+    }
+    Ok(frames)
+}

@@ -1,0 +1,140 @@
+//! `<model>/config.toml`: batching, queue and instances for one model.
+
+use std::io::Read;
+use std::path::Path;
+
+use nusa_sched::Policy;
+use serde::Deserialize;
+
+/// Model config files are small; anything larger is a mistake.
+const MAX_CONFIG_BYTES: u64 = 64 << 10;
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    pub versions: VersionPolicy,
+    pub batching: Batching,
+    pub instances: Instances,
+}
+
+/// Which versions found on disk are loaded. Requests that name no version
+/// get the latest either way.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum VersionPolicy {
+    #[default]
+    All,
+    Latest,
+}
+
+/// Triton's dynamic batcher settings, under the same names.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Batching {
+    pub max_batch_size: usize,
+    pub max_queue_delay_us: u64,
+    pub max_queue_size: usize,
+    pub default_timeout_us: u64,
+    pub allow_timeout_override: bool,
+    pub priority_levels: u32,
+    pub default_priority_level: u32,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Instances {
+    pub count: usize,
+}
+
+impl Default for Batching {
+    fn default() -> Batching {
+        // Triton's defaults: batch what is queued, no waiting, no limit
+        // other than ours on the queue.
+        Batching {
+            max_batch_size: 8,
+            max_queue_delay_us: 0,
+            max_queue_size: 1024,
+            default_timeout_us: 0,
+            allow_timeout_override: true,
+            priority_levels: 0,
+            default_priority_level: 0,
+        }
+    }
+}
+
+impl Default for Instances {
+    fn default() -> Instances {
+        Instances { count: 1 }
+    }
+}
+
+impl ModelConfig {
+    /// Reads a model config; a missing file is the defaults.
+    pub fn load(path: &Path) -> Result<ModelConfig, String> {
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ModelConfig::default()),
+            Err(e) => return Err(format!("reading {}: {e}", path.display())),
+        };
+        let mut text = String::new();
+        file.take(MAX_CONFIG_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        if text.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(format!("{} is larger than {MAX_CONFIG_BYTES} bytes", path.display()));
+        }
+        ModelConfig::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<ModelConfig, String> {
+        let de = toml::Deserializer::parse(text).map_err(|e| first_line(&e.to_string()))?;
+        let c: ModelConfig = serde_path_to_error::deserialize(de)
+            .map_err(|e| format!("{}: {}", e.path(), first_line(&e.inner().to_string())))?;
+        let b = &c.batching;
+        if b.priority_levels > 0 && b.default_priority_level > b.priority_levels {
+            return Err(format!(
+                "batching.default_priority_level: {} is above priority_levels ({})",
+                b.default_priority_level, b.priority_levels
+            ));
+        }
+        if c.instances.count == 0 {
+            return Err("instances.count: must be at least 1".into());
+        }
+        Ok(c)
+    }
+
+    pub fn policy(&self) -> Policy {
+        let b = &self.batching;
+        Policy {
+            max_batch_size: b.max_batch_size,
+            max_queue_delay_us: b.max_queue_delay_us,
+            max_queue_size: b.max_queue_size,
+            default_timeout_us: b.default_timeout_us,
+            allow_timeout_override: b.allow_timeout_override,
+            priority_levels: b.priority_levels,
+            default_priority_level: b.default_priority_level,
+            instances: self.instances.count,
+        }
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or(s).trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects_with_the_key() {
+        let c = ModelConfig::parse("versions = \"latest\"\n[batching]\nmax_batch_size = 4\nmax_queue_delay_us = 100\n[instances]\ncount = 2\n").unwrap();
+        assert_eq!(c.versions, VersionPolicy::Latest);
+        assert_eq!(c.policy().max_batch_size, 4);
+        assert_eq!(c.policy().instances, 2);
+        let e = ModelConfig::parse("[batching]\nmax_batch_size = -1\n").unwrap_err();
+        assert!(e.starts_with("batching.max_batch_size"), "{e}");
+        let e = ModelConfig::parse("[instances]\ncount = 0\n").unwrap_err();
+        assert!(e.starts_with("instances.count"), "{e}");
+    }
+}
