@@ -55,8 +55,13 @@ def batching_server(tmp_path_factory) -> Iterator[nt.NusadServer]:
 
 @pytest.fixture(scope="module")
 def queue_full_server(tmp_path_factory) -> Iterator[nt.NusadServer]:
-    """A queue of one, no batching wait, one instance: easy to overflow."""
-    models = {nt.MODEL: ((1,), nt.batching(max_batch_size=1, max_queue_delay_us=0,
+    """A queue of one, no batching wait, one instance: easy to overflow.
+
+    max_batch_size equals the rows of one flood request: nusad rejects a request
+    with more rows than max_batch_size (400), and with exactly that many no two
+    requests can share a batch, so requests still run one at a time.
+    """
+    models = {nt.MODEL: ((1,), nt.batching(max_batch_size=nt.FLOOD_ROWS, max_queue_delay_us=0,
                                            max_queue_size=1, instances=1))}
     yield from _serve(tmp_path_factory, "queue-full", models, ROOMY_LIMITS)
 

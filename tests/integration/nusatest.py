@@ -36,6 +36,7 @@ INPUT = "input"
 OUTPUT = "probs"
 INPUT_ROW_SHAPE = (3, 32, 32)
 RTOL, ATOL = 1e-4, 1e-5
+FLOOD_ROWS = 64  # rows per request in the queue-full test (and that model's max_batch_size)
 
 READY_TIMEOUT_S = float(os.environ.get("NUSAD_READY_TIMEOUT", "60"))
 STOP_GRACE_S = 5.0
@@ -174,6 +175,7 @@ def nusad_env() -> dict[str, str]:
     env = dict(os.environ)
     env["ORT_DYLIB_PATH"] = ort_dylib_path()
     env.setdefault("RUST_BACKTRACE", "1")
+    env.setdefault("NO_COLOR", "1")  # plain logs in nusad.log
     return env
 
 
@@ -368,11 +370,15 @@ def https1(server: NusadServer, method: str, path: str, body: bytes | None = Non
             conn.request(method, path, body=body, headers=hdrs)
         except (BrokenPipeError, ConnectionResetError, ssl.SSLEOFError):
             pass  # the server may reply early and stop reading; the reply is what we want
-        resp = conn.getresponse()
-        data = resp.read()
-        return Response(resp.status, join_headers(resp.getheaders()), data, "1.1")
+        return _read_response(conn)
     finally:
         conn.close()
+
+
+def _read_response(conn: http.client.HTTPConnection) -> Response:
+    resp = conn.getresponse()
+    data = resp.read()
+    return Response(resp.status, join_headers(resp.getheaders()), data, "1.1")
 
 
 class Https1Pool:
@@ -388,11 +394,8 @@ class Https1Pool:
 
     def request(self, i: int, method: str, path: str, body: bytes | None = None,
                 headers: Mapping[str, str] | None = None) -> Response:
-        c = self.conns[i]
-        c.request(method, path, body=body, headers=dict(headers or {}))
-        resp = c.getresponse()
-        data = resp.read()
-        return Response(resp.status, join_headers(resp.getheaders()), data, "1.1")
+        self.conns[i].request(method, path, body=body, headers=dict(headers or {}))
+        return _read_response(self.conns[i])
 
     def close(self) -> None:
         for c in self.conns:
@@ -449,9 +452,10 @@ def curl(server: NusadServer, method: str, path: str, *, http: str, body: bytes 
 # HTTP/3 with ngtcp2's gtlsclient
 #
 # gtlsclient (ngtcp2 0.12.1 examples client, GnuTLS) has no option to load a CA
-# file and does not verify the server certificate at all (it only loads the
-# system trust store, and never checks the peer), so these requests are
-# unverified; the aioquic tests cover certificate verification over HTTP/3.
+# file and does not verify the server certificate at all: it loads the system
+# trust store but calls no GnuTLS peer-verification function (nm -D shows none),
+# so these requests are unverified; the aioquic tests cover certificate
+# verification over HTTP/3. With a numeric host it sends SNI "localhost".
 # It cannot send custom request headers either: a POST carries only
 # content-length, so the body must be a JSON infer request.
 

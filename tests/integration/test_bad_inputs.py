@@ -71,6 +71,7 @@ CASES = [
                                         "data": ROW.reshape(-1)[:-1].tolist()}]}),
          ["input"]),
     Case("missing-input", 400, lambda: bare_json({"inputs": []}), ["input"]),
+    Case("wrong-input-name", 400, lambda: json_request(name="image"), ["image"]),
     Case("unknown-model", 404,
          lambda: (nt.infer_path("no-such-model"), json_request()[1], nt.JSON_HEADERS),
          ["no-such-model"]),

@@ -10,7 +10,7 @@ import nusatest as nt
 
 pytestmark = pytest.mark.timeout(300)
 
-ROWS = 64  # golden rows tiled: a few ms of compute per request
+ROWS = nt.FLOOD_ROWS  # golden rows tiled: a few ms of compute per request
 # More concurrency each round, until a 503 shows up. It depends on timing, so
 # rounds repeat; the test fails if no round ever overflows the queue.
 ROUNDS = (64, 64, 128, 192)

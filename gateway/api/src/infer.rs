@@ -1,15 +1,23 @@
 //! `POST /v2/models/{m}[/versions/{v}]/infer`.
 
 use nusa_engine::ModelMetadata;
-use nusa_proto::{decode_infer_request, encode_infer_response, ErrorKind, InferRequest, ProtoError, ResponseOutput};
 use nusa_proto::SoleInput;
+use nusa_proto::{
+    decode_infer_request, encode_infer_response, ErrorKind, InferRequest, ProtoError,
+    ResponseOutput,
+};
 use nusa_sched::SchedError;
 use nusa_tensor::Tensor;
 
 use crate::meta::lookup_error;
 use crate::{Api, ApiRequest, ApiResponse};
 
-pub(crate) async fn handle(api: &Api, model: &str, version: Option<&str>, req: ApiRequest) -> ApiResponse {
+pub(crate) async fn handle(
+    api: &Api,
+    model: &str,
+    version: Option<&str>,
+    req: ApiRequest,
+) -> ApiResponse {
     let protocol = req.protocol.label();
     let received = req.received;
     let (outcome, resp) = match infer(api, model, version, req).await {
@@ -18,15 +26,25 @@ pub(crate) async fn handle(api: &Api, model: &str, version: Option<&str>, req: A
     };
     // Label by the model name only when it names a model we serve, so that
     // clients cannot grow the label set with made-up names.
-    let label = if api.repo.model(model).is_ok() { model } else { "" };
+    let label = if api.repo.model(model).is_ok() {
+        model
+    } else {
+        ""
+    };
     api.metrics.request(label, outcome, protocol);
     if outcome == "ok" {
-        api.metrics.total_latency(model, received.elapsed().as_secs_f64());
+        api.metrics
+            .total_latency(model, received.elapsed().as_secs_f64());
     }
     resp
 }
 
-async fn infer(api: &Api, model: &str, version: Option<&str>, req: ApiRequest) -> Result<ApiResponse, ProtoError> {
+async fn infer(
+    api: &Api,
+    model: &str,
+    version: Option<&str>,
+    req: ApiRequest,
+) -> Result<ApiResponse, ProtoError> {
     let mv = api.repo.resolve(model, version).map_err(lookup_error)?;
     let meta = &mv.metadata;
     let sole = match meta.inputs.as_slice() {
@@ -85,8 +103,18 @@ async fn infer(api: &Api, model: &str, version: Option<&str>, req: ApiRequest) -
 
 /// Puts the inputs in the model's order and checks names, datatypes and
 /// shapes. Returns the inputs and the request's rows.
-fn check_inputs(meta: &ModelMetadata, mut given: Vec<Tensor>, batching: bool) -> Result<(Vec<Tensor>, usize), ProtoError> {
-    let names = || meta.inputs.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ");
+fn check_inputs(
+    meta: &ModelMetadata,
+    mut given: Vec<Tensor>,
+    batching: bool,
+) -> Result<(Vec<Tensor>, usize), ProtoError> {
+    let names = || {
+        meta.inputs
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     if let Some(extra) = given.iter().find(|t| meta.input(&t.name).is_none()) {
         return Err(ProtoError::bad_request(format!(
             "unknown input '{}': the model takes {}",
@@ -113,7 +141,11 @@ fn check_inputs(meta: &ModelMetadata, mut given: Vec<Tensor>, batching: bool) ->
                 t.name, t.datatype, spec.datatype
             )));
         }
-        let fits = t.shape.len() == spec.shape.len() && t.shape.iter().zip(&spec.shape).all(|(&got, &want)| want < 0 || got == want);
+        let fits = t.shape.len() == spec.shape.len()
+            && t.shape
+                .iter()
+                .zip(&spec.shape)
+                .all(|(&got, &want)| want < 0 || got == want);
         if !fits {
             return Err(ProtoError::bad_request(format!(
                 "input '{}': shape {:?} does not match the model's {:?} (-1 is any size)",
@@ -123,7 +155,10 @@ fn check_inputs(meta: &ModelMetadata, mut given: Vec<Tensor>, batching: bool) ->
         if batching {
             let r = t.shape[0] as usize;
             if r == 0 {
-                return Err(ProtoError::bad_request(format!("input '{}': the batch dimension is 0", t.name)));
+                return Err(ProtoError::bad_request(format!(
+                    "input '{}': the batch dimension is 0",
+                    t.name
+                )));
             }
             match rows {
                 None => rows = Some(r),
@@ -142,9 +177,16 @@ fn check_inputs(meta: &ModelMetadata, mut given: Vec<Tensor>, batching: bool) ->
 }
 
 /// The outputs to send and whether each goes in the binary section.
-fn requested_outputs<'m>(meta: &'m ModelMetadata, req: &InferRequest) -> Result<Vec<(&'m str, bool)>, ProtoError> {
+fn requested_outputs<'m>(
+    meta: &'m ModelMetadata,
+    req: &InferRequest,
+) -> Result<Vec<(&'m str, bool)>, ProtoError> {
     match &req.outputs {
-        None => Ok(meta.outputs.iter().map(|o| (o.name.as_str(), req.binary_data_output)).collect()),
+        None => Ok(meta
+            .outputs
+            .iter()
+            .map(|o| (o.name.as_str(), req.binary_data_output))
+            .collect()),
         Some(list) => list
             .iter()
             .map(|o| {
@@ -152,10 +194,17 @@ fn requested_outputs<'m>(meta: &'m ModelMetadata, req: &InferRequest) -> Result<
                     ProtoError::bad_request(format!(
                         "unknown output '{}': the model gives {}",
                         o.name,
-                        meta.outputs.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+                        meta.outputs
+                            .iter()
+                            .map(|t| t.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ))
                 })?;
-                Ok((spec.name.as_str(), o.binary.unwrap_or(req.binary_data_output)))
+                Ok((
+                    spec.name.as_str(),
+                    o.binary.unwrap_or(req.binary_data_output),
+                ))
             })
             .collect(),
     }

@@ -98,7 +98,10 @@ impl Api {
 
     pub async fn handle(&self, req: ApiRequest) -> ApiResponse {
         let Some(route) = parse_route(&req.path) else {
-            return ApiResponse::error(&ProtoError::not_found(format!("no endpoint at {}", req.path)));
+            return ApiResponse::error(&ProtoError::not_found(format!(
+                "no endpoint at {}",
+                req.path
+            )));
         };
         let read_only = matches!(req.method, Method::Get | Method::Head);
         let result = match route {
@@ -135,5 +138,8 @@ impl Api {
 }
 
 fn method_not_allowed(allowed: &str, path: &str) -> ProtoError {
-    ProtoError::new(ErrorKind::MethodNotAllowed, format!("{path} accepts {allowed} only"))
+    ProtoError::new(
+        ErrorKind::MethodNotAllowed,
+        format!("{path} accepts {allowed} only"),
+    )
 }

@@ -9,8 +9,12 @@ use crate::ApiResponse;
 
 pub(crate) fn lookup_error(e: LookupError) -> ProtoError {
     match e {
-        LookupError::UnknownModel(_) | LookupError::UnknownVersion { .. } => ProtoError::not_found(e.to_string()),
-        LookupError::NotReady { .. } => ProtoError::new(nusa_proto::ErrorKind::Unavailable, e.to_string()),
+        LookupError::UnknownModel(_) | LookupError::UnknownVersion { .. } => {
+            ProtoError::not_found(e.to_string())
+        }
+        LookupError::NotReady { .. } => {
+            ProtoError::new(nusa_proto::ErrorKind::Unavailable, e.to_string())
+        }
     }
 }
 
@@ -32,7 +36,11 @@ pub(crate) fn server(_repo: &Repository) -> ApiResponse {
     )
 }
 
-pub(crate) fn model(repo: &Repository, name: &str, version: Option<&str>) -> Result<ApiResponse, ProtoError> {
+pub(crate) fn model(
+    repo: &Repository,
+    name: &str,
+    version: Option<&str>,
+) -> Result<ApiResponse, ProtoError> {
     let mv = repo.resolve(name, version).map_err(lookup_error)?;
     let model = repo.model(name).map_err(lookup_error)?;
     let versions: Vec<String> = match version {
@@ -53,7 +61,8 @@ pub(crate) fn model(repo: &Repository, name: &str, version: Option<&str>) -> Res
 }
 
 pub(crate) fn model_ready(repo: &Repository, name: &str, version: Option<&str>) -> ApiResponse {
-    let ready = repo.resolve(name, version).is_ok() && repo.model(name).is_ok_and(|m| m.error.is_none());
+    let ready =
+        repo.resolve(name, version).is_ok() && repo.model(name).is_ok_and(|m| m.error.is_none());
     let body = json!({"name": name, "ready": ready}).to_string();
     match repo.resolve(name, version) {
         Err(e @ (LookupError::UnknownModel(_) | LookupError::UnknownVersion { .. })) => {
@@ -64,7 +73,11 @@ pub(crate) fn model_ready(repo: &Repository, name: &str, version: Option<&str>) 
 }
 
 /// Triton's model configuration, as `tritonclient.get_model_config` reads it.
-pub(crate) fn model_config(repo: &Repository, name: &str, version: Option<&str>) -> Result<ApiResponse, ProtoError> {
+pub(crate) fn model_config(
+    repo: &Repository,
+    name: &str,
+    version: Option<&str>,
+) -> Result<ApiResponse, ProtoError> {
     let mv = repo.resolve(name, version).map_err(lookup_error)?;
     let model = repo.model(name).map_err(lookup_error)?;
     let batching = mv.max_batch_size > 0;
@@ -120,7 +133,9 @@ pub(crate) fn repository_index(repo: &Repository) -> ApiResponse {
             out.push(json!({"name": m.name, "state": "UNAVAILABLE", "reason": m.error.clone().unwrap_or_default()}));
         }
         for v in m.versions.keys() {
-            out.push(json!({"name": m.name, "version": v.to_string(), "state": "READY", "reason": ""}));
+            out.push(
+                json!({"name": m.name, "version": v.to_string(), "state": "READY", "reason": ""}),
+            );
         }
     }
     ApiResponse::json(200, Value::Array(out).to_string())

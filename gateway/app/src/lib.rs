@@ -19,7 +19,10 @@ const DRAIN: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("data directory {path}: {source}")]
-    DataDir { path: PathBuf, source: std::io::Error },
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     OnnxRuntime(#[from] nusa_engine_ort::LibraryError),
     #[error("ONNX Runtime engine: {0}")]
@@ -42,7 +45,11 @@ pub struct Bound {
 
 /// Starts everything, reports where it listens through `on_bound`, and
 /// serves until `shutdown` turns true.
-pub async fn run(config: Config, shutdown: watch::Receiver<bool>, on_bound: impl FnOnce(&Bound)) -> Result<(), AppError> {
+pub async fn run(
+    config: Config,
+    shutdown: watch::Receiver<bool>,
+    on_bound: impl FnOnce(&Bound),
+) -> Result<(), AppError> {
     let data = config.server.data_dir.clone();
     std::fs::create_dir_all(&data).map_err(|source| AppError::DataDir {
         path: data.clone(),
@@ -93,7 +100,8 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>, on_bound: impl
     };
     let ingress = nusa_ingress::Ingress::bind(ingress_config, &tls, api).await?;
     let (metrics_addr, metrics_serve) =
-        nusa_ingress::serve_metrics(config.server.metrics_listen, metrics, shutdown.clone()).await?;
+        nusa_ingress::serve_metrics(config.server.metrics_listen, metrics, shutdown.clone())
+            .await?;
     let bound = Bound {
         listen: ingress.local_addr(),
         metrics: metrics_addr,

@@ -97,7 +97,8 @@ impl Default for Server {
 
 fn parse_addr(s: &str) -> SocketAddr {
     // The defaults above are literal addresses.
-    s.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    s.parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
 }
 
 impl Default for Limits {
@@ -139,9 +140,16 @@ impl Default for Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {key}: {message}")]
-    Key { path: PathBuf, key: String, message: String },
+    Key {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
     #[error("{path}: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("{key}: {message}")]
@@ -171,7 +179,8 @@ impl Config {
     }
 
     fn parse(text: &str) -> Result<Config, Parsed> {
-        let de = toml::Deserializer::parse(text).map_err(|e| Parsed::Syntax(one_line(&e.to_string())))?;
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| Parsed::Syntax(one_line(&e.to_string())))?;
         serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let message = one_line(&e.inner().to_string());
@@ -189,12 +198,21 @@ impl Config {
         let positive = [
             ("limits.max_body_bytes", l.max_body_bytes),
             ("limits.max_header_bytes", l.max_header_bytes as u64),
-            ("limits.max_concurrent_streams", l.max_concurrent_streams as u64),
+            (
+                "limits.max_concurrent_streams",
+                l.max_concurrent_streams as u64,
+            ),
             ("limits.idle_timeout_ms", l.idle_timeout_ms),
             ("limits.request_timeout_ms", l.request_timeout_ms),
             ("limits.handshake_timeout_ms", l.handshake_timeout_ms),
-            ("onnxruntime.intra_op_threads", self.onnxruntime.intra_op_threads as u64),
-            ("onnxruntime.inter_op_threads", self.onnxruntime.inter_op_threads as u64),
+            (
+                "onnxruntime.intra_op_threads",
+                self.onnxruntime.intra_op_threads as u64,
+            ),
+            (
+                "onnxruntime.inter_op_threads",
+                self.onnxruntime.inter_op_threads as u64,
+            ),
         ];
         for (key, v) in positive {
             if v == 0 {
@@ -225,7 +243,9 @@ fn one_line(s: &str) -> String {
     let lines: Vec<&str> = s.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     // Keep the first line and the final explanation (after the snippet).
     match (lines.first(), lines.last()) {
-        (Some(first), Some(last)) if first != last && !last.starts_with('|') && !last.starts_with('^') => {
+        (Some(first), Some(last))
+            if first != last && !last.starts_with('|') && !last.starts_with('^') =>
+        {
             format!("{first} {last}")
         }
         (Some(first), _) => first.to_string(),
@@ -239,7 +259,10 @@ mod tests {
 
     fn err(text: &str) -> String {
         match Config::parse(text) {
-            Ok(c) => c.validate().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string()),
+            Ok(c) => c
+                .validate()
+                .map(|_| "ok".to_string())
+                .unwrap_or_else(|e| e.to_string()),
             Err(Parsed::Key { key, message }) => format!("{key}: {message}"),
             Err(Parsed::Syntax(m)) => format!("syntax: {m}"),
         }
@@ -269,7 +292,10 @@ mod tests {
         assert!(e.starts_with("limits.max_body_bytes: "), "{e}");
         assert!(!e.contains('\n'));
         let e = err("[limits]\nmax_body_byte = 1\n");
-        assert!(e.contains("max_body_byte") && e.contains("unknown field"), "{e}");
+        assert!(
+            e.contains("max_body_byte") && e.contains("unknown field"),
+            "{e}"
+        );
         let e = err("[server]\nlisten = \"nowhere\"\n");
         assert!(e.starts_with("server.listen: "), "{e}");
         let e = err("[limits]\nmax_body_bytes = 0\n");

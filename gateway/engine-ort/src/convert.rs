@@ -69,7 +69,9 @@ pub fn to_value(input: &BatchInput) -> Result<DynValue, EngineError> {
         DataType::Bytes => {
             let mut strings = Vec::new();
             for part in &input.parts {
-                for e in bytes_elements(&part.contiguous()).map_err(|d| EngineError::Input(format!("input '{}': {d}", input.name)))? {
+                for e in bytes_elements(&part.contiguous())
+                    .map_err(|d| EngineError::Input(format!("input '{}': {d}", input.name)))?
+                {
                     let s = String::from_utf8(e.to_vec()).map_err(|_| {
                         EngineError::Input(format!(
                             "input '{}': ONNX Runtime string tensors must be UTF-8",
@@ -93,21 +95,32 @@ fn extract<T: bytemuck::Pod + ort::value::PrimitiveTensorElementType>(
     let (shape, data) = value
         .try_extract_tensor::<T>()
         .map_err(|e| EngineError::Run(format!("output '{name}': {e}")))?;
-    Ok((shape.to_vec(), Bytes::copy_from_slice(bytemuck::cast_slice(data))))
+    Ok((
+        shape.to_vec(),
+        Bytes::copy_from_slice(bytemuck::cast_slice(data)),
+    ))
 }
 
 pub fn from_value(name: &str, value: &DynValue) -> Result<Tensor, EngineError> {
     let ty = match value.dtype() {
         ort::value::ValueType::Tensor { ty, .. } => *ty,
-        other => return Err(EngineError::Run(format!("output '{name}' is a {other:?}, not a tensor"))),
+        other => {
+            return Err(EngineError::Run(format!(
+                "output '{name}' is a {other:?}, not a tensor"
+            )))
+        }
     };
-    let datatype = datatype(ty).ok_or_else(|| EngineError::Run(format!("output '{name}' has unsupported type {ty:?}")))?;
+    let datatype = datatype(ty)
+        .ok_or_else(|| EngineError::Run(format!("output '{name}' has unsupported type {ty:?}")))?;
     let (shape, bytes) = match datatype {
         DataType::Bool => {
             let (shape, data) = value
                 .try_extract_tensor::<bool>()
                 .map_err(|e| EngineError::Run(format!("output '{name}': {e}")))?;
-            (shape.to_vec(), Bytes::from(data.iter().map(|&b| b as u8).collect::<Vec<u8>>()))
+            (
+                shape.to_vec(),
+                Bytes::from(data.iter().map(|&b| b as u8).collect::<Vec<u8>>()),
+            )
         }
         DataType::Uint8 => extract::<u8>(name, value)?,
         DataType::Uint16 => extract::<u16>(name, value)?,

@@ -13,7 +13,9 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::thread;
 
-use nusa_engine::{BatchInput, Engine, EngineError, EngineFactory, Health, ModelMetadata, RunFuture, TensorSpec};
+use nusa_engine::{
+    BatchInput, Engine, EngineError, EngineFactory, Health, ModelMetadata, RunFuture, TensorSpec,
+};
 use nusa_tensor::Tensor;
 use ort::session::Session;
 use ort::value::ValueType;
@@ -63,10 +65,11 @@ impl EngineFactory for OrtFactory {
             path: path.to_path_buf(),
             message: e.to_string(),
         };
-        let builder_err = |e: ort::Error<ort::session::builder::SessionBuilder>| EngineError::Load {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        };
+        let builder_err =
+            |e: ort::Error<ort::session::builder::SessionBuilder>| EngineError::Load {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            };
         let session = Session::builder(&self.env)
             .map_err(load_err)?
             .with_intra_threads(self.options.intra_op_threads.max(1))
@@ -139,7 +142,11 @@ fn instance_thread(mut session: Session, outputs: Vec<TensorSpec>, jobs: mpsc::R
     }
 }
 
-fn run_batch(session: &mut Session, outputs: &[TensorSpec], inputs: Vec<BatchInput>) -> Result<Vec<Tensor>, EngineError> {
+fn run_batch(
+    session: &mut Session,
+    outputs: &[TensorSpec],
+    inputs: Vec<BatchInput>,
+) -> Result<Vec<Tensor>, EngineError> {
     let mut values = Vec::with_capacity(inputs.len());
     for input in &inputs {
         values.push((input.name.clone(), convert::to_value(input)?));
@@ -150,9 +157,9 @@ fn run_batch(session: &mut Session, outputs: &[TensorSpec], inputs: Vec<BatchInp
     outputs
         .iter()
         .map(|spec| {
-            let value = result
-                .remove(&spec.name)
-                .ok_or_else(|| EngineError::Run(format!("output '{}' missing from the result", spec.name)))?;
+            let value = result.remove(&spec.name).ok_or_else(|| {
+                EngineError::Run(format!("output '{}' missing from the result", spec.name))
+            })?;
             convert::from_value(&spec.name, &value)
         })
         .collect()
@@ -163,8 +170,12 @@ fn metadata(session: &Session) -> Result<ModelMetadata, String> {
         match o.dtype() {
             ValueType::Tensor { ty, shape, .. } => Ok(TensorSpec {
                 name: o.name().to_string(),
-                datatype: convert::datatype(*ty)
-                    .ok_or_else(|| format!("tensor '{}' has type {ty:?}, which the protocol cannot carry", o.name()))?,
+                datatype: convert::datatype(*ty).ok_or_else(|| {
+                    format!(
+                        "tensor '{}' has type {ty:?}, which the protocol cannot carry",
+                        o.name()
+                    )
+                })?,
                 shape: shape.iter().map(|&d| if d < 0 { -1 } else { d }).collect(),
             }),
             other => Err(format!("'{}' is a {other:?}, not a tensor", o.name())),
@@ -172,8 +183,16 @@ fn metadata(session: &Session) -> Result<ModelMetadata, String> {
     };
     Ok(ModelMetadata {
         platform: "onnxruntime_onnx".into(),
-        inputs: session.inputs().iter().map(spec).collect::<Result<_, _>>()?,
-        outputs: session.outputs().iter().map(spec).collect::<Result<_, _>>()?,
+        inputs: session
+            .inputs()
+            .iter()
+            .map(spec)
+            .collect::<Result<_, _>>()?,
+        outputs: session
+            .outputs()
+            .iter()
+            .map(spec)
+            .collect::<Result<_, _>>()?,
     })
 }
 

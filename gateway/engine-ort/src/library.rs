@@ -35,11 +35,15 @@ pub fn library_candidates(configured: Option<&Path>) -> Vec<PathBuf> {
     }
     let arch = std::env::consts::ARCH;
     c.push(PathBuf::from("/usr/lib/nusa/libonnxruntime.so"));
-    c.push(PathBuf::from(format!(".cache/onnxruntime/{ORT_VERSION}-{arch}/libonnxruntime.so")));
+    c.push(PathBuf::from(format!(
+        ".cache/onnxruntime/{ORT_VERSION}-{arch}/libonnxruntime.so"
+    )));
     // A development build runs from target/{debug,release}: look beside the repo.
     if let Ok(exe) = std::env::current_exe() {
         if let Some(repo) = exe.ancestors().nth(3) {
-            c.push(repo.join(format!(".cache/onnxruntime/{ORT_VERSION}-{arch}/libonnxruntime.so")));
+            c.push(repo.join(format!(
+                ".cache/onnxruntime/{ORT_VERSION}-{arch}/libonnxruntime.so"
+            )));
         }
     }
     c
@@ -76,6 +80,8 @@ pub(crate) fn environment() -> Result<ort::environment::Environment, LibraryErro
     match ENV.get() {
         Some(Ok(env)) => Ok(env.clone()),
         Some(Err(e)) => Err(LibraryError::NotInitialised(e.clone())),
-        None => Err(LibraryError::NotInitialised("call init_library first".into())),
+        None => Err(LibraryError::NotInitialised(
+            "call init_library first".into(),
+        )),
     }
 }

@@ -46,9 +46,15 @@ pub struct IngressConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum IngressError {
     #[error("binding TCP {addr}: {source}")]
-    BindTcp { addr: SocketAddr, source: std::io::Error },
+    BindTcp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("binding UDP {addr}: {source}")]
-    BindUdp { addr: SocketAddr, source: std::io::Error },
+    BindUdp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("TLS configuration: {0}")]
     Tls(String),
 }
@@ -62,7 +68,11 @@ pub struct Ingress {
 impl Ingress {
     /// Binds TCP and (with HTTP/3 on) UDP on the same address. With port 0
     /// the UDP socket takes the port the TCP listener got.
-    pub async fn bind(config: IngressConfig, tls: &TlsMaterial, api: Arc<Api>) -> Result<Ingress, IngressError> {
+    pub async fn bind(
+        config: IngressConfig,
+        tls: &TlsMaterial,
+        api: Arc<Api>,
+    ) -> Result<Ingress, IngressError> {
         let addr = config.listen;
         let listener = tokio::net::TcpListener::bind(addr)
             .await

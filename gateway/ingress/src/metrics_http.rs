@@ -21,8 +21,12 @@ pub async fn serve_metrics(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, impl std::future::Future<Output = ()>), IngressError> {
-    let listener = TcpListener::bind(addr).await.map_err(|source| IngressError::BindTcp { addr, source })?;
-    let local = listener.local_addr().map_err(|source| IngressError::BindTcp { addr, source })?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| IngressError::BindTcp { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| IngressError::BindTcp { addr, source })?;
     let serve = async move {
         loop {
             tokio::select! {
@@ -48,9 +52,17 @@ pub async fn serve_metrics(
 
 fn answer(metrics: &Metrics, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     let (status, ctype, body) = if req.uri().path() == "/metrics" {
-        (200, "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics.encode())
+        (
+            200,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.encode(),
+        )
     } else {
-        (404, "text/plain", "not found; metrics are at /metrics\n".to_string())
+        (
+            404,
+            "text/plain",
+            "not found; metrics are at /metrics\n".to_string(),
+        )
     };
     Response::builder()
         .status(status)

@@ -26,29 +26,39 @@ pub(crate) struct QuicIngress {
 }
 
 impl QuicIngress {
-    pub fn bind(addr: SocketAddr, config: &IngressConfig, tls: &TlsMaterial, shared: Arc<Shared>) -> Result<QuicIngress, IngressError> {
+    pub fn bind(
+        addr: SocketAddr,
+        config: &IngressConfig,
+        tls: &TlsMaterial,
+        shared: Arc<Shared>,
+    ) -> Result<QuicIngress, IngressError> {
         let tls_err = |e: &dyn std::fmt::Display| IngressError::Tls(e.to_string());
-        let mut crypto = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| tls_err(&e))?
-            .with_no_client_auth()
-            .with_single_cert(tls.certs.clone(), tls.key.clone_key())
-            .map_err(|e| tls_err(&e))?;
+        let mut crypto = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| tls_err(&e))?
+        .with_no_client_auth()
+        .with_single_cert(tls.certs.clone(), tls.key.clone_key())
+        .map_err(|e| tls_err(&e))?;
         crypto.alpn_protocols = vec![b"h3".to_vec()];
         if config.early_data {
             // QUIC requires exactly this value when 0-RTT is on (RFC 9001 4.6.1).
             crypto.max_early_data_size = u32::MAX;
         }
-        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(|e| tls_err(&e))?;
+        let crypto =
+            quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(|e| tls_err(&e))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         let l = &config.limits;
         let mut transport = quinn::TransportConfig::default();
         transport.max_concurrent_bidi_streams(l.max_concurrent_streams.into());
         transport.max_idle_timeout(Some(
-            quinn::IdleTimeout::try_from(l.idle_timeout).map_err(|e| IngressError::Tls(format!("idle timeout: {e}")))?,
+            quinn::IdleTimeout::try_from(l.idle_timeout)
+                .map_err(|e| IngressError::Tls(format!("idle timeout: {e}")))?,
         ));
         server.transport_config(Arc::new(transport));
-        let endpoint = quinn::Endpoint::server(server, addr).map_err(|source| IngressError::BindUdp { addr, source })?;
+        let endpoint = quinn::Endpoint::server(server, addr)
+            .map_err(|source| IngressError::BindUdp { addr, source })?;
         Ok(QuicIngress {
             endpoint,
             shared,
@@ -170,7 +180,11 @@ impl Connection {
         drop(self.guard);
     }
 
-    async fn handshake(&self, connecting: quinn::Connecting, peer: SocketAddr) -> Option<quinn::Connection> {
+    async fn handshake(
+        &self,
+        connecting: quinn::Connecting,
+        peer: SocketAddr,
+    ) -> Option<quinn::Connection> {
         match tokio::time::timeout(self.shared.limits.handshake_timeout, connecting).await {
             Ok(Ok(c)) => Some(c),
             Ok(Err(e)) => {
@@ -196,7 +210,12 @@ async fn serve_request(shared: &Shared, req: http::Request<()>, mut stream: Stre
     } else if let Err(e) = request::check_declared_length(req.headers(), limits) {
         ApiResponse::error(&e)
     } else {
-        match tokio::time::timeout(limits.request_timeout, read_body(&mut stream, limits.max_body_bytes)).await {
+        match tokio::time::timeout(
+            limits.request_timeout,
+            read_body(&mut stream, limits.max_body_bytes),
+        )
+        .await
+        {
             Err(_) => request::timed_out_reading(limits),
             Ok(Err(ReadError::TooLarge)) => ApiResponse::error(&request::too_large(limits)),
             Ok(Err(ReadError::Stream(e))) => {
@@ -204,7 +223,14 @@ async fn serve_request(shared: &Shared, req: http::Request<()>, mut stream: Stre
                 return;
             }
             Ok(Ok(frames)) => {
-                let api_req = request::api_request(req.method(), req.uri(), req.headers(), frames, Protocol::Http3, received);
+                let api_req = request::api_request(
+                    req.method(),
+                    req.uri(),
+                    req.headers(),
+                    frames,
+                    Protocol::Http3,
+                    received,
+                );
                 let left = limits.request_timeout.saturating_sub(received.elapsed());
                 match tokio::time::timeout(left, shared.api.handle(api_req)).await {
                     Ok(r) => r,
@@ -218,7 +244,10 @@ async fn serve_request(shared: &Shared, req: http::Request<()>, mut stream: Stre
     }
 }
 
-async fn send(stream: &mut Stream, resp: ApiResponse) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn send(
+    stream: &mut Stream,
+    resp: ApiResponse,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let len = resp.body_len();
     let head = request::response_head(&resp, None)
         .header(http::header::CONTENT_LENGTH, len)

@@ -38,7 +38,10 @@ pub(crate) fn method(m: &HttpMethod) -> Method {
 }
 
 /// Refuses a body whose declared length is over the limit, before reading.
-pub(crate) fn check_declared_length(headers: &HeaderMap, limits: &Limits) -> Result<(), ProtoError> {
+pub(crate) fn check_declared_length(
+    headers: &HeaderMap,
+    limits: &Limits,
+) -> Result<(), ProtoError> {
     let Some(v) = headers.get(http::header::CONTENT_LENGTH) else {
         return Ok(());
     };
@@ -56,12 +59,17 @@ pub(crate) fn check_declared_length(headers: &HeaderMap, limits: &Limits) -> Res
 pub(crate) fn too_large(limits: &Limits) -> ProtoError {
     ProtoError::new(
         ErrorKind::TooLarge,
-        format!("request body is larger than the limit of {} bytes (limits.max_body_bytes)", limits.max_body_bytes),
+        format!(
+            "request body is larger than the limit of {} bytes (limits.max_body_bytes)",
+            limits.max_body_bytes
+        ),
     )
 }
 
 pub(crate) fn too_early() -> ApiResponse {
-    let e = ProtoError::bad_request("only GET and HEAD are served from TLS early data (0-RTT); retry after the handshake");
+    let e = ProtoError::bad_request(
+        "only GET and HEAD are served from TLS early data (0-RTT); retry after the handshake",
+    );
     let mut r = ApiResponse::json(425, e.body());
     r.headers.clear();
     r.headers.push(("content-type", "application/json".into()));
@@ -89,7 +97,14 @@ pub(crate) fn timed_out_serving(limits: &Limits) -> ApiResponse {
     ))
 }
 
-pub(crate) fn api_request(method: &HttpMethod, uri: &http::Uri, headers: &HeaderMap, body: Vec<Bytes>, protocol: Protocol, received: Instant) -> ApiRequest {
+pub(crate) fn api_request(
+    method: &HttpMethod,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    body: Vec<Bytes>,
+    protocol: Protocol,
+    received: Instant,
+) -> ApiRequest {
     ApiRequest {
         method: self::method(method),
         path: uri.path().to_string(),

@@ -32,13 +32,20 @@ pub(crate) struct TcpIngress {
 }
 
 impl TcpIngress {
-    pub async fn bind(config: &IngressConfig, tls: &TlsMaterial, listener: TcpListener, shared: Arc<Shared>) -> Result<TcpIngress, IngressError> {
-        let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| IngressError::Tls(e.to_string()))?
-            .with_no_client_auth()
-            .with_single_cert(tls.certs.clone(), tls.key.clone_key())
-            .map_err(|e| IngressError::Tls(e.to_string()))?;
+    pub async fn bind(
+        config: &IngressConfig,
+        tls: &TlsMaterial,
+        listener: TcpListener,
+        shared: Arc<Shared>,
+    ) -> Result<TcpIngress, IngressError> {
+        let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| IngressError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(tls.certs.clone(), tls.key.clone_key())
+        .map_err(|e| IngressError::Tls(e.to_string()))?;
         server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         // TLS 1.3 early data is served on QUIC only, where the request's
         // arrival in 0-RTT can be told apart (see quic.rs).
@@ -120,7 +127,9 @@ struct Connection {
 impl Connection {
     async fn run(mut self, stream: tokio::net::TcpStream, peer: SocketAddr) {
         let limits = &self.shared.limits;
-        let tls = match tokio::time::timeout(limits.handshake_timeout, self.acceptor.accept(stream)).await {
+        let tls = match tokio::time::timeout(limits.handshake_timeout, self.acceptor.accept(stream))
+            .await
+        {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -182,14 +191,26 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<FramesBody>
         Err(e) => ApiResponse::error(&e),
         Ok(()) => {
             let (parts, body) = req.into_parts();
-            match tokio::time::timeout(limits.request_timeout, read_body(body, limits.max_body_bytes)).await {
+            match tokio::time::timeout(
+                limits.request_timeout,
+                read_body(body, limits.max_body_bytes),
+            )
+            .await
+            {
                 Err(_) => request::timed_out_reading(limits),
                 Ok(Err(BodyError::TooLarge)) => ApiResponse::error(&request::too_large(limits)),
-                Ok(Err(BodyError::Io(e))) => {
-                    ApiResponse::error(&nusa_proto::ProtoError::bad_request(format!("reading the request body: {e}")))
-                }
+                Ok(Err(BodyError::Io(e))) => ApiResponse::error(
+                    &nusa_proto::ProtoError::bad_request(format!("reading the request body: {e}")),
+                ),
                 Ok(Ok(frames)) => {
-                    let api_req = request::api_request(&parts.method, &parts.uri, &parts.headers, frames, protocol, received);
+                    let api_req = request::api_request(
+                        &parts.method,
+                        &parts.uri,
+                        &parts.headers,
+                        frames,
+                        protocol,
+                        received,
+                    );
                     let left = limits.request_timeout.saturating_sub(received.elapsed());
                     match tokio::time::timeout(left, shared.api.handle(api_req)).await {
                         Ok(r) => r,
@@ -208,7 +229,9 @@ fn into_hyper(resp: ApiResponse, alt_svc: Option<&str>) -> Response<FramesBody> 
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "building a response");
-            let mut r = Response::new(FramesBody::new(vec![Bytes::from_static(br#"{"error":"internal error building the response"}"#)]));
+            let mut r = Response::new(FramesBody::new(vec![Bytes::from_static(
+                br#"{"error":"internal error building the response"}"#,
+            )]));
             *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
             r
         }

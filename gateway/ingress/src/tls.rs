@@ -3,7 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -28,12 +31,20 @@ pub enum TlsError {
 
 /// Loads `cert` and `key`, or makes (once) and loads a CA-signed server
 /// certificate for localhost under `data_dir/tls`.
-pub fn load_or_generate(cert: Option<&Path>, key: Option<&Path>, data_dir: &Path) -> Result<TlsMaterial, TlsError> {
+pub fn load_or_generate(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    data_dir: &Path,
+) -> Result<TlsMaterial, TlsError> {
     if let (Some(cert), Some(key)) = (cert, key) {
         return load(cert, key, None);
     }
     let dir = data_dir.join("tls");
-    let (ca, cert, key) = (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"));
+    let (ca, cert, key) = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    );
     if !(ca.is_file() && cert.is_file() && key.is_file()) {
         generate(&dir).map_err(|e| TlsError::Generate(e.to_string()))?;
     }
@@ -45,7 +56,9 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, TlsError> {
         path: path.to_path_buf(),
         message,
     };
-    let len = std::fs::metadata(path).map_err(|e| err(e.to_string()))?.len();
+    let len = std::fs::metadata(path)
+        .map_err(|e| err(e.to_string()))?
+        .len();
     if len > MAX_PEM_BYTES {
         return Err(err(format!("{len} bytes is too large for a PEM file")));
     }
@@ -84,20 +97,32 @@ fn generate(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params.distinguished_name.push(DnType::CommonName, "nusa local CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "nusa local CA");
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca_params, ca_key);
 
     let server_key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])?;
+    let mut params = CertificateParams::new(vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ])?;
     params.distinguished_name.push(DnType::CommonName, "nusad");
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let server_cert = params.signed_by(&server_key, &issuer)?;
 
-    write_private(&dir.join("server.key"), server_key.serialize_pem().as_bytes())?;
+    write_private(
+        &dir.join("server.key"),
+        server_key.serialize_pem().as_bytes(),
+    )?;
     // The chain the server sends: its certificate, then the CA's.
-    std::fs::write(dir.join("server.pem"), format!("{}{}", server_cert.pem(), ca_cert.pem()))?;
+    std::fs::write(
+        dir.join("server.pem"),
+        format!("{}{}", server_cert.pem(), ca_cert.pem()),
+    )?;
     // Written last: its presence means the set is complete.
     std::fs::write(dir.join("ca.pem"), ca_cert.pem())?;
     Ok(())
@@ -131,7 +156,10 @@ mod tests {
         assert_eq!(std::fs::read(&ca).unwrap(), before, "not regenerated");
         assert_eq!(a.certs, b.certs);
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.join("tls/server.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.join("tls/server.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let bad = load_or_generate(Some(&ca), Some(&ca), &dir);
         assert!(matches!(bad, Err(TlsError::File { .. })));

@@ -29,7 +29,9 @@ impl Frames {
         debug_assert!(n <= self.len);
         let mut out = Vec::new();
         while n > 0 {
-            let Some(front) = self.frames.front_mut() else { break };
+            let Some(front) = self.frames.front_mut() else {
+                break;
+            };
             if front.len() <= n {
                 n -= front.len();
                 self.len -= front.len();
@@ -79,7 +81,11 @@ mod tests {
         assert_eq!(f.len(), 11);
         let head = f.split_to(3);
         assert_eq!(head.len(), 1);
-        assert_eq!(head[0].as_ptr(), a.as_ptr(), "slice of the frame, not a copy");
+        assert_eq!(
+            head[0].as_ptr(),
+            a.as_ptr(),
+            "slice of the frame, not a copy"
+        );
         let mid = f.split_to(5);
         assert_eq!(mid.iter().map(|s| s.len()).sum::<usize>(), 5);
         assert_eq!(mid.len(), 2);

@@ -126,7 +126,9 @@ pub fn decode_infer_request(
             ))
         })?;
         if inputs.iter().any(|t: &Tensor| t.name == name) {
-            return Err(ProtoError::bad_request(format!("input '{name}' appears twice")));
+            return Err(ProtoError::bad_request(format!(
+                "input '{name}' appears twice"
+            )));
         }
         let iparams = input.parameters.unwrap_or_default();
         let binary_size = u64_param(&iparams, "binary_data_size", &format!("input '{name}'"))?;
@@ -186,7 +188,10 @@ pub fn decode_infer_request(
                     )));
                 }
                 let binary = bool_param(&oparams, "binary_data", &what)?;
-                out.push(RequestedOutput { name: o.name, binary });
+                out.push(RequestedOutput {
+                    name: o.name,
+                    binary,
+                });
             }
             Some(out)
         }
@@ -217,7 +222,12 @@ fn raw_single_input(body: Frames, sole: Option<SoleInput<'_>>) -> Result<InferRe
     };
     // Fixed dimensions come from the model; one variable dimension (the batch)
     // is worked out from the body's length.
-    let fixed: usize = sole.shape.iter().filter(|&&d| d >= 0).map(|&d| d as usize).product();
+    let fixed: usize = sole
+        .shape
+        .iter()
+        .filter(|&&d| d >= 0)
+        .map(|&d| d as usize)
+        .product();
     let dynamic = sole.shape.iter().filter(|&&d| d < 0).count();
     let row = fixed * size;
     let shape: Vec<i64> = match dynamic {
@@ -260,7 +270,11 @@ impl Frames {
     }
 }
 
-fn bool_param(params: &Map<String, Value>, key: &str, what: &str) -> Result<Option<bool>, ProtoError> {
+fn bool_param(
+    params: &Map<String, Value>,
+    key: &str,
+    what: &str,
+) -> Result<Option<bool>, ProtoError> {
     match params.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
@@ -270,7 +284,11 @@ fn bool_param(params: &Map<String, Value>, key: &str, what: &str) -> Result<Opti
     }
 }
 
-fn u64_param(params: &Map<String, Value>, key: &str, what: &str) -> Result<Option<u64>, ProtoError> {
+fn u64_param(
+    params: &Map<String, Value>,
+    key: &str,
+    what: &str,
+) -> Result<Option<u64>, ProtoError> {
     match params.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) if n.as_u64().is_some() => Ok(n.as_u64()),
@@ -281,17 +299,27 @@ fn u64_param(params: &Map<String, Value>, key: &str, what: &str) -> Result<Optio
 }
 
 /// Converts JSON `data` (flat or nested) to the tensor's bytes.
-fn json_data(name: &str, datatype: DataType, count: usize, raw: &RawValue) -> Result<Vec<u8>, ProtoError> {
-    let cap = datatype.element_size().map_or(0, |s| s.saturating_mul(count));
+fn json_data(
+    name: &str,
+    datatype: DataType,
+    count: usize,
+    raw: &RawValue,
+) -> Result<Vec<u8>, ProtoError> {
+    let cap = datatype
+        .element_size()
+        .map_or(0, |s| s.saturating_mul(count));
     let mut sink = Sink {
         datatype,
         out: Vec::with_capacity(cap.min(64 << 20)),
         count: 0,
     };
     let mut de = serde_json::Deserializer::from_str(raw.get());
-    DataSeed { sink: &mut sink, depth: 0 }
-        .deserialize(&mut de)
-        .map_err(|e| ProtoError::bad_request(format!("input '{name}': {}", strip_position(&e))))?;
+    DataSeed {
+        sink: &mut sink,
+        depth: 0,
+    }
+    .deserialize(&mut de)
+    .map_err(|e| ProtoError::bad_request(format!("input '{name}': {}", strip_position(&e))))?;
     if sink.count != count {
         return Err(ProtoError::bad_request(format!(
             "input '{name}': shape needs {count} elements of {datatype}, 'data' has {}",
@@ -327,13 +355,24 @@ impl Sink {
         };
         match d {
             DataType::Uint8 => range(0, u8::MAX as i128).map(|_| self.out.push(v as u8)),
-            DataType::Uint16 => range(0, u16::MAX as i128).map(|_| self.out.extend((v as u16).to_le_bytes())),
-            DataType::Uint32 => range(0, u32::MAX as i128).map(|_| self.out.extend((v as u32).to_le_bytes())),
-            DataType::Uint64 => range(0, u64::MAX as i128).map(|_| self.out.extend((v as u64).to_le_bytes())),
-            DataType::Int8 => range(i8::MIN as i128, i8::MAX as i128).map(|_| self.out.push(v as i8 as u8)),
-            DataType::Int16 => range(i16::MIN as i128, i16::MAX as i128).map(|_| self.out.extend((v as i16).to_le_bytes())),
-            DataType::Int32 => range(i32::MIN as i128, i32::MAX as i128).map(|_| self.out.extend((v as i32).to_le_bytes())),
-            DataType::Int64 => range(i64::MIN as i128, i64::MAX as i128).map(|_| self.out.extend((v as i64).to_le_bytes())),
+            DataType::Uint16 => {
+                range(0, u16::MAX as i128).map(|_| self.out.extend((v as u16).to_le_bytes()))
+            }
+            DataType::Uint32 => {
+                range(0, u32::MAX as i128).map(|_| self.out.extend((v as u32).to_le_bytes()))
+            }
+            DataType::Uint64 => {
+                range(0, u64::MAX as i128).map(|_| self.out.extend((v as u64).to_le_bytes()))
+            }
+            DataType::Int8 => {
+                range(i8::MIN as i128, i8::MAX as i128).map(|_| self.out.push(v as i8 as u8))
+            }
+            DataType::Int16 => range(i16::MIN as i128, i16::MAX as i128)
+                .map(|_| self.out.extend((v as i16).to_le_bytes())),
+            DataType::Int32 => range(i32::MIN as i128, i32::MAX as i128)
+                .map(|_| self.out.extend((v as i32).to_le_bytes())),
+            DataType::Int64 => range(i64::MIN as i128, i64::MAX as i128)
+                .map(|_| self.out.extend((v as i64).to_le_bytes())),
             DataType::Fp16 | DataType::Fp32 | DataType::Fp64 => return self.push_f64(v as f64),
             DataType::Bool => Err(format!("expected true or false for BOOL, got {v}")),
             DataType::Bytes => Err(format!("expected a string for BYTES, got {v}")),
@@ -355,7 +394,10 @@ impl Sink {
 
     fn push_bool(&mut self, v: bool) -> Result<(), String> {
         if self.datatype != DataType::Bool {
-            return Err(format!("expected {} elements, got boolean {v}", self.datatype));
+            return Err(format!(
+                "expected {} elements, got boolean {v}",
+                self.datatype
+            ));
         }
         self.out.push(v as u8);
         self.count += 1;
@@ -364,7 +406,10 @@ impl Sink {
 
     fn push_str(&mut self, v: &str) -> Result<(), String> {
         if self.datatype != DataType::Bytes {
-            return Err(format!("expected {} elements, got string \"{v}\"", self.datatype));
+            return Err(format!(
+                "expected {} elements, got string \"{v}\"",
+                self.datatype
+            ));
         }
         self.out.extend((v.len() as u32).to_le_bytes());
         self.out.extend_from_slice(v.as_bytes());

@@ -4,11 +4,26 @@ pub enum Route {
     Live,
     Ready,
     ServerMetadata,
-    ModelMetadata { model: String, version: Option<String> },
-    ModelReady { model: String, version: Option<String> },
-    ModelConfig { model: String, version: Option<String> },
-    ModelStats { model: Option<String>, version: Option<String> },
-    Infer { model: String, version: Option<String> },
+    ModelMetadata {
+        model: String,
+        version: Option<String>,
+    },
+    ModelReady {
+        model: String,
+        version: Option<String>,
+    },
+    ModelConfig {
+        model: String,
+        version: Option<String>,
+    },
+    ModelStats {
+        model: Option<String>,
+        version: Option<String>,
+    },
+    Infer {
+        model: String,
+        version: Option<String>,
+    },
     RepositoryIndex,
 }
 

@@ -81,7 +81,10 @@ impl ModelConfig {
             .read_to_string(&mut text)
             .map_err(|e| format!("reading {}: {e}", path.display()))?;
         if text.len() as u64 > MAX_CONFIG_BYTES {
-            return Err(format!("{} is larger than {MAX_CONFIG_BYTES} bytes", path.display()));
+            return Err(format!(
+                "{} is larger than {MAX_CONFIG_BYTES} bytes",
+                path.display()
+            ));
         }
         ModelConfig::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }

@@ -19,7 +19,9 @@ pub fn materialize_demo(data_dir: &Path) -> std::io::Result<PathBuf> {
 }
 
 fn write_if_changed(path: &Path, content: &[u8]) -> std::io::Result<()> {
-    let same = std::fs::metadata(path).map(|m| m.len() == content.len() as u64).unwrap_or(false)
+    let same = std::fs::metadata(path)
+        .map(|m| m.len() == content.len() as u64)
+        .unwrap_or(false)
         && std::fs::read(path).map(|c| c == content).unwrap_or(false);
     if same {
         return Ok(());

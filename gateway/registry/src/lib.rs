@@ -49,7 +49,11 @@ pub enum LookupError {
     #[error("unknown model '{0}'")]
     UnknownModel(String),
     #[error("model '{model}' has no version '{version}' (available: {available})")]
-    UnknownVersion { model: String, version: String, available: String },
+    UnknownVersion {
+        model: String,
+        version: String,
+        available: String,
+    },
     #[error("model '{model}' is not ready: {reason}")]
     NotReady { model: String, reason: String },
 }
@@ -57,7 +61,10 @@ pub enum LookupError {
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("reading model repository {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub struct Repository {
@@ -68,7 +75,11 @@ pub struct Repository {
 impl Repository {
     /// Scans `root` and loads every model found. A model that fails to load
     /// is kept, not ready, with its error; the others serve.
-    pub async fn load(root: &Path, factory: Arc<dyn EngineFactory>, metrics: &Metrics) -> Result<Repository, RegistryError> {
+    pub async fn load(
+        root: &Path,
+        factory: Arc<dyn EngineFactory>,
+        metrics: &Metrics,
+    ) -> Result<Repository, RegistryError> {
         let read_err = |source| RegistryError::Read {
             path: root.to_path_buf(),
             source,
@@ -89,7 +100,9 @@ impl Repository {
         for name in names {
             let model = load_model(&root.join(&name), &name, &factory, metrics).await;
             match &model.error {
-                None => tracing::info!(model = %name, versions = ?model.versions.keys().collect::<Vec<_>>(), "model loaded"),
+                None => {
+                    tracing::info!(model = %name, versions = ?model.versions.keys().collect::<Vec<_>>(), "model loaded")
+                }
                 Some(e) => tracing::error!(model = %name, error = %e, "model failed to load"),
             }
             models.insert(name, model);
@@ -120,7 +133,11 @@ impl Repository {
     }
 
     /// The version a request names, or the latest.
-    pub fn resolve(&self, name: &str, version: Option<&str>) -> Result<Arc<ModelVersion>, LookupError> {
+    pub fn resolve(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Arc<ModelVersion>, LookupError> {
         let model = self.model(name)?;
         let found = match version {
             None | Some("") => model.latest(),
@@ -130,7 +147,10 @@ impl Repository {
             Some(v) => Ok(Arc::clone(v)),
             None if version.is_none() || model.versions.is_empty() => Err(LookupError::NotReady {
                 model: name.to_string(),
-                reason: model.error.clone().unwrap_or_else(|| "no version loaded".into()),
+                reason: model
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "no version loaded".into()),
             }),
             None => Err(LookupError::UnknownVersion {
                 model: name.to_string(),
@@ -146,7 +166,12 @@ impl Repository {
     }
 }
 
-async fn load_model(dir: &Path, name: &str, factory: &Arc<dyn EngineFactory>, metrics: &Metrics) -> Model {
+async fn load_model(
+    dir: &Path,
+    name: &str,
+    factory: &Arc<dyn EngineFactory>,
+    metrics: &Metrics,
+) -> Model {
     let mut model = Model {
         name: name.to_string(),
         config: ModelConfig::default(),

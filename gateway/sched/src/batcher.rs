@@ -118,7 +118,9 @@ pub struct Batcher<T> {
 
 impl<T> Batcher<T> {
     pub fn new(policy: Policy) -> Batcher<T> {
-        let levels = (0..policy.priority_levels.max(1)).map(|_| VecDeque::new()).collect();
+        let levels = (0..policy.priority_levels.max(1))
+            .map(|_| VecDeque::new())
+            .collect();
         // Lowest index last so that `pop` hands out instance 0 first.
         let idle = (0..policy.instances.max(1)).rev().collect();
         Batcher {
@@ -143,10 +145,21 @@ impl<T> Batcher<T> {
         self.idle.len()
     }
 
-    pub fn enqueue(&mut self, item: T, info: RequestInfo, now: Micros) -> Result<(), (T, Rejection)> {
+    pub fn enqueue(
+        &mut self,
+        item: T,
+        info: RequestInfo,
+        now: Micros,
+    ) -> Result<(), (T, Rejection)> {
         let max = self.policy.max_batch_size;
         if max > 0 && info.rows > max {
-            return Err((item, Rejection::TooManyRows { rows: info.rows, max }));
+            return Err((
+                item,
+                Rejection::TooManyRows {
+                    rows: info.rows,
+                    max,
+                },
+            ));
         }
         let cap = self.policy.max_queue_size;
         if cap > 0 && self.len >= cap {
@@ -195,7 +208,12 @@ impl<T> Batcher<T> {
                 Formed::Empty => break,
             }
         }
-        let next_deadline = self.levels.iter().flatten().filter_map(|e| e.deadline).min();
+        let next_deadline = self
+            .levels
+            .iter()
+            .flatten()
+            .filter_map(|e| e.deadline)
+            .min();
         let wake_at = match (wake_at, next_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -222,8 +240,9 @@ impl<T> Batcher<T> {
         let mut out = Vec::new();
         for level in &mut self.levels {
             if level.iter().any(|e| e.deadline.is_some_and(|d| d <= now)) {
-                let (gone, kept): (VecDeque<_>, VecDeque<_>) =
-                    level.drain(..).partition(|e| e.deadline.is_some_and(|d| d <= now));
+                let (gone, kept): (VecDeque<_>, VecDeque<_>) = level
+                    .drain(..)
+                    .partition(|e| e.deadline.is_some_and(|d| d <= now));
                 *level = kept;
                 out.extend(gone.into_iter().map(|e| e.queued));
             }
@@ -278,7 +297,11 @@ impl<T> Batcher<T> {
             return Formed::WaitUntil(window_end);
         }
         // Remove from the back so earlier indices stay valid.
-        let mut items: Vec<Queued<T>> = picks.iter().rev().map(|&(li, ei)| self.take(li, ei)).collect();
+        let mut items: Vec<Queued<T>> = picks
+            .iter()
+            .rev()
+            .map(|&(li, ei)| self.take(li, ei))
+            .collect();
         items.reverse();
         Formed::Ready(items)
     }

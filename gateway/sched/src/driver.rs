@@ -74,7 +74,12 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// Starts the driver task on the current runtime.
-    pub fn spawn(policy: Policy, engines: Vec<Arc<dyn Engine>>, metadata: ModelMetadata, metrics: ModelMetrics) -> Scheduler {
+    pub fn spawn(
+        policy: Policy,
+        engines: Vec<Arc<dyn Engine>>,
+        metadata: ModelMetadata,
+        metrics: ModelMetrics,
+    ) -> Scheduler {
         let policy = Policy {
             instances: engines.len(),
             ..policy
@@ -101,7 +106,13 @@ impl Scheduler {
     /// Queues one request whose inputs are already checked against the
     /// model (every input present, in the model's order, with one batch
     /// dimension of `rows` when batching).
-    pub async fn infer(&self, inputs: Vec<Tensor>, rows: usize, priority: u64, timeout_us: u64) -> Result<InferOutcome, SchedError> {
+    pub async fn infer(
+        &self,
+        inputs: Vec<Tensor>,
+        rows: usize,
+        priority: u64,
+        timeout_us: u64,
+    ) -> Result<InferOutcome, SchedError> {
         let (reply, rx) = oneshot::channel();
         let info = RequestInfo {
             rows,
@@ -114,7 +125,9 @@ impl Scheduler {
             rows,
             reply,
         };
-        self.tx.send(Msg::Submit(job, info)).map_err(|_| SchedError::Stopped)?;
+        self.tx
+            .send(Msg::Submit(job, info))
+            .map_err(|_| SchedError::Stopped)?;
         rx.await.map_err(|_| SchedError::Stopped)?
     }
 }
@@ -123,7 +136,11 @@ impl Scheduler {
 fn shape_key(inputs: &[Tensor], batching: bool) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for t in inputs {
-        let dims = if batching { t.shape.get(1..).unwrap_or(&[]) } else { &t.shape[..] };
+        let dims = if batching {
+            t.shape.get(1..).unwrap_or(&[])
+        } else {
+            &t.shape[..]
+        };
         dims.hash(&mut h);
     }
     h.finish()
@@ -166,7 +183,9 @@ impl Driver {
                     if let Err((job, why)) = self.batcher.enqueue(job, info, now) {
                         let err = match why {
                             Rejection::QueueFull { capacity } => SchedError::QueueFull { capacity },
-                            Rejection::TooManyRows { rows, max } => SchedError::TooManyRows { rows, max },
+                            Rejection::TooManyRows { rows, max } => {
+                                SchedError::TooManyRows { rows, max }
+                            }
                         };
                         let _ = job.reply.send(Err(err));
                     }
@@ -226,7 +245,9 @@ impl Driver {
                 Err(e) => {
                     let msg = e.to_string();
                     for (job, _) in queued {
-                        let _ = job.reply.send(Err(SchedError::Engine(EngineError::Run(msg.clone()))));
+                        let _ = job
+                            .reply
+                            .send(Err(SchedError::Engine(EngineError::Run(msg.clone()))));
                     }
                 }
             }
@@ -236,7 +257,12 @@ impl Driver {
 
 /// One input per model input: each request's bytes as parts, gathered by the
 /// engine into its own buffer.
-fn batch_inputs(metadata: &ModelMetadata, jobs: &[(Job, Duration)], rows: usize, batching: bool) -> Vec<BatchInput> {
+fn batch_inputs(
+    metadata: &ModelMetadata,
+    jobs: &[(Job, Duration)],
+    rows: usize,
+    batching: bool,
+) -> Vec<BatchInput> {
     metadata
         .inputs
         .iter()
@@ -259,8 +285,16 @@ fn batch_inputs(metadata: &ModelMetadata, jobs: &[(Job, Duration)], rows: usize,
 
 /// Cuts every output along the batch dimension, request by request. Slices
 /// of the engine's output buffer: no copy.
-fn split_outputs(outputs: Vec<Tensor>, jobs: &[(Job, Duration)], rows: usize, batching: bool) -> Result<Vec<Vec<Tensor>>, EngineError> {
-    let mut per_request: Vec<Vec<Tensor>> = jobs.iter().map(|_| Vec::with_capacity(outputs.len())).collect();
+fn split_outputs(
+    outputs: Vec<Tensor>,
+    jobs: &[(Job, Duration)],
+    rows: usize,
+    batching: bool,
+) -> Result<Vec<Vec<Tensor>>, EngineError> {
+    let mut per_request: Vec<Vec<Tensor>> = jobs
+        .iter()
+        .map(|_| Vec::with_capacity(outputs.len()))
+        .collect();
     if !batching {
         per_request[0] = outputs;
         return Ok(per_request);
@@ -293,7 +327,12 @@ fn split_outputs(outputs: Vec<Tensor>, jobs: &[(Job, Duration)], rows: usize, ba
 }
 
 /// Byte offset where each row starts, plus the end.
-fn row_offsets(out: &Tensor, data: &Bytes, rows: usize, per_row: usize) -> Result<Vec<usize>, EngineError> {
+fn row_offsets(
+    out: &Tensor,
+    data: &Bytes,
+    rows: usize,
+    per_row: usize,
+) -> Result<Vec<usize>, EngineError> {
     match out.datatype.element_size() {
         Some(size) => Ok((0..=rows).map(|r| r * per_row * size).collect()),
         None => {
@@ -309,7 +348,10 @@ fn row_offsets(out: &Tensor, data: &Bytes, rows: usize, per_row: usize) -> Resul
             }
             offsets.push(at);
             if offsets.len() != rows + 1 {
-                return Err(EngineError::Run(format!("BYTES output '{}' does not split into {rows} rows", out.name)));
+                return Err(EngineError::Run(format!(
+                    "BYTES output '{}' does not split into {rows} rows",
+                    out.name
+                )));
             }
             Ok(offsets)
         }

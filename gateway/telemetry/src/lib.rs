@@ -73,7 +73,11 @@ impl Metrics {
             "Inference request latency by phase: queue (waiting for a batch), compute (the batch on the engine), total (received to answered)",
             duration.clone(),
         );
-        registry.register("batch_size", "Rows per batch run on an engine", batch_size.clone());
+        registry.register(
+            "batch_size",
+            "Rows per batch run on an engine",
+            batch_size.clone(),
+        );
         registry.register(
             "queue_depth",
             "Requests waiting in a model's batching queue",
@@ -175,9 +179,25 @@ mod tests {
         mm.queue_depth.set(2);
         m.total_latency("tiny-cnn", 0.001);
         let text = m.encode();
-        assert!(text.contains(r#"nusa_requests_total{model="tiny-cnn",outcome="ok",protocol="http2"} 1"#), "{text}");
-        assert!(text.contains(r#"nusa_batch_size_sum{model="tiny-cnn"} 3.0"#), "{text}");
-        assert!(text.contains(r#"nusa_queue_depth{model="tiny-cnn"} 2"#), "{text}");
-        assert!(text.contains(r#"nusa_request_duration_seconds_count{model="tiny-cnn",phase="total"} 1"#), "{text}");
+        assert!(
+            text.contains(
+                r#"nusa_requests_total{model="tiny-cnn",outcome="ok",protocol="http2"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"nusa_batch_size_sum{model="tiny-cnn"} 3.0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"nusa_queue_depth{model="tiny-cnn"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"nusa_request_duration_seconds_count{model="tiny-cnn",phase="total"} 1"#
+            ),
+            "{text}"
+        );
     }
 }

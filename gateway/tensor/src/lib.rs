@@ -175,10 +175,12 @@ impl Tensor {
         })?;
         match self.datatype.element_size() {
             Some(size) => {
-                let want = count.checked_mul(size).ok_or_else(|| TensorError::BadShape {
-                    name: self.name.clone(),
-                    shape: self.shape.clone(),
-                })?;
+                let want = count
+                    .checked_mul(size)
+                    .ok_or_else(|| TensorError::BadShape {
+                        name: self.name.clone(),
+                        shape: self.shape.clone(),
+                    })?;
                 if self.data.len() != want {
                     return Err(TensorError::SizeMismatch {
                         name: self.name.clone(),
@@ -273,7 +275,11 @@ mod tests {
 
     #[test]
     fn segments_gather_in_order() {
-        let d = TensorData::new(vec![Bytes::from_static(b"ab"), Bytes::new(), Bytes::from_static(b"cde")]);
+        let d = TensorData::new(vec![
+            Bytes::from_static(b"ab"),
+            Bytes::new(),
+            Bytes::from_static(b"cde"),
+        ]);
         assert_eq!(d.len(), 5);
         assert_eq!(d.segments().len(), 2);
         assert_eq!(&d.contiguous()[..], b"abcde");
@@ -287,8 +293,18 @@ mod tests {
             shape: vec![2, 2],
             data: vec![0u8; 12].into(),
         };
-        assert!(matches!(t.validate(), Err(TensorError::SizeMismatch { expected: 16, actual: 12, .. })));
-        let t = Tensor { shape: vec![-1, 2], ..t };
+        assert!(matches!(
+            t.validate(),
+            Err(TensorError::SizeMismatch {
+                expected: 16,
+                actual: 12,
+                ..
+            })
+        ));
+        let t = Tensor {
+            shape: vec![-1, 2],
+            ..t
+        };
         assert!(matches!(t.validate(), Err(TensorError::BadShape { .. })));
     }
 
@@ -296,7 +312,14 @@ mod tests {
     fn bytes_framing() {
         let enc = encode_bytes_elements([&b"hi"[..], &b""[..], &b"there"[..]]);
         let els = bytes_elements(&Bytes::from(enc.clone())).unwrap();
-        assert_eq!(els, vec![Bytes::from_static(b"hi"), Bytes::new(), Bytes::from_static(b"there")]);
+        assert_eq!(
+            els,
+            vec![
+                Bytes::from_static(b"hi"),
+                Bytes::new(),
+                Bytes::from_static(b"there")
+            ]
+        );
         assert!(bytes_elements(&Bytes::from(enc[..enc.len() - 1].to_vec())).is_err());
         let t = Tensor {
             name: "s".into(),

@@ -18,9 +18,12 @@ fn f32s(t: &Tensor) -> Vec<f32> {
 
 #[test]
 fn flat_and_nested_json_give_the_same_bytes() {
-    let flat = json(r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2.5,3,4]}]}"#).unwrap();
+    let flat =
+        json(r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2.5,3,4]}]}"#)
+            .unwrap();
     let nested =
-        json(r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2.5],[3,4]]}]}"#).unwrap();
+        json(r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2.5],[3,4]]}]}"#)
+            .unwrap();
     assert_eq!(flat.inputs, nested.inputs);
     assert_eq!(f32s(&flat.inputs[0]), vec![1.0, 2.5, 3.0, 4.0]);
 }
@@ -34,7 +37,10 @@ fn parameters_are_read() {
     )
     .unwrap();
     assert_eq!(r.id.as_deref(), Some("r1"));
-    assert_eq!((r.priority, r.timeout_us, r.binary_data_output), (1, 500, true));
+    assert_eq!(
+        (r.priority, r.timeout_us, r.binary_data_output),
+        (1, 500, true)
+    );
     assert_eq!(
         r.outputs,
         Some(vec![RequestedOutput {
@@ -53,7 +59,11 @@ fn every_datatype_decodes_from_json() {
         ("UINT16", "[1,2]", vec![1, 0, 2, 0]),
         ("INT16", "[-1,2]", vec![0xff, 0xff, 2, 0]),
         ("FP16", "[1,2]", vec![0x00, 0x3c, 0x00, 0x40]),
-        ("BYTES", r#"["a","bc"]"#, vec![1, 0, 0, 0, b'a', 2, 0, 0, 0, b'b', b'c']),
+        (
+            "BYTES",
+            r#"["a","bc"]"#,
+            vec![1, 0, 0, 0, b'a', 2, 0, 0, 0, b'b', b'c'],
+        ),
     ] {
         let r = json(&format!(
             r#"{{"inputs":[{{"name":"x","shape":[2],"datatype":"{dt}","data":{data}}}]}}"#
@@ -66,16 +76,43 @@ fn every_datatype_decodes_from_json() {
 #[test]
 fn json_errors_name_the_tensor_and_the_problem() {
     let cases = [
-        (r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[1]}]}"#, "needs 2 elements"),
-        (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"UINT8","data":[256]}]}"#, "out of range for UINT8"),
-        (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"INT32","data":[1.5]}]}"#, "expected an integer for INT32"),
-        (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":["a"]}]}"#, "expected FP32 elements"),
-        (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FLOAT","data":[1]}]}"#, "unknown datatype 'FLOAT'"),
-        (r#"{"inputs":[{"name":"x","shape":[-1],"datatype":"FP32","data":[1]}]}"#, "negative"),
-        (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#, "neither"),
-        (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[null]}]}"#, "null"),
+        (
+            r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[1]}]}"#,
+            "needs 2 elements",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":"UINT8","data":[256]}]}"#,
+            "out of range for UINT8",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":"INT32","data":[1.5]}]}"#,
+            "expected an integer for INT32",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":["a"]}]}"#,
+            "expected FP32 elements",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FLOAT","data":[1]}]}"#,
+            "unknown datatype 'FLOAT'",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[-1],"datatype":"FP32","data":[1]}]}"#,
+            "negative",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#,
+            "neither",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[null]}]}"#,
+            "null",
+        ),
         (r#"{"inputs":[]}"#, "no inputs"),
-        (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}],"bogus":1}"#, "unknown field"),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}],"bogus":1}"#,
+            "unknown field",
+        ),
         (r#"{"inputs":"#, "malformed"),
     ];
     for (body, want) in cases {
@@ -93,7 +130,10 @@ fn binary_body(json: &str, bin: &[u8]) -> (String, Frames) {
 
 #[test]
 fn binary_inputs_are_slices_of_the_body() {
-    let bin: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0].iter().flat_map(|f| f.to_le_bytes()).collect();
+    let bin: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0]
+        .iter()
+        .flat_map(|f| f.to_le_bytes())
+        .collect();
     let json = r#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","parameters":{"binary_data_size":8}},
                              {"name":"y","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":8}}]}"#;
     let mut body = json.as_bytes().to_vec();
@@ -105,8 +145,15 @@ fn binary_inputs_are_slices_of_the_body() {
     let r = decode_infer_request(Some(&json.len().to_string()), frames, None).unwrap();
     assert_eq!(f32s(&r.inputs[0]), vec![1.0, 2.0]);
     assert_eq!(f32s(&r.inputs[1]), vec![3.0, 4.0]);
-    assert_eq!(r.inputs[0].data.segments().len(), 2, "kept as two segments, not joined");
-    assert_eq!(r.inputs[1].data.segments()[0].as_ptr(), body[json.len() + 8..].as_ptr());
+    assert_eq!(
+        r.inputs[0].data.segments().len(),
+        2,
+        "kept as two segments, not joined"
+    );
+    assert_eq!(
+        r.inputs[1].data.segments()[0].as_ptr(),
+        body[json.len() + 8..].as_ptr()
+    );
 }
 
 #[test]
@@ -119,7 +166,11 @@ fn binary_errors() {
     let j2 = r#"{"inputs":[{"name":"x","shape":[3],"datatype":"FP32","parameters":{"binary_data_size":8}}]}"#;
     let (len, body) = binary_body(j2, &[0; 8]);
     let e = decode_infer_request(Some(&len), body, None).unwrap_err();
-    assert!(e.message.contains("'x'") && e.message.contains("needs 12 bytes, got 8"), "{}", e.message);
+    assert!(
+        e.message.contains("'x'") && e.message.contains("needs 12 bytes, got 8"),
+        "{}",
+        e.message
+    );
 
     let (_, body) = binary_body(j, &[0; 8]);
     let e = decode_infer_request(Some("100000"), body, None).unwrap_err();
@@ -131,7 +182,11 @@ fn binary_errors() {
 
     let (len, body) = binary_body(j, &[0; 12]);
     let e = decode_infer_request(Some(&len), body, None).unwrap_err();
-    assert!(e.message.contains("4 bytes of binary data"), "{}", e.message);
+    assert!(
+        e.message.contains("4 bytes of binary data"),
+        "{}",
+        e.message
+    );
 }
 
 #[test]
@@ -155,7 +210,10 @@ fn raw_binary_body_fills_the_batch_dimension() {
 
 #[test]
 fn response_round_trips_json_and_binary() {
-    let data: Vec<u8> = [0.5f32, 0.25].iter().flat_map(|f| f.to_le_bytes()).collect();
+    let data: Vec<u8> = [0.5f32, 0.25]
+        .iter()
+        .flat_map(|f| f.to_le_bytes())
+        .collect();
     let outs = vec![
         ResponseOutput {
             name: "a".into(),

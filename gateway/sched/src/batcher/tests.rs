@@ -39,7 +39,11 @@ fn queue_delay_waits_for_the_window_then_dispatches() {
     b.enqueue(1, info(1), 100).unwrap();
     let p = b.poll(100);
     assert!(p.batches.is_empty());
-    assert_eq!(p.wake_at, Some(600), "window closes 500us after the oldest request");
+    assert_eq!(
+        p.wake_at,
+        Some(600),
+        "window closes 500us after the oldest request"
+    );
     b.enqueue(2, info(2), 300).unwrap();
     assert!(b.poll(599).batches.is_empty());
     let p = b.poll(600);
@@ -93,7 +97,10 @@ fn queue_full_is_refused_and_frees_up_on_dispatch() {
     });
     b.enqueue(1, info(1), 0).unwrap();
     b.enqueue(2, info(1), 0).unwrap();
-    assert_eq!(b.enqueue(3, info(1), 0).unwrap_err().1, Rejection::QueueFull { capacity: 2 });
+    assert_eq!(
+        b.enqueue(3, info(1), 0).unwrap_err().1,
+        Rejection::QueueFull { capacity: 2 }
+    );
     let p = b.poll(0);
     assert_eq!(p.batches.len(), 1, "one instance, one batch of one row");
     assert_eq!(b.queued(), 1);
@@ -134,10 +141,17 @@ fn timeouts_expire_queued_requests_only() {
     )
     .unwrap();
     let p = b.poll(0);
-    assert_eq!(ids(&p.batches[0]), vec![1], "dispatched before its deadline");
+    assert_eq!(
+        ids(&p.batches[0]),
+        vec![1],
+        "dispatched before its deadline"
+    );
     assert_eq!(p.wake_at, Some(1_000));
     let p = b.poll(1_000);
-    assert_eq!(p.expired.iter().map(|q| q.item).collect::<Vec<_>>(), vec![2]);
+    assert_eq!(
+        p.expired.iter().map(|q| q.item).collect::<Vec<_>>(),
+        vec![2]
+    );
     assert_eq!(p.wake_at, Some(5_000));
     b.release(0);
     let p = b.poll(1_001);
@@ -153,7 +167,15 @@ fn timeout_override_can_be_disallowed() {
         ..batching(1, 0)
     });
     b.enqueue(0, info(1), 0).unwrap();
-    b.enqueue(1, RequestInfo { timeout_us: 10_000, ..info(1) }, 0).unwrap();
+    b.enqueue(
+        1,
+        RequestInfo {
+            timeout_us: 10_000,
+            ..info(1)
+        },
+        0,
+    )
+    .unwrap();
     let p = b.poll(0);
     assert_eq!(p.wake_at, Some(100));
     assert_eq!(b.poll(100).expired.len(), 1);
@@ -166,7 +188,10 @@ fn higher_priority_goes_first_and_default_level_applies_to_zero() {
         default_priority_level: 2,
         ..batching(2, 0)
     });
-    let pri = |p| RequestInfo { priority: p, ..info(1) };
+    let pri = |p| RequestInfo {
+        priority: p,
+        ..info(1)
+    };
     b.enqueue(10, pri(3), 0).unwrap();
     b.enqueue(20, pri(0), 1).unwrap();
     b.enqueue(30, pri(1), 2).unwrap();
@@ -180,7 +205,10 @@ fn higher_priority_goes_first_and_default_level_applies_to_zero() {
 #[test]
 fn only_requests_of_the_same_shape_share_a_batch() {
     let mut b = Batcher::new(batching(8, 0));
-    let keyed = |k| RequestInfo { shape_key: k, ..info(1) };
+    let keyed = |k| RequestInfo {
+        shape_key: k,
+        ..info(1)
+    };
     b.enqueue(1, keyed(7), 0).unwrap();
     b.enqueue(2, keyed(9), 0).unwrap();
     b.enqueue(3, keyed(7), 0).unwrap();
@@ -233,7 +261,14 @@ fn simulated_load_forms_bounded_batches() {
         }
         now += 10;
     }
-    assert_eq!(sizes.iter().sum::<usize>(), next_id as usize, "every request ran once");
+    assert_eq!(
+        sizes.iter().sum::<usize>(),
+        next_id as usize,
+        "every request ran once"
+    );
     assert!(sizes.iter().all(|&s| (1..=4).contains(&s)));
-    assert!(next_id as usize > sizes.len() * 2, "batches average over 2 rows: {sizes:?}");
+    assert!(
+        next_id as usize > sizes.len() * 2,
+        "batches average over 2 rows: {sizes:?}"
+    );
 }

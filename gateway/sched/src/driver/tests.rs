@@ -79,7 +79,12 @@ fn rows(values: &[f32]) -> Tensor {
         name: "x".into(),
         datatype: DataType::Fp32,
         shape: vec![(values.len() / 2) as i64, 2],
-        data: TensorData::from(values.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>()),
+        data: TensorData::from(
+            values
+                .iter()
+                .flat_map(|f| f.to_le_bytes())
+                .collect::<Vec<u8>>(),
+        ),
     }
 }
 
@@ -95,7 +100,12 @@ fn scheduler(policy: Policy, delay_ms: u64) -> (Scheduler, Arc<Mutex<Vec<usize>>
     let batches = Arc::new(Mutex::new(Vec::new()));
     let engine = Doubler::new(delay_ms, batches.clone());
     let metadata = engine.metadata.clone();
-    let s = Scheduler::spawn(policy, vec![Arc::new(engine)], metadata, ModelMetrics::detached());
+    let s = Scheduler::spawn(
+        policy,
+        vec![Arc::new(engine)],
+        metadata,
+        ModelMetrics::detached(),
+    );
     (s, batches)
 }
 
@@ -151,11 +161,17 @@ async fn queue_timeout_and_queue_full_are_reported() {
     });
     tokio::time::sleep(Duration::from_micros(10)).await;
     let full = s.infer(vec![rows(&[1.0, 2.0])], 1, 0, 0).await;
-    assert!(matches!(full, Err(SchedError::QueueFull { capacity: 1 })), "{full:?}");
+    assert!(
+        matches!(full, Err(SchedError::QueueFull { capacity: 1 })),
+        "{full:?}"
+    );
     assert!(matches!(waiting.await.unwrap(), Err(SchedError::Timeout)));
     assert!(busy.await.unwrap().is_ok());
     let too_big = s.infer(vec![rows(&[1.0, 2.0, 3.0, 4.0])], 2, 0, 0).await;
-    assert!(matches!(too_big, Err(SchedError::TooManyRows { rows: 2, max: 1 })));
+    assert!(matches!(
+        too_big,
+        Err(SchedError::TooManyRows { rows: 2, max: 1 })
+    ));
 }
 
 #[tokio::test(start_paused = true)]
@@ -181,6 +197,9 @@ async fn engine_failure_reaches_every_request_and_the_queue_goes_on() {
     assert!(matches!(a, Err(SchedError::Engine(_))));
     assert!(matches!(b, Err(SchedError::Engine(_))));
     let c = s.infer(vec![rows(&[3.0, 4.0])], 1, 0, 0).await;
-    assert!(matches!(c, Err(SchedError::Engine(_))), "next batch still runs");
+    assert!(
+        matches!(c, Err(SchedError::Engine(_))),
+        "next batch still runs"
+    );
     assert_eq!(*batches.lock(), vec![2, 1]);
 }
