@@ -99,6 +99,11 @@ pub fn decode_infer_request(
         return raw_single_input(body, sole_input);
     }
     let json = body.split_contiguous(json_len);
+    if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ProtoError::bad_request(
+            "malformed inference request: the body must be a JSON object with 'inputs'",
+        ));
+    }
     let raw: RawRequest<'_> = serde_json::from_slice(&json)
         .map_err(|e| ProtoError::bad_request(format!("malformed inference request JSON: {e}")))?;
 
