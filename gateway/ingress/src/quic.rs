@@ -3,8 +3,8 @@
 //! h3 is young ("still very experimental"); it is kept behind this module so
 //! that another HTTP/3 stack could replace it without touching the rest.
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -93,6 +93,36 @@ impl QuicIngress {
     }
 }
 
+/// Whether a 0-RTT connection's handshake has completed.
+///
+/// quinn resolves `ZeroRttAccepted` from its connection driver when the
+/// handshake completes, before the driver hands over stream data that came
+/// after the client's Finished; polling it at the moment a request is read
+/// (rather than from a task of its own, which could run late) therefore
+/// counts a 1-RTT request as 1-RTT. A request read while the handshake is
+/// still open came in early data. One read after a handshake that completed
+/// meanwhile is served: it cannot be a replay, since a replayed flight never
+/// completes its handshake (RFC 8470 section 3 allows such deferral).
+#[derive(Default)]
+struct Handshake {
+    pending: parking_lot::Mutex<Option<quinn::ZeroRttAccepted>>,
+}
+
+impl Handshake {
+    fn complete(&self) -> bool {
+        let mut pending = self.pending.lock();
+        let Some(fut) = pending.as_mut() else {
+            return true;
+        };
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if std::pin::Pin::new(fut).poll(&mut cx).is_ready() {
+            *pending = None;
+            return true;
+        }
+        false
+    }
+}
+
 struct Connection {
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
@@ -112,17 +142,12 @@ impl Connection {
             }
         };
         // With 0-RTT on, the connection is usable before the handshake ends;
-        // `handshake_done` tells requests that arrived in early data apart.
-        let handshake_done = Arc::new(AtomicBool::new(true));
+        // `handshake` tells requests that arrived in early data apart.
+        let handshake = Arc::new(Handshake::default());
         let conn = if self.early_data {
             match connecting.into_0rtt() {
                 Ok((conn, accepted)) => {
-                    handshake_done.store(false, Ordering::SeqCst);
-                    let flag = Arc::clone(&handshake_done);
-                    tokio::spawn(async move {
-                        accepted.await;
-                        flag.store(true, Ordering::SeqCst);
-                    });
+                    *handshake.pending.lock() = Some(accepted);
                     conn
                 }
                 Err(connecting) => match self.handshake(connecting, peer).await {
@@ -153,11 +178,11 @@ impl Connection {
                 accepted = h3.accept() => match accepted {
                     Ok(Some(resolver)) => {
                         let shared = Arc::clone(&self.shared);
-                        let done = Arc::clone(&handshake_done);
+                        let handshake = Arc::clone(&handshake);
                         tokio::spawn(async move {
                             match resolver.resolve_request().await {
                                 Ok((req, stream)) => {
-                                    let early = !done.load(Ordering::SeqCst);
+                                    let early = !handshake.complete();
                                     serve_request(&shared, req, stream, early).await;
                                 }
                                 Err(e) => tracing::debug!(error = %e, "bad HTTP/3 request"),
