@@ -12,6 +12,7 @@ import dataclasses
 import http.client
 import json
 import os
+import shlex
 import platform
 import re
 import signal
@@ -246,6 +247,9 @@ class NusadServer:
                     "--metrics-listen", f"127.0.0.1:{self.metrics_port}"]
             if self.config_path is not None:
                 args += ["--config", str(self.config_path)]
+            # A command to run nusad under (the benchmark pins it with taskset,
+            # which execs nusad, so the pid stays nusad's).
+            args = shlex.split(os.environ.get("NUSAD_WRAP", "")) + args
             with open(self.log_path, "ab") as log:
                 log.write(f"\n=== {' '.join(args)}\n".encode())
                 log.flush()
