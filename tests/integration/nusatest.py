@@ -193,7 +193,7 @@ class ServerStartError(RuntimeError):
 class NusadServer:
     """One nusad process with its own ports, data dir and log file."""
 
-    def __init__(self, name: str, workdir: Path, models_dir: Path, config: Mapping | None = None):
+    def __init__(self, name: str, workdir: Path, models_dir: Path | None, config: Mapping | None = None):
         self.name = name
         self.workdir = workdir
         self.models_dir = models_dir
@@ -205,6 +205,8 @@ class NusadServer:
             self.config_path.write_text(toml_dumps(config))
         self.port = 0
         self.metrics_port = 0
+        # What "started" waits for; a server with a broken model is live, not ready.
+        self.ready_path = "/v2/health/ready"
         self.proc: subprocess.Popen | None = None
         self._ssl: dict[tuple[str, ...], ssl.SSLContext] = {}
 
@@ -242,9 +244,10 @@ class NusadServer:
                 self.metrics_port = free_port()
             args = [str(nusad_binary()),
                     "--listen", f"127.0.0.1:{self.port}",
-                    "--models", str(self.models_dir),
                     "--data", str(self.data_dir),
                     "--metrics-listen", f"127.0.0.1:{self.metrics_port}"]
+            if self.models_dir is not None:  # None: the bundled demo model
+                args += ["--models", str(self.models_dir)]
             if self.config_path is not None:
                 args += ["--config", str(self.config_path)]
             # A command to run nusad under (the benchmark pins it with taskset,
@@ -279,7 +282,7 @@ class NusadServer:
             if self.ca_path.exists():
                 try:
                     self._ssl.clear()  # the CA file may have been half-written last time
-                    r = https1(self, "GET", "/v2/health/ready", timeout=2)
+                    r = https1(self, "GET", self.ready_path, timeout=2)
                     if r.status == 200:
                         return
                     last_err = f"status {r.status}: {r.body[:200]!r}"
