@@ -55,6 +55,8 @@ enum Msg {
     Submit(Job, RequestInfo),
     /// An instance finished its batch.
     Done(usize),
+    /// The precise timer's wake-up.
+    Tick,
 }
 
 enum Wake {
@@ -65,6 +67,18 @@ enum Wake {
     Closed,
 }
 
+/// Where the driver's wake-ups come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimerKind {
+    /// A thread of the scheduler's own that sleeps to the microsecond and
+    /// posts the wake-up into the driver's mailbox. tokio's timer wheel has
+    /// millisecond ticks, which would stretch a 200us batching window to
+    /// 1-2 ms; this is the production timer.
+    Precise,
+    /// tokio's timer, which follows tokio's paused clock in tests.
+    Tokio,
+}
+
 /// Handle to one model version's batching queue.
 #[derive(Clone)]
 pub struct Scheduler {
@@ -73,12 +87,22 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Starts the driver task on the current runtime.
+    /// Starts the driver task on the current runtime, with the precise timer.
     pub fn spawn(
         policy: Policy,
         engines: Vec<Arc<dyn Engine>>,
         metadata: ModelMetadata,
         metrics: ModelMetrics,
+    ) -> Scheduler {
+        Scheduler::spawn_with(policy, engines, metadata, metrics, TimerKind::Precise)
+    }
+
+    pub fn spawn_with(
+        policy: Policy,
+        engines: Vec<Arc<dyn Engine>>,
+        metadata: ModelMetadata,
+        metrics: ModelMetrics,
+        timer: TimerKind,
     ) -> Scheduler {
         let policy = Policy {
             instances: engines.len(),
@@ -86,7 +110,12 @@ impl Scheduler {
         };
         let batching = policy.max_batch_size > 0;
         let (tx, rx) = mpsc::unbounded_channel();
+        let timer = match timer {
+            TimerKind::Precise => Some(PreciseTimer::start(tx.downgrade())),
+            TimerKind::Tokio => None,
+        };
         let driver = Driver {
+            timer,
             batcher: Batcher::new(policy),
             engines,
             metadata: Arc::new(metadata),
@@ -147,6 +176,8 @@ fn shape_key(inputs: &[Tensor], batching: bool) -> u64 {
 }
 
 struct Driver {
+    /// `None`: tokio's timer.
+    timer: Option<PreciseTimer>,
     batcher: Batcher<Job>,
     engines: Vec<Arc<dyn Engine>>,
     metadata: Arc<ModelMetadata>,
@@ -162,23 +193,26 @@ impl Driver {
         self.origin.elapsed().as_micros() as Micros
     }
 
+    fn instant(&self, t: Micros) -> Instant {
+        self.origin + Duration::from_micros(t)
+    }
+
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
         let mut wake_at: Option<Micros> = None;
         loop {
-            let wake = match wake_at {
-                Some(t) => {
-                    let deadline = self.origin + Duration::from_micros(t);
+            let wake = match (wake_at, &self.timer) {
+                (Some(t), None) => {
                     tokio::select! {
                         m = rx.recv() => m.map_or(Wake::Closed, Wake::Msg),
-                        _ = tokio::time::sleep_until(deadline) => Wake::Tick,
+                        _ = tokio::time::sleep_until(self.instant(t)) => Wake::Tick,
                     }
                 }
-                None => rx.recv().await.map_or(Wake::Closed, Wake::Msg),
+                _ => rx.recv().await.map_or(Wake::Closed, Wake::Msg),
             };
             let now = self.now();
             match wake {
                 Wake::Closed => break,
-                Wake::Tick => {}
+                Wake::Tick | Wake::Msg(Msg::Tick) => {}
                 Wake::Msg(Msg::Submit(job, info)) => {
                     if let Err((job, why)) = self.batcher.enqueue(job, info, now) {
                         let err = match why {
@@ -201,6 +235,9 @@ impl Driver {
             }
             self.metrics.queue_depth.set(self.batcher.queued() as i64);
             wake_at = poll.wake_at;
+            if let (Some(timer), Some(t)) = (&self.timer, wake_at) {
+                timer.wake_at(self.instant(t).into_std());
+            }
         }
     }
 
@@ -252,6 +289,52 @@ impl Driver {
                 }
             }
         });
+    }
+}
+
+/// A thread that sleeps until the latest requested time and then posts a
+/// [`Msg::Tick`]. A new request replaces the pending one: the driver asks
+/// again after every poll, so only its latest answer matters.
+struct PreciseTimer {
+    tx: std::sync::mpsc::Sender<std::time::Instant>,
+}
+
+impl PreciseTimer {
+    fn start(mailbox: mpsc::WeakUnboundedSender<Msg>) -> PreciseTimer {
+        let (tx, rx) = std::sync::mpsc::channel::<std::time::Instant>();
+        let spawned = std::thread::Builder::new()
+            .name("nusa-batch-timer".into())
+            .spawn(move || {
+                // Ends when the driver (the only sender) is gone.
+                while let Ok(mut deadline) = rx.recv() {
+                    loop {
+                        let left = deadline.saturating_duration_since(std::time::Instant::now());
+                        match rx.recv_timeout(left) {
+                            Ok(newer) => deadline = newer,
+                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                                match mailbox.upgrade() {
+                                    Some(m) => {
+                                        let _ = m.send(Msg::Tick);
+                                    }
+                                    None => return,
+                                }
+                                break;
+                            }
+                            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                        }
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            // Without the thread the driver still runs; windows then close on
+            // the next request or completion rather than on time.
+            tracing::error!(error = %e, "starting the batch timer thread");
+        }
+        PreciseTimer { tx }
+    }
+
+    fn wake_at(&self, at: std::time::Instant) {
+        let _ = self.tx.send(at);
     }
 }
 

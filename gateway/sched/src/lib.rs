@@ -6,4 +6,4 @@ mod batcher;
 mod driver;
 
 pub use batcher::{Batch, Batcher, Micros, Policy, Poll, Queued, Rejection, RequestInfo};
-pub use driver::{InferOutcome, SchedError, Scheduler, Timing};
+pub use driver::{InferOutcome, SchedError, Scheduler, TimerKind, Timing};

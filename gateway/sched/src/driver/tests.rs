@@ -100,11 +100,12 @@ fn scheduler(policy: Policy, delay_ms: u64) -> (Scheduler, Arc<Mutex<Vec<usize>>
     let batches = Arc::new(Mutex::new(Vec::new()));
     let engine = Doubler::new(delay_ms, batches.clone());
     let metadata = engine.metadata.clone();
-    let s = Scheduler::spawn(
+    let s = Scheduler::spawn_with(
         policy,
         vec![Arc::new(engine)],
         metadata,
         ModelMetrics::detached(),
+        TimerKind::Tokio,
     );
     (s, batches)
 }
@@ -180,7 +181,7 @@ async fn engine_failure_reaches_every_request_and_the_queue_goes_on() {
     let mut engine = Doubler::new(1, batches.clone());
     engine.fail = true;
     let metadata = engine.metadata.clone();
-    let s = Scheduler::spawn(
+    let s = Scheduler::spawn_with(
         Policy {
             max_batch_size: 4,
             max_queue_delay_us: 1_000,
@@ -189,6 +190,7 @@ async fn engine_failure_reaches_every_request_and_the_queue_goes_on() {
         vec![Arc::new(engine)],
         metadata,
         ModelMetrics::detached(),
+        TimerKind::Tokio,
     );
     let (a, b) = tokio::join!(
         s.infer(vec![rows(&[1.0, 2.0])], 1, 0, 0),
@@ -202,4 +204,34 @@ async fn engine_failure_reaches_every_request_and_the_queue_goes_on() {
         "next batch still runs"
     );
     assert_eq!(*batches.lock(), vec![2, 1]);
+}
+
+/// The production timer on the real clock: a lone request in a batching
+/// window is dispatched when the window closes (it would hang otherwise).
+#[tokio::test]
+async fn precise_timer_closes_the_window() {
+    let batches = Arc::new(Mutex::new(Vec::new()));
+    let engine = Doubler::new(0, batches.clone());
+    let metadata = engine.metadata.clone();
+    let s = Scheduler::spawn(
+        Policy {
+            max_batch_size: 8,
+            max_queue_delay_us: 300,
+            ..Policy::default()
+        },
+        vec![Arc::new(engine)],
+        metadata,
+        ModelMetrics::detached(),
+    );
+    for _ in 0..3 {
+        let out = tokio::time::timeout(
+            Duration::from_secs(10),
+            s.infer(vec![rows(&[1.0, 2.0])], 1, 0, 0),
+        )
+        .await
+        .expect("the window never closed")
+        .unwrap();
+        assert_eq!(floats(&out.outputs[0]), vec![2.0, 4.0]);
+    }
+    assert_eq!(*batches.lock(), vec![1, 1, 1]);
 }
