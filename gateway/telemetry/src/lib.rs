@@ -9,6 +9,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+pub use prometheus_client;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -90,6 +91,13 @@ impl Metrics {
             batch_size,
             queue_depth,
         })
+    }
+
+    /// Lets another crate register its own families (the cache's, the
+    /// spill decision's) in the one registry this endpoint exposes. Names
+    /// get the `nusa_` prefix.
+    pub fn register_with(&self, f: impl FnOnce(&mut Registry)) {
+        f(&mut self.registry.lock());
     }
 
     /// The exposition text.
