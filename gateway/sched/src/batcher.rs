@@ -140,6 +140,16 @@ impl<T> Batcher<T> {
         self.len
     }
 
+    /// Rows of each queued request, in the order they would be taken
+    /// (priority, then arrival).
+    pub fn queued_rows(&self) -> Vec<usize> {
+        self.levels
+            .iter()
+            .flatten()
+            .map(|e| e.queued.rows)
+            .collect()
+    }
+
     /// Instances not running a batch.
     pub fn idle_instances(&self) -> usize {
         self.idle.len()

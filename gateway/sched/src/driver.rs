@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use nusa_engine::{BatchInput, Engine, EngineError, ModelMetadata};
+use nusa_spill::{QueueView, ServiceTimes};
 use nusa_telemetry::ModelMetrics;
 use nusa_tensor::{bytes_elements, element_count, DataType, Tensor, TensorData};
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -53,8 +55,13 @@ struct Job {
 
 enum Msg {
     Submit(Job, RequestInfo),
-    /// An instance finished its batch.
-    Done(usize),
+    /// An instance finished its batch of `rows`; `took` is its compute time
+    /// when it succeeded.
+    Done {
+        instance: usize,
+        rows: usize,
+        took: Option<Duration>,
+    },
     /// The precise timer's wake-up.
     Tick,
 }
@@ -79,11 +86,21 @@ pub enum TimerKind {
     Tokio,
 }
 
+/// What the driver publishes for the spill decision: the queue as it
+/// stands and what batches have cost.
+struct Shared {
+    view: QueueView,
+    service: ServiceTimes,
+}
+
 /// Handle to one model version's batching queue.
 #[derive(Clone)]
 pub struct Scheduler {
     tx: mpsc::UnboundedSender<Msg>,
     batching: bool,
+    shared: Arc<Mutex<Shared>>,
+    origin: Instant,
+    max_queue_size: usize,
 }
 
 impl Scheduler {
@@ -109,6 +126,17 @@ impl Scheduler {
             ..policy
         };
         let batching = policy.max_batch_size > 0;
+        let shared = Arc::new(Mutex::new(Shared {
+            view: QueueView {
+                queued_rows: Vec::new(),
+                running: vec![None; policy.instances.max(1)],
+                max_batch_size: policy.max_batch_size,
+                max_queue_delay_us: policy.max_queue_delay_us,
+            },
+            service: ServiceTimes::default(),
+        }));
+        let max_queue_size = policy.max_queue_size;
+        let origin = Instant::now();
         let (tx, rx) = mpsc::unbounded_channel();
         let timer = match timer {
             TimerKind::Precise => Some(PreciseTimer::start(tx.downgrade())),
@@ -120,12 +148,35 @@ impl Scheduler {
             engines,
             metadata: Arc::new(metadata),
             metrics,
-            origin: Instant::now(),
+            origin,
             done: tx.downgrade(),
             batching,
+            shared: Arc::clone(&shared),
         };
         tokio::spawn(driver.run(rx));
-        Scheduler { tx, batching }
+        Scheduler {
+            tx,
+            batching,
+            shared,
+            origin,
+            max_queue_size,
+        }
+    }
+
+    /// Microseconds on the driver's clock (the clock of [`Scheduler::view`]).
+    pub fn now(&self) -> Micros {
+        self.origin.elapsed().as_micros() as Micros
+    }
+
+    /// The queue as it stands and the batch cost estimates.
+    pub fn view(&self) -> (QueueView, ServiceTimes) {
+        let s = self.shared.lock();
+        (s.view.clone(), s.service.clone())
+    }
+
+    /// Whether a request queued now would be refused for a full queue.
+    pub fn queue_full(&self) -> bool {
+        self.max_queue_size > 0 && self.shared.lock().view.queued_rows.len() >= self.max_queue_size
     }
 
     pub fn batching(&self) -> bool {
@@ -176,6 +227,7 @@ fn shape_key(inputs: &[Tensor], batching: bool) -> u64 {
 }
 
 struct Driver {
+    shared: Arc<Mutex<Shared>>,
     /// `None`: tokio's timer.
     timer: Option<PreciseTimer>,
     batcher: Batcher<Job>,
@@ -224,16 +276,31 @@ impl Driver {
                         let _ = job.reply.send(Err(err));
                     }
                 }
-                Wake::Msg(Msg::Done(instance)) => self.batcher.release(instance),
+                Wake::Msg(Msg::Done {
+                    instance,
+                    rows,
+                    took,
+                }) => {
+                    self.batcher.release(instance);
+                    let mut shared = self.shared.lock();
+                    if let Some(slot) = shared.view.running.get_mut(instance) {
+                        *slot = None;
+                    }
+                    if let Some(t) = took {
+                        shared.service.observe(rows, t.as_micros() as Micros);
+                    }
+                }
             }
             let poll = self.batcher.poll(now);
             for q in poll.expired {
                 let _ = q.item.reply.send(Err(SchedError::Timeout));
             }
             for batch in poll.batches {
+                self.shared.lock().view.running[batch.instance] = Some((now, batch.rows()));
                 self.start(batch, now);
             }
             self.metrics.queue_depth.set(self.batcher.queued() as i64);
+            self.shared.lock().view.queued_rows = self.batcher.queued_rows();
             wake_at = poll.wake_at;
             if let (Some(timer), Some(t)) = (&self.timer, wake_at) {
                 timer.wake_at(self.instant(t).into_std());
@@ -266,7 +333,12 @@ impl Driver {
             let compute = started.elapsed();
             metrics.compute.observe(compute.as_secs_f64());
             if let Some(tx) = done.upgrade() {
-                let _ = tx.send(Msg::Done(instance));
+                let took = result.is_ok().then_some(compute);
+                let _ = tx.send(Msg::Done {
+                    instance,
+                    rows,
+                    took,
+                });
             }
             match result.and_then(|outs| split_outputs(outs, &queued, rows, batching)) {
                 Ok(per_request) => {

@@ -235,3 +235,44 @@ async fn precise_timer_closes_the_window() {
     }
     assert_eq!(*batches.lock(), vec![1, 1, 1]);
 }
+
+/// The view the spill decision reads: queued rows while the instance is
+/// busy, the running batch, and service times learnt from finished batches.
+#[tokio::test(start_paused = true)]
+async fn the_published_view_follows_the_queue_and_learns_service_times() {
+    let (s, _) = scheduler(
+        Policy {
+            max_batch_size: 2,
+            max_queue_size: 8,
+            ..Policy::default()
+        },
+        10,
+    );
+    let (view, service) = s.view();
+    assert!(view.queued_rows.is_empty() && view.running == vec![None]);
+    assert_eq!(service.estimate(1), None);
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.infer(vec![rows(&[1.0, 2.0])], 1, 0, 0).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let (view, _) = s.view();
+    // With no queue delay the first request ran alone at once.
+    assert_eq!(
+        view.running[0].map(|(_, r)| r),
+        Some(1),
+        "a batch of 1 runs"
+    );
+    assert_eq!(view.queued_rows, vec![1, 1, 1, 1], "four wait");
+    assert!(!s.queue_full());
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let (view, service) = s.view();
+    assert!(view.queued_rows.is_empty() && view.running == vec![None]);
+    // The test double takes 10 ms of (paused, exact) time per batch.
+    assert_eq!(service.estimate(2), Some(10_000));
+}

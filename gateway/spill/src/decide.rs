@@ -1,0 +1,221 @@
+//! Local, a region, or 503.
+
+use crate::breaker::{Breaker, BreakerConfig, BreakerState};
+use crate::spend::SpendCap;
+use crate::Micros;
+
+#[derive(Clone, Debug, Default)]
+pub struct RegionLimits {
+    /// 0: no cap.
+    pub requests_per_hour: u64,
+    /// 0: no cap.
+    pub bytes_per_hour: u64,
+    pub breaker: BreakerConfig,
+}
+
+/// What is known about one regional endpoint.
+#[derive(Clone, Debug)]
+pub struct Region {
+    pub name: String,
+    breaker: Breaker,
+    spend: SpendCap,
+    /// EWMA of the end-to-end time of requests it answered.
+    latency_us: Option<f64>,
+    /// EWMA of health-probe round trips.
+    rtt_us: Option<f64>,
+}
+
+const ALPHA: f64 = 0.2;
+
+fn ewma(old: Option<f64>, new: f64) -> Option<f64> {
+    Some(match old {
+        None => new,
+        Some(o) => o + ALPHA * (new - o),
+    })
+}
+
+impl Region {
+    pub fn new(name: impl Into<String>, limits: RegionLimits) -> Region {
+        Region {
+            name: name.into(),
+            breaker: Breaker::new(limits.breaker),
+            spend: SpendCap::new(limits.requests_per_hour, limits.bytes_per_hour),
+            latency_us: None,
+            rtt_us: None,
+        }
+    }
+
+    pub fn observe_rtt(&mut self, rtt: Micros) {
+        self.rtt_us = ewma(self.rtt_us, rtt as f64);
+    }
+
+    /// Expected answer time: measured when there is a measurement, else the
+    /// probe round trip plus what the work takes here.
+    pub fn expected_us(&self, local_service: Option<Micros>) -> Micros {
+        match self.latency_us {
+            Some(l) => l as Micros,
+            None => self.rtt_us.unwrap_or(0.0) as Micros + local_service.unwrap_or(0),
+        }
+    }
+
+    pub fn breaker_state(&mut self, now: Micros) -> BreakerState {
+        self.breaker.state(now)
+    }
+
+    pub fn spent(&self, now: Micros) -> (u64, u64) {
+        self.spend.used(now)
+    }
+}
+
+/// What the decision needs to know about one request.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestFacts {
+    /// Request bytes as sent to a region (tensor bytes).
+    pub bytes: u64,
+    /// Pinned to this box (residency "local", by request, model or client).
+    pub local_only: bool,
+    /// The model's latency objective; `None`: spill only when the queue is full.
+    pub slo_us: Option<Micros>,
+    /// The local queue has no room.
+    pub queue_full: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Predicted to miss the latency objective locally.
+    Slo,
+    /// The local queue is full.
+    QueueFull,
+    /// A region failed and this is the next try.
+    Retry,
+}
+
+impl Reason {
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::Slo => "slo",
+            Reason::QueueFull => "queue_full",
+            Reason::Retry => "retry",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Local,
+    Spill {
+        region: usize,
+        reason: Reason,
+    },
+    /// 503 with Retry-After.
+    Reject {
+        reason: Reason,
+    },
+}
+
+/// The regions and the decision over them.
+#[derive(Clone, Debug, Default)]
+pub struct Spill {
+    pub regions: Vec<Region>,
+}
+
+impl Spill {
+    pub fn new(regions: Vec<Region>) -> Spill {
+        Spill { regions }
+    }
+
+    /// Decides for one request. `predicted` is the local wait from
+    /// [`crate::predict_wait`] (`None`: unknown yet, so local);
+    /// `local_service` the estimated compute for its rows; `tried` the
+    /// regions that already failed this request. A region chosen here has
+    /// the request counted against its spend cap and, if half-open, its
+    /// probe slot taken.
+    pub fn decide(
+        &mut self,
+        facts: &RequestFacts,
+        predicted: Option<Micros>,
+        local_service: Option<Micros>,
+        tried: &[usize],
+        now: Micros,
+    ) -> Decision {
+        let misses = match (facts.slo_us, predicted) {
+            (Some(slo), Some(p)) => p > slo,
+            _ => false,
+        };
+        let retry = !tried.is_empty();
+        if !facts.queue_full && !misses && !retry {
+            return Decision::Local;
+        }
+        let reason = if retry {
+            Reason::Retry
+        } else if facts.queue_full {
+            Reason::QueueFull
+        } else {
+            Reason::Slo
+        };
+        let local_fallback = if facts.queue_full {
+            Decision::Reject { reason }
+        } else if facts.local_only && misses {
+            // Pinned and late: the client is told to come back rather than
+            // kept waiting past its objective.
+            Decision::Reject {
+                reason: Reason::Slo,
+            }
+        } else {
+            Decision::Local
+        };
+        if facts.local_only {
+            return local_fallback;
+        }
+        let budget = facts.slo_us;
+        let best = self
+            .regions
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| !tried.contains(i))
+            .filter_map(|(i, r)| {
+                let expected = r.expected_us(local_service);
+                let in_time = budget.is_none_or(|slo| expected <= slo);
+                (in_time && r.breaker.would_allow(now) && r.spend.allows(now, facts.bytes))
+                    .then_some((i, expected))
+            })
+            .min_by_key(|&(_, expected)| expected);
+        match best {
+            Some((i, _)) => {
+                let r = &mut self.regions[i];
+                r.breaker.allow(now);
+                r.spend.spend(now, facts.bytes);
+                Decision::Spill { region: i, reason }
+            }
+            None => local_fallback,
+        }
+    }
+
+    /// The outcome of a request sent to `region`: its end-to-end time when
+    /// it answered, whether a failure counts against the region, and the
+    /// bytes that came back.
+    pub fn record(
+        &mut self,
+        region: usize,
+        now: Micros,
+        answered_in: Option<Micros>,
+        counts_against: bool,
+        bytes_back: u64,
+    ) {
+        let Some(r) = self.regions.get_mut(region) else {
+            return;
+        };
+        r.spend.add_bytes(now, bytes_back);
+        match answered_in {
+            Some(t) => {
+                r.latency_us = ewma(r.latency_us, t as f64);
+                r.breaker.record(now, false);
+            }
+            None if counts_against => r.breaker.record(now, true),
+            None => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
