@@ -1,12 +1,11 @@
 //! `POST /v2/models/{m}[/versions/{v}]/infer`.
 
+use nusa_dispatch::Job;
 use nusa_engine::ModelMetadata;
 use nusa_proto::SoleInput;
 use nusa_proto::{
-    decode_infer_request, encode_infer_response, ErrorKind, InferRequest, ProtoError,
-    ResponseOutput,
+    decode_infer_request, encode_infer_response, InferRequest, ProtoError, ResponseOutput,
 };
-use nusa_sched::SchedError;
 use nusa_tensor::Tensor;
 
 use crate::meta::lookup_error;
@@ -59,34 +58,44 @@ async fn infer(
     let wanted = requested_outputs(meta, &request)?;
     let batching = mv.scheduler.batching();
     let (inputs, rows) = check_inputs(meta, std::mem::take(&mut request.inputs), batching)?;
+    let model_entry = api.repo.model(model).map_err(lookup_error)?;
 
-    let outcome = mv
-        .scheduler
-        .infer(inputs, rows, request.priority, request.timeout_us)
-        .await
-        .map_err(sched_error)?;
+    let job = Job {
+        model,
+        version: &mv,
+        config: &model_entry.config,
+        inputs,
+        rows,
+        outputs: request
+            .outputs
+            .is_some()
+            .then(|| wanted.iter().map(|(n, _)| n.to_string()).collect()),
+        priority: request.priority,
+        timeout_us: request.timeout_us,
+        pinned: request.local_only,
+        peer: req.peer,
+        traceparent: req.traceparent,
+        cache_control: req.cache_control,
+    };
+    let (tensors, served_by) = api.dispatch.infer(job).await?;
 
-    let outputs: Vec<ResponseOutput> = outcome
-        .outputs
+    let outputs: Vec<ResponseOutput> = tensors
         .into_iter()
-        .zip(&meta.outputs)
-        .filter_map(|(t, spec)| {
-            wanted
-                .iter()
-                .find(|(name, _)| *name == spec.name)
-                .map(|&(_, binary)| ResponseOutput {
-                    name: t.name,
-                    datatype: t.datatype,
-                    shape: t.shape,
-                    data: t.data,
-                    binary,
-                })
+        .filter_map(|t| {
+            let binary = wanted.iter().find(|(name, _)| *name == t.name)?.1;
+            Some(ResponseOutput {
+                name: t.name,
+                datatype: t.datatype,
+                shape: t.shape,
+                data: t.data,
+                binary,
+            })
         })
         .collect();
     let version_str = mv.version.to_string();
     let encoded = encode_infer_response(model, Some(&version_str), request.id.as_deref(), &outputs)
         .map_err(|e| ProtoError::bad_request(format!("encoding the response: {e}")))?;
-    let mut headers = Vec::with_capacity(2);
+    let mut headers = Vec::with_capacity(3);
     match encoded.header_length {
         Some(n) => {
             headers.push(("content-type", "application/octet-stream".to_string()));
@@ -94,6 +103,7 @@ async fn infer(
         }
         None => headers.push(("content-type", "application/json".to_string())),
     }
+    headers.push(("nusa-served-by", served_by.header()));
     Ok(ApiResponse {
         status: 200,
         headers,
@@ -208,15 +218,4 @@ fn requested_outputs<'m>(
             })
             .collect(),
     }
-}
-
-fn sched_error(e: SchedError) -> ProtoError {
-    let kind = match &e {
-        SchedError::QueueFull { .. } => ErrorKind::QueueFull,
-        SchedError::TooManyRows { .. } => ErrorKind::BadRequest,
-        SchedError::Timeout => ErrorKind::Timeout,
-        SchedError::Engine(nusa_engine::EngineError::Input(_)) => ErrorKind::BadRequest,
-        SchedError::Engine(_) | SchedError::Stopped => ErrorKind::Internal,
-    };
-    ProtoError::new(kind, e.to_string())
 }

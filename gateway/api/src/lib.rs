@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use nusa_dispatch::Dispatcher;
 use nusa_proto::{parse_route, ErrorKind, Frames, ProtoError, Route};
 use nusa_registry::Repository;
 use nusa_telemetry::Metrics;
@@ -49,6 +50,12 @@ pub struct ApiRequest {
     pub protocol: Protocol,
     /// When the request's head arrived, for the total latency.
     pub received: Instant,
+    /// The client's address (residency policy by client).
+    pub peer: Option<std::net::IpAddr>,
+    /// W3C trace context, passed on to a region.
+    pub traceparent: Option<String>,
+    /// `Cache-Control`, for `no-cache` and `no-store`.
+    pub cache_control: Option<String>,
 }
 
 pub struct ApiResponse {
@@ -85,11 +92,16 @@ impl ApiResponse {
 pub struct Api {
     repo: Arc<Repository>,
     metrics: Arc<Metrics>,
+    dispatch: Arc<Dispatcher>,
 }
 
 impl Api {
-    pub fn new(repo: Arc<Repository>, metrics: Arc<Metrics>) -> Api {
-        Api { repo, metrics }
+    pub fn new(repo: Arc<Repository>, metrics: Arc<Metrics>, dispatch: Arc<Dispatcher>) -> Api {
+        Api {
+            repo,
+            metrics,
+            dispatch,
+        }
     }
 
     pub fn ready(&self) -> bool {

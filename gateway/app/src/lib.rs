@@ -6,10 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nusa_api::Api;
+use nusa_cache::{Cache, CacheConfig, CacheMetrics};
 use nusa_config::Config;
+use nusa_dispatch::{DispatchConfig, DispatchMetrics, Dispatcher};
 use nusa_engine_ort::{init_library, OrtFactory, OrtOptions};
+use nusa_engine_remote::{RegionClient, RegionConfig};
 use nusa_ingress::{load_or_generate, IngressConfig, Limits};
 use nusa_registry::{materialize_demo, Repository};
+use nusa_spill::{Region, RegionLimits, Spill};
 use nusa_telemetry::Metrics;
 use tokio::sync::watch;
 
@@ -33,6 +37,69 @@ pub enum AppError {
     Tls(#[from] nusa_ingress::TlsError),
     #[error(transparent)]
     Ingress(#[from] nusa_ingress::IngressError),
+    #[error("region {name}: {message}")]
+    Region { name: String, message: String },
+}
+
+/// The cache, the regions and the spill decision from the config.
+fn dispatcher(
+    config: &Config,
+    data: &std::path::Path,
+    metrics: &Arc<Metrics>,
+) -> Result<Dispatcher, AppError> {
+    let cache = (config.cache.memory_bytes > 0).then(|| {
+        Cache::open(
+            CacheConfig {
+                memory_bytes: config.cache.memory_bytes,
+                disk_bytes: config.cache.disk_bytes,
+                disk_path: (config.cache.disk_bytes > 0).then(|| data.join("cache.redb")),
+            },
+            CacheMetrics::new(metrics),
+        )
+    });
+    let mut clients = Vec::new();
+    let mut regions = Vec::new();
+    for r in &config.regions {
+        let client = RegionClient::new(RegionConfig {
+            name: r.name.clone(),
+            url: r.url.clone(),
+            ca_bundle: r.ca.clone(),
+            client_cert: r.client_cert.clone(),
+            client_key: r.client_key.clone(),
+            timeout: Duration::from_millis(r.timeout_ms),
+            max_response_bytes: r.max_response_bytes,
+        })
+        .map_err(|e| AppError::Region {
+            name: r.name.clone(),
+            message: e.to_string(),
+        })?;
+        clients.push(Arc::new(client));
+        regions.push(Region::new(
+            r.name.clone(),
+            RegionLimits {
+                requests_per_hour: r.requests_per_hour,
+                bytes_per_hour: r.bytes_per_hour,
+                ..RegionLimits::default()
+            },
+        ));
+    }
+    let local_only_clients = config
+        .spill
+        .local_only_clients
+        .iter()
+        .filter_map(|c| nusa_config::parse_prefix(c))
+        .collect();
+    Ok(Dispatcher::new(
+        cache,
+        Spill::new(regions),
+        clients,
+        DispatchConfig {
+            spill_enabled: config.spill.enabled,
+            max_tries: config.spill.max_tries,
+            local_only_clients,
+        },
+        DispatchMetrics::new(metrics),
+    ))
 }
 
 /// Addresses the gateway ended up on (ports may have been 0).
@@ -80,7 +147,25 @@ pub async fn run(
     if !repo.ready() {
         tracing::warn!("not every model loaded: /v2/health/ready answers 503 until they do");
     }
-    let api = Arc::new(Api::new(repo, Arc::clone(&metrics)));
+    let dispatch = Arc::new(dispatcher(&config, &data, &metrics)?);
+    dispatch.probe_regions().await;
+    let probes = {
+        let dispatch = Arc::clone(&dispatch);
+        let mut stop = shutdown.clone();
+        let every = Duration::from_millis(config.spill.probe_interval_ms.max(100));
+        async move {
+            if dispatch.region_count() == 0 {
+                return;
+            }
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => dispatch.probe_regions().await,
+                    _ = stop.changed() => break,
+                }
+            }
+        }
+    };
+    let api = Arc::new(Api::new(repo, Arc::clone(&metrics), Arc::clone(&dispatch)));
 
     let tls = load_or_generate(config.tls.cert.as_deref(), config.tls.key.as_deref(), &data)?;
     let l = &config.limits;
@@ -108,7 +193,8 @@ pub async fn run(
         ca_cert: tls.generated_ca.clone(),
     };
     on_bound(&bound);
-    tokio::join!(ingress.serve(shutdown, DRAIN), metrics_serve);
+    tokio::join!(ingress.serve(shutdown, DRAIN), metrics_serve, probes);
+    dispatch.flush().await;
     tracing::info!("stopped");
     Ok(())
 }

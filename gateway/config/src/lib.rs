@@ -19,6 +19,89 @@ pub struct Config {
     pub tls: Tls,
     pub limits: Limits,
     pub onnxruntime: OnnxRuntime,
+    pub cache: Cache,
+    pub spill: Spill,
+    /// Regional cloud endpoints that speak the Open Inference Protocol.
+    pub regions: Vec<Region>,
+}
+
+/// The edge response cache's sizes (which models use it is per model).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cache {
+    /// Memory tier, bytes; 0 turns the cache off.
+    pub memory_bytes: u64,
+    /// Persistent tier in `data_dir/cache.redb`, bytes; 0: memory only.
+    pub disk_bytes: u64,
+}
+
+impl Default for Cache {
+    fn default() -> Cache {
+        Cache {
+            memory_bytes: 256 << 20,
+            disk_bytes: 1 << 30,
+        }
+    }
+}
+
+/// When and how requests go to regions.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Spill {
+    pub enabled: bool,
+    /// Regions tried for one request before it is served here (or 503).
+    pub max_tries: usize,
+    /// Clients (addresses or CIDR prefixes) whose requests never leave
+    /// this box.
+    pub local_only_clients: Vec<String>,
+    /// Health probes of each region, for its round trip and liveness.
+    pub probe_interval_ms: u64,
+}
+
+impl Default for Spill {
+    fn default() -> Spill {
+        Spill {
+            enabled: true,
+            max_tries: 2,
+            local_only_clients: Vec::new(),
+            probe_interval_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Region {
+    /// Shown in `nusa-served-by: cloud:<name>` and metrics.
+    pub name: String,
+    /// `https://host:port` of the region's Open Inference Protocol endpoint.
+    pub url: String,
+    /// PEM CA bundle that the region's certificate must chain to.
+    pub ca: PathBuf,
+    /// Client certificate and key for mutual TLS (both or neither).
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// Per try, connect to last byte.
+    #[serde(default = "default_region_timeout")]
+    pub timeout_ms: u64,
+    /// Spend cap; 0 is none.
+    #[serde(default)]
+    pub requests_per_hour: u64,
+    /// Spend cap on bytes sent plus received; 0 is none.
+    #[serde(default)]
+    pub bytes_per_hour: u64,
+    #[serde(default = "default_region_response")]
+    pub max_response_bytes: u64,
+}
+
+fn default_region_timeout() -> u64 {
+    2_000
+}
+
+fn default_region_response() -> u64 {
+    64 << 20
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -132,6 +215,9 @@ impl Default for Config {
             tls: Tls::default(),
             limits: Limits::default(),
             onnxruntime: OnnxRuntime::default(),
+            cache: Cache::default(),
+            spill: Spill::default(),
+            regions: Vec::new(),
         }
     }
 }
@@ -154,6 +240,27 @@ pub enum ConfigError {
     Syntax { path: PathBuf, message: String },
     #[error("{key}: {message}")]
     Invalid { key: &'static str, message: String },
+    #[error("regions[{index}] ({name}): {message}")]
+    Region {
+        index: usize,
+        name: String,
+        message: String,
+    },
+}
+
+/// Parses `addr` or `addr/prefix` into the network address and prefix.
+pub fn parse_prefix(s: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let ip: std::net::IpAddr = addr.trim().parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        Some(l) => l.trim().parse::<u8>().ok().filter(|&l| l <= max)?,
+        None => max,
+    };
+    Some((ip, len))
 }
 
 impl Config {
@@ -222,6 +329,44 @@ impl Config {
                 });
             }
         }
+        for (i, r) in self.regions.iter().enumerate() {
+            let bad = |message: String| ConfigError::Region {
+                index: i,
+                name: r.name.clone(),
+                message,
+            };
+            if r.name.is_empty()
+                || !r
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(bad("name must be letters, digits, '-' or '_'".into()));
+            }
+            if self.regions[..i].iter().any(|o| o.name == r.name) {
+                return Err(bad("name is used twice".into()));
+            }
+            if !r.url.starts_with("https://") {
+                return Err(bad(format!(
+                    "url must start with https://, got '{}'",
+                    r.url
+                )));
+            }
+            if r.client_cert.is_some() != r.client_key.is_some() {
+                return Err(bad("client_cert and client_key must be set together".into()));
+            }
+            if r.timeout_ms == 0 {
+                return Err(bad("timeout_ms must be greater than 0".into()));
+            }
+        }
+        for c in &self.spill.local_only_clients {
+            if parse_prefix(c).is_none() {
+                return Err(ConfigError::Invalid {
+                    key: "spill.local_only_clients",
+                    message: format!("'{c}' is not an address or an address/prefix"),
+                });
+            }
+        }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(ConfigError::Invalid {
                 key: "tls.cert",
@@ -266,6 +411,29 @@ mod tests {
             Err(Parsed::Key { key, message }) => format!("{key}: {message}"),
             Err(Parsed::Syntax(m)) => format!("syntax: {m}"),
         }
+    }
+
+    #[test]
+    fn regions_and_prefixes() {
+        let c = Config::parse(
+            "[spill]\nlocal_only_clients = [\"10.0.0.0/8\", \"::1\"]\n[[regions]]\nname = \"sg-1\"\nurl = \"https://sg1:8443\"\nca = \"/ca.pem\"\n",
+        )
+        .ok()
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.regions[0].timeout_ms, 2_000);
+        assert_eq!(
+            parse_prefix("10.0.0.0/8"),
+            Some(("10.0.0.0".parse().unwrap(), 8))
+        );
+        assert_eq!(parse_prefix("::1"), Some(("::1".parse().unwrap(), 128)));
+        assert!(parse_prefix("10.0.0.0/33").is_none());
+        let e = err("[[regions]]\nname = \"a\"\nurl = \"http://x\"\nca = \"/c\"\n");
+        assert!(e.starts_with("regions[0] (a): url"), "{e}");
+        let e = err("[[regions]]\nname = \"a\"\nurl = \"https://x\"\n");
+        assert!(e.contains("ca"), "{e}");
+        let e = err("[spill]\nlocal_only_clients = [\"nope\"]\n");
+        assert!(e.starts_with("spill.local_only_clients"), "{e}");
     }
 
     #[test]

@@ -183,7 +183,7 @@ impl Connection {
                             match resolver.resolve_request().await {
                                 Ok((req, stream)) => {
                                     let early = !handshake.complete();
-                                    serve_request(&shared, req, stream, early).await;
+                                    serve_request(&shared, req, stream, early, peer.ip()).await;
                                 }
                                 Err(e) => tracing::debug!(error = %e, "bad HTTP/3 request"),
                             }
@@ -226,7 +226,13 @@ impl Connection {
 
 type Stream = RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 
-async fn serve_request(shared: &Shared, req: http::Request<()>, mut stream: Stream, early: bool) {
+async fn serve_request(
+    shared: &Shared,
+    req: http::Request<()>,
+    mut stream: Stream,
+    early: bool,
+    peer: std::net::IpAddr,
+) {
     let received = Instant::now();
     let limits = &shared.limits;
     let idempotent = matches!(*req.method(), http::Method::GET | http::Method::HEAD);
@@ -255,6 +261,7 @@ async fn serve_request(shared: &Shared, req: http::Request<()>, mut stream: Stre
                     frames,
                     Protocol::Http3,
                     received,
+                    peer,
                 );
                 let left = limits.request_timeout.saturating_sub(received.elapsed());
                 match tokio::time::timeout(left, shared.api.handle(api_req)).await {

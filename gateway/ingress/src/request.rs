@@ -104,8 +104,19 @@ pub(crate) fn api_request(
     body: Vec<Bytes>,
     protocol: Protocol,
     received: Instant,
+    peer: std::net::IpAddr,
 ) -> ApiRequest {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            // Already bounded by the header limits.
+            .map(|v| v.trim().to_string())
+    };
     ApiRequest {
+        peer: Some(peer),
+        traceparent: text("traceparent"),
+        cache_control: text("cache-control"),
         method: self::method(method),
         path: uri.path().to_string(),
         header_length: headers

@@ -148,7 +148,7 @@ impl Connection {
             let act = act.clone();
             async move {
                 let _busy = act.busy();
-                Ok::<_, Infallible>(handle(&shared, req).await)
+                Ok::<_, Infallible>(handle(&shared, req, peer.ip()).await)
             }
         });
         let mut conn = pin!(self.builder.serve_connection(TokioIo::new(tls), svc));
@@ -179,7 +179,11 @@ impl Connection {
     }
 }
 
-async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<FramesBody> {
+async fn handle(
+    shared: &Shared,
+    req: Request<Incoming>,
+    peer: std::net::IpAddr,
+) -> Response<FramesBody> {
     let received = Instant::now();
     let protocol = if req.version() == http::Version::HTTP_2 {
         Protocol::Http2
@@ -210,6 +214,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<FramesBody>
                         frames,
                         protocol,
                         received,
+                        peer,
                     );
                     let left = limits.request_timeout.saturating_sub(received.elapsed());
                     match tokio::time::timeout(left, shared.api.handle(api_req)).await {

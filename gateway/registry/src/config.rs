@@ -15,6 +15,42 @@ pub struct ModelConfig {
     pub versions: VersionPolicy,
     pub batching: Batching,
     pub instances: Instances,
+    /// Latency objective: a request predicted to miss it locally goes to a
+    /// region (or, when pinned here, gets 503). Unset: spill only when the
+    /// queue is full.
+    pub slo_ms: Option<u64>,
+    pub residency: Residency,
+    pub cache: CachePolicy,
+}
+
+/// Whether this model's requests may leave the box.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Residency {
+    #[default]
+    Any,
+    /// Never sent to a region, under any load.
+    Local,
+}
+
+/// The edge cache for this model (off unless enabled, as in Triton).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CachePolicy {
+    pub enabled: bool,
+    pub ttl_s: u64,
+    /// Answers larger than this are not stored.
+    pub max_entry_bytes: u64,
+}
+
+impl Default for CachePolicy {
+    fn default() -> CachePolicy {
+        CachePolicy {
+            enabled: false,
+            ttl_s: 3_600,
+            max_entry_bytes: 1 << 20,
+        }
+    }
 }
 
 /// Which versions found on disk are loaded. Requests that name no version
@@ -100,6 +136,12 @@ impl ModelConfig {
                 b.default_priority_level, b.priority_levels
             ));
         }
+        if c.slo_ms == Some(0) {
+            return Err("slo_ms: must be greater than 0".into());
+        }
+        if c.cache.enabled && c.cache.ttl_s == 0 {
+            return Err("cache.ttl_s: must be greater than 0 when the cache is enabled".into());
+        }
         if c.instances.count == 0 {
             return Err("instances.count: must be at least 1".into());
         }
@@ -137,6 +179,16 @@ mod tests {
         assert_eq!(c.policy().instances, 2);
         let e = ModelConfig::parse("[batching]\nmax_batch_size = -1\n").unwrap_err();
         assert!(e.starts_with("batching.max_batch_size"), "{e}");
+        let c = ModelConfig::parse(
+            "slo_ms = 20\nresidency = \"local\"\n[cache]\nenabled = true\nttl_s = 5\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.slo_ms, c.residency, c.cache.enabled, c.cache.ttl_s),
+            (Some(20), Residency::Local, true, 5)
+        );
+        let e = ModelConfig::parse("residency = \"cloud\"\n").unwrap_err();
+        assert!(e.starts_with("residency"), "{e}");
         let e = ModelConfig::parse("[instances]\ncount = 0\n").unwrap_err();
         assert!(e.starts_with("instances.count"), "{e}");
     }

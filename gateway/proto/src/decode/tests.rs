@@ -31,7 +31,7 @@ fn flat_and_nested_json_give_the_same_bytes() {
 #[test]
 fn parameters_are_read() {
     let r = json(
-        r#"{"id":"r1","parameters":{"priority":1,"timeout":500,"binary_data_output":true},
+        r#"{"id":"r1","parameters":{"priority":1,"timeout":500,"binary_data_output":true,"residency":"local"},
             "inputs":[{"name":"x","shape":[1],"datatype":"INT8","data":[-3]}],
             "outputs":[{"name":"y","parameters":{"binary_data":false}}]}"#,
     )

@@ -1,0 +1,493 @@
+//! Where a request is answered: from the edge cache, by the local queue, or
+//! by a regional cloud endpoint. The thin driver around the `nusa-spill`
+//! core: it reads the scheduler's published queue, asks the core, sends,
+//! and reports outcomes back; and around `nusa-cache`.
+//!
+//! Order for one request: cache lookup (unless `no-cache`/`no-store` or the
+//! model's cache is off) with concurrent identical misses coalesced; on a
+//! miss, the spill decision; local run, or a region with bounded tries on
+//! other regions; a region's answer is checked against the model's outputs
+//! before it is returned or cached.
+
+mod metrics;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nusa_cache::{Cache, CacheKey, EntryPolicy, Mode, Served};
+use nusa_engine::ModelMetadata;
+use nusa_engine_remote::{check_outputs, RegionClient};
+use nusa_proto::{ErrorKind, ProtoError};
+use nusa_registry::{ModelConfig, ModelVersion, Residency};
+use nusa_sched::SchedError;
+use nusa_spill::{predict_wait, Decision, Micros, Reason, RequestFacts, Spill};
+use nusa_tensor::Tensor;
+use parking_lot::Mutex;
+
+pub use metrics::DispatchMetrics;
+
+/// How an answer was produced, for the `nusa-served-by` header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServedBy {
+    Cache,
+    Local,
+    Cloud(String),
+}
+
+impl ServedBy {
+    pub fn header(&self) -> String {
+        match self {
+            ServedBy::Cache => "cache".into(),
+            ServedBy::Local => "local".into(),
+            ServedBy::Cloud(r) => format!("cloud:{r}"),
+        }
+    }
+}
+
+pub struct DispatchConfig {
+    pub spill_enabled: bool,
+    pub max_tries: usize,
+    /// Client prefixes whose requests never leave the box.
+    pub local_only_clients: Vec<(IpAddr, u8)>,
+}
+
+/// One inference request, checked against the model.
+pub struct Job<'a> {
+    pub model: &'a str,
+    pub version: &'a Arc<ModelVersion>,
+    pub config: &'a ModelConfig,
+    /// In the model's input order.
+    pub inputs: Vec<Tensor>,
+    pub rows: usize,
+    /// Output names to answer with, in the model's order; `None`: all.
+    pub outputs: Option<Vec<String>>,
+    pub priority: u64,
+    pub timeout_us: u64,
+    /// The request's own `residency: "local"`.
+    pub pinned: bool,
+    pub peer: Option<IpAddr>,
+    pub traceparent: Option<String>,
+    pub cache_control: Option<String>,
+}
+
+pub struct Dispatcher {
+    cache: Option<Cache>,
+    spill: Mutex<Spill>,
+    regions: Vec<Arc<RegionClient>>,
+    config: DispatchConfig,
+    metrics: DispatchMetrics,
+    origin: Instant,
+}
+
+impl Dispatcher {
+    /// `regions` and `spill.regions` are index-aligned.
+    pub fn new(
+        cache: Option<Cache>,
+        spill: Spill,
+        regions: Vec<Arc<RegionClient>>,
+        config: DispatchConfig,
+        metrics: DispatchMetrics,
+    ) -> Dispatcher {
+        Dispatcher {
+            cache,
+            spill: Mutex::new(spill),
+            regions,
+            config,
+            metrics,
+            origin: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> Micros {
+        self.origin.elapsed().as_micros() as Micros
+    }
+
+    /// Answers one request; the outputs are the requested ones in the
+    /// model's order.
+    pub async fn infer(&self, job: Job<'_>) -> Result<(Vec<Tensor>, ServedBy), ProtoError> {
+        let cache = match (&self.cache, job.config.cache.enabled) {
+            (Some(c), true) => Some(c),
+            _ => None,
+        };
+        let mode = cache_mode(job.cache_control.as_deref());
+        let Some(cache) = cache.filter(|_| mode != Mode::NoStore) else {
+            return self.compute(&job).await;
+        };
+        let names: Option<Vec<&str>> = job
+            .outputs
+            .as_ref()
+            .map(|o| o.iter().map(String::as_str).collect());
+        let key = CacheKey::compute(
+            job.model,
+            job.version.version,
+            names.as_deref(),
+            &job.inputs,
+        );
+        let policy = EntryPolicy {
+            ttl: Duration::from_secs(job.config.cache.ttl_s),
+            max_entry_bytes: job.config.cache.max_entry_bytes,
+        };
+        // The computation's ServedBy travels beside the cache, which stores
+        // only tensors.
+        let served = Mutex::new(None);
+        let (outputs, how) = cache
+            .get_or_compute(job.model, key, &policy, mode, || async {
+                let (out, by) = self.compute(&job).await?;
+                *served.lock() = Some(by);
+                Ok::<_, ProtoError>(out)
+            })
+            .await?;
+        let by = match how {
+            Served::Computed => served.lock().take().unwrap_or(ServedBy::Local),
+            // A coalesced waiter did not compute: another request did.
+            Served::Memory | Served::Disk | Served::Coalesced => ServedBy::Cache,
+        };
+        Ok((outputs.as_ref().clone(), by))
+    }
+
+    async fn compute(&self, job: &Job<'_>) -> Result<(Vec<Tensor>, ServedBy), ProtoError> {
+        let sched = &job.version.scheduler;
+        let (view, service) = sched.view();
+        let predicted = predict_wait(&view, &service, job.rows, sched.now());
+        let facts = RequestFacts {
+            bytes: job.inputs.iter().map(|t| t.data.len() as u64).sum(),
+            local_only: self.local_only(job),
+            slo_us: job.config.slo_ms.map(|ms| ms * 1_000),
+            queue_full: sched.queue_full(),
+        };
+        let local_service = service.estimate(job.rows);
+        let mut tried: Vec<usize> = Vec::new();
+        loop {
+            let decision = if self.config.spill_enabled && !self.regions.is_empty() {
+                let d =
+                    self.spill
+                        .lock()
+                        .decide(&facts, predicted, local_service, &tried, self.now());
+                // Bounded tries: after max_tries regions, the request stays here.
+                match d {
+                    Decision::Spill { .. } if tried.len() >= self.config.max_tries => {
+                        local_or_reject(&facts)
+                    }
+                    d => d,
+                }
+            } else {
+                Decision::Local
+            };
+            match decision {
+                Decision::Local => return self.run_local(job, predicted).await,
+                Decision::Reject { reason } => {
+                    self.metrics.rejected(job.model, reason.label());
+                    return Err(reject_error(job, reason, predicted));
+                }
+                Decision::Spill { region, reason } => {
+                    self.metrics
+                        .spilled(job.model, self.regions[region].name(), reason.label());
+                    match self.run_remote(job, region).await {
+                        Ok(out) => {
+                            return Ok((
+                                out,
+                                ServedBy::Cloud(self.regions[region].name().to_string()),
+                            ))
+                        }
+                        Err(Retry::Next) => tried.push(region),
+                        Err(Retry::Stop(e)) => return Err(e),
+                    }
+                }
+            }
+        }
+    }
+
+    fn local_only(&self, job: &Job<'_>) -> bool {
+        job.pinned
+            || job.config.residency == Residency::Local
+            || job.peer.is_some_and(|ip| {
+                self.config
+                    .local_only_clients
+                    .iter()
+                    .any(|&p| prefix::contains(p, ip))
+            })
+    }
+
+    async fn run_local(
+        &self,
+        job: &Job<'_>,
+        predicted: Option<Micros>,
+    ) -> Result<(Vec<Tensor>, ServedBy), ProtoError> {
+        let outcome = job
+            .version
+            .scheduler
+            .infer(job.inputs.clone(), job.rows, job.priority, job.timeout_us)
+            .await
+            .map_err(sched_error)?;
+        if let Some(p) = predicted {
+            let measured = outcome.timing.queue + outcome.timing.compute;
+            self.metrics
+                .wait(job.model, Duration::from_micros(p), measured);
+        }
+        let outputs = select(
+            &job.version.metadata,
+            outcome.outputs,
+            job.outputs.as_deref(),
+        );
+        Ok((outputs, ServedBy::Local))
+    }
+
+    async fn run_remote(&self, job: &Job<'_>, region: usize) -> Result<Vec<Tensor>, Retry> {
+        let client = &self.regions[region];
+        let names: Option<Vec<&str>> = job
+            .outputs
+            .as_ref()
+            .map(|o| o.iter().map(String::as_str).collect());
+        let started = Instant::now();
+        let result = client
+            .infer(
+                job.model,
+                Some(job.version.version),
+                &job.inputs,
+                names.as_deref(),
+                job.traceparent.as_deref(),
+            )
+            .await;
+        let now = self.now();
+        match result {
+            Ok(answer) => {
+                let bytes_back: u64 = answer.outputs.iter().map(|t| t.data.len() as u64).sum();
+                let expected = expected_outputs(&job.version.metadata, job.outputs.as_deref());
+                let rows = job.version.scheduler.batching().then_some(job.rows);
+                if let Err(why) = check_outputs(&expected, &answer.outputs, rows) {
+                    // The region answered, wrongly: it counts against it, and
+                    // the request is served here rather than sent again.
+                    tracing::warn!(region = %client.name(), model = job.model, %why, "region answer does not match the model");
+                    self.spill
+                        .lock()
+                        .record(region, now, None, true, bytes_back);
+                    self.metrics.region_outcome(client.name(), "bad_answer");
+                    return Err(Retry::Stop(ProtoError::new(
+                        ErrorKind::Internal,
+                        format!(
+                            "region {} answered with outputs that do not match the model: {why}",
+                            client.name()
+                        ),
+                    )));
+                }
+                let took = started.elapsed().as_micros() as Micros;
+                self.spill
+                    .lock()
+                    .record(region, now, Some(took), false, bytes_back);
+                self.metrics.region_outcome(client.name(), "ok");
+                // Order as the model's outputs, so callers see one shape.
+                Ok(order_like(&expected, answer.outputs))
+            }
+            Err(e) => {
+                self.spill
+                    .lock()
+                    .record(region, now, None, e.counts_against_region(), 0);
+                self.metrics
+                    .region_outcome(client.name(), outcome_label(&e));
+                tracing::debug!(region = %client.name(), model = job.model, error = %e, "region failed");
+                if e.counts_against_region() {
+                    Err(Retry::Next)
+                } else {
+                    Err(Retry::Stop(ProtoError::bad_request(format!(
+                        "region {} refused the request: {e}",
+                        client.name()
+                    ))))
+                }
+            }
+        }
+    }
+
+    pub fn region_count(&self) -> usize {
+        self.regions.len()
+    }
+
+    /// Flushes the cache's pending disk writes (shutdown).
+    pub async fn flush(&self) {
+        if let Some(c) = &self.cache {
+            c.flush().await;
+        }
+    }
+
+    /// Probes every region's health now: round trip, and a failure counts
+    /// against its breaker.
+    pub async fn probe_regions(&self) {
+        for (i, client) in self.regions.iter().enumerate() {
+            let result = client.health().await;
+            let now = self.now();
+            let mut spill = self.spill.lock();
+            match result {
+                Ok(rtt) => {
+                    if let Some(r) = spill.regions.get_mut(i) {
+                        r.observe_rtt(rtt.as_micros() as Micros);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(region = %client.name(), error = %e, "region probe failed");
+                    spill.record(i, now, None, e.counts_against_region(), 0);
+                }
+            }
+            if let Some(r) = spill.regions.get_mut(i) {
+                self.metrics
+                    .breaker(client.name(), r.breaker_state(now).code());
+            }
+        }
+    }
+}
+
+fn outcome_label(e: &nusa_engine_remote::RegionError) -> &'static str {
+    use nusa_engine_remote::RegionError as E;
+    match e {
+        E::Config { .. } => "config",
+        E::Connect { .. } => "connect",
+        E::Timeout { .. } => "timeout",
+        E::Reset { .. } => "reset",
+        E::Protocol { .. } => "protocol",
+        E::Status { status, .. } if *status >= 500 => "status_5xx",
+        E::Status { .. } => "status_4xx",
+        E::BadAnswer { .. } => "bad_answer",
+        E::TooLarge { .. } => "too_large",
+    }
+}
+
+enum Retry {
+    Next,
+    Stop(ProtoError),
+}
+
+fn local_or_reject(facts: &RequestFacts) -> Decision {
+    if facts.queue_full {
+        Decision::Reject {
+            reason: Reason::QueueFull,
+        }
+    } else {
+        Decision::Local
+    }
+}
+
+fn reject_error(job: &Job<'_>, reason: Reason, predicted: Option<Micros>) -> ProtoError {
+    match reason {
+        Reason::Slo => ProtoError::new(
+            ErrorKind::Unavailable,
+            format!(
+                "model '{}' cannot answer within its objective of {} ms here (predicted {} ms) and the request may not leave this device",
+                job.model,
+                job.config.slo_ms.unwrap_or_default(),
+                predicted.unwrap_or_default() / 1_000
+            ),
+        ),
+        Reason::QueueFull | Reason::Retry => ProtoError::new(
+            ErrorKind::QueueFull,
+            format!("model '{}': the queue is full and no region can take the request", job.model),
+        ),
+    }
+}
+
+fn cache_mode(header: Option<&str>) -> Mode {
+    let Some(h) = header else { return Mode::Normal };
+    let tokens: Vec<String> = h
+        .split(',')
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect();
+    if tokens.iter().any(|t| t == "no-store") {
+        Mode::NoStore
+    } else if tokens.iter().any(|t| t == "no-cache") {
+        Mode::NoCache
+    } else {
+        Mode::Normal
+    }
+}
+
+/// The model's metadata with only the requested outputs.
+fn expected_outputs(meta: &ModelMetadata, wanted: Option<&[String]>) -> ModelMetadata {
+    let mut m = meta.clone();
+    if let Some(w) = wanted {
+        m.outputs.retain(|o| w.contains(&o.name));
+    }
+    m
+}
+
+fn select(meta: &ModelMetadata, outputs: Vec<Tensor>, wanted: Option<&[String]>) -> Vec<Tensor> {
+    match wanted {
+        None => outputs,
+        Some(w) => outputs
+            .into_iter()
+            .zip(&meta.outputs)
+            .filter(|(_, spec)| w.contains(&spec.name))
+            .map(|(t, _)| t)
+            .collect(),
+    }
+}
+
+fn order_like(meta: &ModelMetadata, mut outputs: Vec<Tensor>) -> Vec<Tensor> {
+    let mut ordered = Vec::with_capacity(outputs.len());
+    for spec in &meta.outputs {
+        if let Some(i) = outputs.iter().position(|t| t.name == spec.name) {
+            ordered.push(outputs.swap_remove(i));
+        }
+    }
+    ordered
+}
+
+fn sched_error(e: SchedError) -> ProtoError {
+    let kind = match &e {
+        SchedError::QueueFull { .. } => ErrorKind::QueueFull,
+        SchedError::TooManyRows { .. } => ErrorKind::BadRequest,
+        SchedError::Timeout => ErrorKind::Timeout,
+        SchedError::Engine(nusa_engine::EngineError::Input(_)) => ErrorKind::BadRequest,
+        SchedError::Engine(_) | SchedError::Stopped => ErrorKind::Internal,
+    };
+    ProtoError::new(kind, e.to_string())
+}
+
+/// Address-prefix matching; the config parses and checks the prefixes.
+mod prefix {
+    use std::net::IpAddr;
+
+    pub fn contains(prefix: (IpAddr, u8), ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (prefix.0, ip) {
+            (IpAddr::V4(p), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - prefix.1 as u32).unwrap_or(0);
+                u32::from(p) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(p), IpAddr::V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - prefix.1 as u32).unwrap_or(0);
+                u128::from(p) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_prefixes() {
+        let p = ("10.0.0.0".parse().unwrap(), 8);
+        assert!(prefix::contains(p, "10.2.3.4".parse().unwrap()));
+        assert!(prefix::contains(p, "::ffff:10.2.3.4".parse().unwrap()));
+        assert!(!prefix::contains(p, "11.0.0.1".parse().unwrap()));
+        assert!(prefix::contains(
+            ("0.0.0.0".parse().unwrap(), 0),
+            "1.2.3.4".parse().unwrap()
+        ));
+        assert!(prefix::contains(
+            ("::1".parse().unwrap(), 128),
+            "::1".parse().unwrap()
+        ));
+    }
+
+    #[test]
+    fn cache_control_tokens() {
+        assert_eq!(cache_mode(None), Mode::Normal);
+        assert_eq!(cache_mode(Some("max-age=0, No-Cache")), Mode::NoCache);
+        assert_eq!(cache_mode(Some("no-cache, no-store")), Mode::NoStore);
+        assert_eq!(cache_mode(Some("private")), Mode::Normal);
+    }
+}
