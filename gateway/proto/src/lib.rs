@@ -6,13 +6,18 @@
 
 mod body;
 mod decode;
+mod decode_response;
 mod encode;
+mod encode_request;
 mod error;
+mod json_data;
 mod route;
 
 pub use body::Frames;
 pub use decode::{decode_infer_request, InferRequest, RequestedOutput, SoleInput};
+pub use decode_response::{decode_infer_response, InferResponse};
 pub use encode::{encode_infer_response, EncodedResponse, ResponseOutput};
+pub use encode_request::{encode_infer_request, EncodedRequest};
 pub use error::{ErrorKind, ProtoError};
 pub use route::{parse_route, Route};
 

@@ -55,12 +55,11 @@ struct Job {
 
 enum Msg {
     Submit(Job, RequestInfo),
-    /// An instance finished its batch of `rows`; `took` is its compute time
-    /// when it succeeded.
+    /// An instance finished its batch of `rows`, successfully or not.
     Done {
         instance: usize,
         rows: usize,
-        took: Option<Duration>,
+        ok: bool,
     },
     /// The precise timer's wake-up.
     Tick,
@@ -276,18 +275,15 @@ impl Driver {
                         let _ = job.reply.send(Err(err));
                     }
                 }
-                Wake::Msg(Msg::Done {
-                    instance,
-                    rows,
-                    took,
-                }) => {
+                Wake::Msg(Msg::Done { instance, rows, ok }) => {
                     self.batcher.release(instance);
                     let mut shared = self.shared.lock();
-                    if let Some(slot) = shared.view.running.get_mut(instance) {
-                        *slot = None;
-                    }
-                    if let Some(t) = took {
-                        shared.service.observe(rows, t.as_micros() as Micros);
+                    let started = shared.view.running.get_mut(instance).and_then(Option::take);
+                    // What an instance costs is the time it is taken, from
+                    // dispatch to release, not only the engine's compute:
+                    // that is what requests behind it wait for.
+                    if let (true, Some((at, _))) = (ok, started) {
+                        shared.service.observe(rows, now.saturating_sub(at));
                     }
                 }
             }
@@ -333,11 +329,10 @@ impl Driver {
             let compute = started.elapsed();
             metrics.compute.observe(compute.as_secs_f64());
             if let Some(tx) = done.upgrade() {
-                let took = result.is_ok().then_some(compute);
                 let _ = tx.send(Msg::Done {
                     instance,
                     rows,
-                    took,
+                    ok: result.is_ok(),
                 });
             }
             match result.and_then(|outs| split_outputs(outs, &queued, rows, batching)) {
