@@ -148,6 +148,9 @@ pub async fn run(
         tracing::warn!("not every model loaded: /v2/health/ready answers 503 until they do");
     }
     let dispatch = Arc::new(dispatcher(&config, &data, &metrics)?);
+    // The first probe pays for the TLS handshake; the second measures the
+    // round trip requests will see on the pooled connection.
+    dispatch.warm_regions().await;
     dispatch.probe_regions().await;
     let probes = {
         let dispatch = Arc::clone(&dispatch);

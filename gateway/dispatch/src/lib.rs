@@ -309,6 +309,14 @@ impl Dispatcher {
         }
     }
 
+    /// Opens the pooled connection to every region (TLS handshake included)
+    /// without recording anything: the handshake is not what requests see.
+    pub async fn warm_regions(&self) {
+        for client in &self.regions {
+            let _ = client.health().await;
+        }
+    }
+
     /// Probes every region's health now: round trip, and a failure counts
     /// against its breaker.
     pub async fn probe_regions(&self) {
@@ -318,6 +326,8 @@ impl Dispatcher {
             let mut spill = self.spill.lock();
             match result {
                 Ok(rtt) => {
+                    tracing::debug!(region = %client.name(), rtt_us = rtt.as_micros() as u64, "region probe");
+                    self.metrics.rtt(client.name(), rtt);
                     if let Some(r) = spill.regions.get_mut(i) {
                         r.observe_rtt(rtt.as_micros() as Micros);
                     }

@@ -48,6 +48,7 @@ pub struct DispatchMetrics {
     spilled: Family<SpillLabels, Counter>,
     rejected: Family<RejectLabels, Counter>,
     breaker: Family<RegionLabels, Gauge>,
+    rtt: Family<RegionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     region_requests: Family<OutcomeLabels, Counter>,
     wait: Family<WaitLabels, Histogram, fn() -> Histogram>,
 }
@@ -63,6 +64,7 @@ impl DispatchMetrics {
                 m.rejected.clone(),
             );
             r.register("region_breaker_state", "Circuit breaker per region: 0 closed, 1 half-open, 2 open", m.breaker.clone());
+            r.register("region_probe_rtt_seconds", "Round trip of the last health probe per region", m.rtt.clone());
             r.register("region_requests", "Requests to regions by outcome", m.region_requests.clone());
             r.register(
                 "wait_seconds",
@@ -78,6 +80,7 @@ impl DispatchMetrics {
             spilled: Family::default(),
             rejected: Family::default(),
             breaker: Family::default(),
+            rtt: Family::default(),
             region_requests: Family::default(),
             wait: Family::new_with_constructor(wait_buckets),
         }
@@ -108,6 +111,14 @@ impl DispatchMetrics {
                 region: region.into(),
             })
             .set(code);
+    }
+
+    pub fn rtt(&self, region: &str, rtt: Duration) {
+        self.rtt
+            .get_or_create(&RegionLabels {
+                region: region.into(),
+            })
+            .set(rtt.as_secs_f64());
     }
 
     pub fn region_outcome(&self, region: &str, outcome: &str) {

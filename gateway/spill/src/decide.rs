@@ -19,13 +19,18 @@ pub struct Region {
     pub name: String,
     breaker: Breaker,
     spend: SpendCap,
-    /// EWMA of the end-to-end time of requests it answered.
+    /// EWMA of the end-to-end time of requests it answered, and when the
+    /// last one came back.
     latency_us: Option<f64>,
+    latency_at: Micros,
     /// EWMA of health-probe round trips.
     rtt_us: Option<f64>,
 }
 
 const ALPHA: f64 = 0.2;
+
+/// A region's measured latency older than this gives way to its probes.
+pub const LATENCY_STALE_US: Micros = 10_000_000;
 
 fn ewma(old: Option<f64>, new: f64) -> Option<f64> {
     Some(match old {
@@ -41,6 +46,7 @@ impl Region {
             breaker: Breaker::new(limits.breaker),
             spend: SpendCap::new(limits.requests_per_hour, limits.bytes_per_hour),
             latency_us: None,
+            latency_at: 0,
             rtt_us: None,
         }
     }
@@ -49,12 +55,14 @@ impl Region {
         self.rtt_us = ewma(self.rtt_us, rtt as f64);
     }
 
-    /// Expected answer time: measured when there is a measurement, else the
-    /// probe round trip plus what the work takes here.
-    pub fn expected_us(&self, local_service: Option<Micros>) -> Micros {
+    /// Expected answer time: measured when there is a recent measurement,
+    /// else the probe round trip plus what the work takes here. Without the
+    /// staleness rule one slow spell would keep a region out for good, since
+    /// only spilled requests refresh the measurement.
+    pub fn expected_us(&self, local_service: Option<Micros>, now: Micros) -> Micros {
         match self.latency_us {
-            Some(l) => l as Micros,
-            None => self.rtt_us.unwrap_or(0.0) as Micros + local_service.unwrap_or(0),
+            Some(l) if now.saturating_sub(self.latency_at) < LATENCY_STALE_US => l as Micros,
+            _ => self.rtt_us.unwrap_or(0.0) as Micros + local_service.unwrap_or(0),
         }
     }
 
@@ -174,7 +182,7 @@ impl Spill {
             .enumerate()
             .filter(|(i, _)| !tried.contains(i))
             .filter_map(|(i, r)| {
-                let expected = r.expected_us(local_service);
+                let expected = r.expected_us(local_service, now);
                 let in_time = budget.is_none_or(|slo| expected <= slo);
                 (in_time && r.breaker.would_allow(now) && r.spend.allows(now, facts.bytes))
                     .then_some((i, expected))
@@ -208,7 +216,9 @@ impl Spill {
         r.spend.add_bytes(now, bytes_back);
         match answered_in {
             Some(t) => {
-                r.latency_us = ewma(r.latency_us, t as f64);
+                let fresh = now.saturating_sub(r.latency_at) < LATENCY_STALE_US;
+                r.latency_us = ewma(if fresh { r.latency_us } else { None }, t as f64);
+                r.latency_at = now;
                 r.breaker.record(now, false);
             }
             None if counts_against => r.breaker.record(now, true),

@@ -20,7 +20,7 @@ mod predict;
 mod spend;
 
 pub use breaker::{Breaker, BreakerConfig, BreakerState};
-pub use decide::{Decision, Reason, Region, RegionLimits, RequestFacts, Spill};
+pub use decide::{Decision, Reason, Region, RegionLimits, RequestFacts, Spill, LATENCY_STALE_US};
 pub use predict::{predict_wait, QueueView, ServiceTimes};
 pub use spend::SpendCap;
 

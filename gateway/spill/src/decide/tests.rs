@@ -7,6 +7,7 @@ fn spill(regions: &[(&str, Micros, RegionLimits)]) -> Spill {
             .map(|(name, latency, limits)| {
                 let mut r = Region::new(*name, limits.clone());
                 r.latency_us = Some(*latency as f64);
+                r.latency_at = 0;
                 r
             })
             .collect(),
@@ -185,7 +186,25 @@ fn an_open_breaker_takes_a_region_out_until_it_recovers() {
 #[test]
 fn unmeasured_regions_are_judged_by_probe_rtt_plus_local_compute() {
     let mut r = Region::new("x", RegionLimits::default());
-    assert_eq!(r.expected_us(Some(300)), 300);
+    assert_eq!(r.expected_us(Some(300), 0), 300);
     r.observe_rtt(2_000);
-    assert_eq!(r.expected_us(Some(300)), 2_300);
+    assert_eq!(r.expected_us(Some(300), 0), 2_300);
+}
+
+#[test]
+fn a_slow_spell_is_forgotten_once_it_is_stale() {
+    let mut s = spill(&[("a", 1_000, RegionLimits::default())]);
+    s.regions[0].observe_rtt(1_000);
+    // One slow answer: the region is out while the measurement is fresh.
+    s.record(0, 100, Some(50_000), false, 0);
+    assert_eq!(
+        s.decide(&facts(10_000), Some(20_000), Some(500), &[], 200),
+        Decision::Local
+    );
+    // Later the probes speak for it again.
+    let later = 100 + LATENCY_STALE_US;
+    assert!(matches!(
+        s.decide(&facts(10_000), Some(20_000), Some(500), &[], later),
+        Decision::Spill { region: 0, .. }
+    ));
 }
