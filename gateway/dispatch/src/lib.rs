@@ -159,20 +159,15 @@ impl Dispatcher {
         let local_service = service.estimate(job.rows);
         let mut tried: Vec<usize> = Vec::new();
         loop {
-            let decision = if self.config.spill_enabled && !self.regions.is_empty() {
-                let d =
-                    self.spill
-                        .lock()
-                        .decide(&facts, predicted, local_service, &tried, self.now());
-                // Bounded tries: after max_tries regions, the request stays here.
-                match d {
-                    Decision::Spill { .. } if tried.len() >= self.config.max_tries => {
-                        local_or_reject(&facts)
-                    }
-                    d => d,
-                }
-            } else {
+            let decision = if !self.config.spill_enabled || self.regions.is_empty() {
                 Decision::Local
+            } else if tried.len() >= self.config.max_tries {
+                // Bounded tries: after max_tries regions the request stays here.
+                local_or_reject(&facts)
+            } else {
+                self.spill
+                    .lock()
+                    .decide(&facts, predicted, local_service, &tried, self.now())
             };
             match decision {
                 Decision::Local => return self.run_local(job, predicted).await,
@@ -191,7 +186,13 @@ impl Dispatcher {
                             ))
                         }
                         Err(Retry::Next) => tried.push(region),
-                        Err(Retry::Stop(e)) => return Err(e),
+                        Err(Retry::Here) => {
+                            // Not sent again: served here unless the queue is full.
+                            return match local_or_reject(&facts) {
+                                Decision::Local => self.run_local(job, predicted).await,
+                                _ => Err(reject_error(job, Reason::QueueFull, predicted)),
+                            };
+                        }
                     }
                 }
             }
@@ -263,13 +264,7 @@ impl Dispatcher {
                         .lock()
                         .record(region, now, None, true, bytes_back);
                     self.metrics.region_outcome(client.name(), "bad_answer");
-                    return Err(Retry::Stop(ProtoError::new(
-                        ErrorKind::Internal,
-                        format!(
-                            "region {} answered with outputs that do not match the model: {why}",
-                            client.name()
-                        ),
-                    )));
+                    return Err(Retry::Here);
                 }
                 let took = started.elapsed().as_micros() as Micros;
                 self.spill
@@ -286,13 +281,13 @@ impl Dispatcher {
                 self.metrics
                     .region_outcome(client.name(), outcome_label(&e));
                 tracing::debug!(region = %client.name(), model = job.model, error = %e, "region failed");
-                if e.counts_against_region() {
+                // Failures that may pass elsewhere go to the next region; an
+                // answer (undecodable, or a refusal of a request this box
+                // accepted: the region's setup differs) is not sent again.
+                if e.retryable() {
                     Err(Retry::Next)
                 } else {
-                    Err(Retry::Stop(ProtoError::bad_request(format!(
-                        "region {} refused the request: {e}",
-                        client.name()
-                    ))))
+                    Err(Retry::Here)
                 }
             }
         }
@@ -361,8 +356,10 @@ fn outcome_label(e: &nusa_engine_remote::RegionError) -> &'static str {
 }
 
 enum Retry {
+    /// Try the next region (or here, when none is left).
     Next,
-    Stop(ProtoError),
+    /// Serve here without sending again.
+    Here,
 }
 
 fn local_or_reject(facts: &RequestFacts) -> Decision {
