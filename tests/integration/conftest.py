@@ -72,8 +72,28 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if not report.failed:
         return
-    for value in getattr(item, "funcargs", {}).values():
+    seen: set[int] = set()
+    for value in _servers_in(getattr(item, "funcargs", {}).values()):
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        state = "running" if value.alive() else "NOT RUNNING"
+        report.sections.append(
+            (f"nusad log: {value.name} ({state}, {value.log_path})", value.log_tail()))
+
+
+def _servers_in(values) -> Iterator[nt.NusadServer]:
+    """NusadServer fixture values, also inside lists, tuples, dicts and objects
+    with a `servers` attribute (fixtures that bundle several servers)."""
+    for value in values:
         if isinstance(value, nt.NusadServer):
-            state = "running" if value.alive() else "NOT RUNNING"
-            report.sections.append(
-                (f"nusad log: {value.name} ({state}, {value.log_path})", value.log_tail()))
+            yield value
+        elif isinstance(value, (list, tuple)):
+            yield from (v for v in value if isinstance(v, nt.NusadServer))
+        elif isinstance(value, dict):
+            yield from (v for v in value.values() if isinstance(v, nt.NusadServer))
+        elif hasattr(value, "servers"):
+            try:
+                yield from (v for v in list(value.servers) if isinstance(v, nt.NusadServer))
+            except TypeError:
+                pass

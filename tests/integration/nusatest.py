@@ -92,8 +92,14 @@ def free_port() -> int:
     raise RuntimeError("no port free for both TCP and UDP")
 
 
-def toml_dumps(tables: Mapping[str, Mapping[str, Any]]) -> str:
-    """Just enough TOML for our config files: tables of scalars."""
+def toml_dumps(tables: Mapping[str, Any]) -> str:
+    """Just enough TOML for our config files: tables of scalars.
+
+    Also: a top-level key whose value is a scalar or a list of scalars is a
+    root key (`slo_ms = 50`, written before any table); one whose value is a
+    list of mappings is an array of tables (`[[regions]]`); values may be
+    lists of scalars (`local_only_clients = ["127.0.0.1/32"]`).
+    """
 
     def value(v: Any) -> str:
         if isinstance(v, bool):
@@ -102,13 +108,29 @@ def toml_dumps(tables: Mapping[str, Mapping[str, Any]]) -> str:
             return repr(v)
         if isinstance(v, str):
             return json.dumps(v)
+        if isinstance(v, os.PathLike):
+            return json.dumps(os.fspath(v))
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
         raise TypeError(f"toml_dumps: unsupported value {v!r}")
 
-    out = []
-    for table, keys in tables.items():
-        out.append(f"[{table}]")
-        out.extend(f"{k} = {value(v)}" for k, v in keys.items())
+    def is_table_array(v: Any) -> bool:
+        return isinstance(v, (list, tuple)) and bool(v) and all(isinstance(x, Mapping) for x in v)
+
+    out = [f"{k} = {value(v)}" for k, v in tables.items()
+           if not isinstance(v, Mapping) and not is_table_array(v)]
+    if out:
         out.append("")
+    for table, keys in tables.items():
+        if isinstance(keys, Mapping):
+            out.append(f"[{table}]")
+            out.extend(f"{k} = {value(v)}" for k, v in keys.items())
+            out.append("")
+        elif is_table_array(keys):
+            for item in keys:
+                out.append(f"[[{table}]]")
+                out.extend(f"{k} = {value(v)}" for k, v in item.items())
+                out.append("")
     return "\n".join(out)
 
 
@@ -125,15 +147,18 @@ def batching(max_batch_size: int, max_queue_delay_us: int, max_queue_size: int =
     }
 
 
-def make_model_repo(root: Path, models: Mapping[str, tuple[Iterable[int], Mapping | None]]) -> Path:
+def make_model_repo(root: Path, models: Mapping[str, tuple[Iterable[int], Mapping | None]],
+                    model_files: Mapping[str, bytes] | None = None) -> Path:
     """Build a Triton-shaped repository: root/<model>/<version>/model.onnx (+ config.toml).
 
     models maps a model name to (versions, config tables or None); every
-    version is a copy of the demo tiny-cnn model.
+    version is a copy of the demo tiny-cnn model, unless model_files gives
+    that model's ONNX bytes.
     """
     root.mkdir(parents=True, exist_ok=True)
-    model_bytes = DEMO_MODEL.read_bytes()
+    demo_bytes = DEMO_MODEL.read_bytes()
     for name, (versions, config) in models.items():
+        model_bytes = (model_files or {}).get(name, demo_bytes)
         for v in versions:
             vdir = root / name / str(v)
             vdir.mkdir(parents=True, exist_ok=True)
@@ -324,9 +349,13 @@ class NusadServer:
 
 
 def start_server(name: str, workdir: Path, models: Mapping[str, tuple[Iterable[int], Mapping | None]],
-                 config: Mapping | None = None) -> NusadServer:
-    models_dir = make_model_repo(workdir / "models", models)
-    return NusadServer(name, workdir, models_dir, config).start()
+                 config: Mapping | None = None, model_files: Mapping[str, bytes] | None = None,
+                 ready_path: str | None = None) -> NusadServer:
+    models_dir = make_model_repo(workdir / "models", models, model_files)
+    server = NusadServer(name, workdir, models_dir, config)
+    if ready_path is not None:
+        server.ready_path = ready_path
+    return server.start()
 
 
 # --------------------------------------------------------------------------
@@ -544,6 +573,44 @@ def binary_infer_request(x: np.ndarray, *, binary_output: bool = True,
     headers = {"Content-Type": "application/octet-stream",
                "Inference-Header-Content-Length": str(len(header))}
     return header + raw, headers
+
+
+def infer_request(inputs: Mapping[str, np.ndarray], *, outputs: Iterable[str] | None = None,
+                  binary_input: bool = True, binary_output: bool = True,
+                  parameters: Mapping[str, Any] | None = None) -> tuple[bytes, dict[str, str]]:
+    """An FP32 infer request for any model: (body, headers).
+
+    binary_input: the binary tensor extension (raw bytes after a JSON header),
+    else a JSON-only body with flat data. outputs: the names to ask for (each
+    with binary_data = binary_output), or None to ask for none by name (all,
+    always JSON). parameters: request-level parameters.
+    """
+    req: dict[str, Any] = {"inputs": []}
+    raw = b""
+    for name, x in inputs.items():
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        entry: dict[str, Any] = {"name": name, "shape": list(x.shape), "datatype": "FP32"}
+        if binary_input:
+            data = x.tobytes()
+            entry["parameters"] = {"binary_data_size": len(data)}
+            raw += data
+        else:
+            entry["data"] = x.reshape(-1).tolist()
+        req["inputs"].append(entry)
+    if outputs is not None:
+        req["outputs"] = [{"name": o, "parameters": {"binary_data": binary_output}} for o in outputs]
+    if parameters:
+        req["parameters"] = dict(parameters)
+    header = json.dumps(req, separators=(",", ":")).encode()
+    if not binary_input:
+        return header, dict(JSON_HEADERS)
+    return header + raw, {"Content-Type": "application/octet-stream",
+                          "Inference-Header-Content-Length": str(len(header))}
+
+
+def served_by(resp: Response) -> str:
+    """The nusa-served-by header: cache, local or cloud:<region> ("" when absent)."""
+    return resp.headers.get("nusa-served-by", "")
 
 
 NP_DTYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np.int64,

@@ -235,6 +235,13 @@ impl Dispatcher {
     }
 
     async fn run_remote(&self, job: &Job<'_>, region: usize) -> Result<Vec<Tensor>, Retry> {
+        // Settled below on every outcome; if this future is dropped first
+        // (the client went away), the ticket's drop says so to the core.
+        let mut ticket = Ticket {
+            spill: &self.spill,
+            region,
+            settled: false,
+        };
         let client = &self.regions[region];
         let names: Option<Vec<&str>> = job
             .outputs
@@ -260,24 +267,18 @@ impl Dispatcher {
                     // The region answered, wrongly: it counts against it, and
                     // the request is served here rather than sent again.
                     tracing::warn!(region = %client.name(), model = job.model, %why, "region answer does not match the model");
-                    self.spill
-                        .lock()
-                        .record(region, now, None, true, bytes_back);
+                    self.settle(&mut ticket, now, None, true, bytes_back);
                     self.metrics.region_outcome(client.name(), "bad_answer");
                     return Err(Retry::Here);
                 }
                 let took = started.elapsed().as_micros() as Micros;
-                self.spill
-                    .lock()
-                    .record(region, now, Some(took), false, bytes_back);
+                self.settle(&mut ticket, now, Some(took), false, bytes_back);
                 self.metrics.region_outcome(client.name(), "ok");
                 // Order as the model's outputs, so callers see one shape.
                 Ok(order_like(&expected, answer.outputs))
             }
             Err(e) => {
-                self.spill
-                    .lock()
-                    .record(region, now, None, e.counts_against_region(), 0);
+                self.settle(&mut ticket, now, None, e.counts_against_region(), 0);
                 self.metrics
                     .region_outcome(client.name(), outcome_label(&e));
                 tracing::debug!(region = %client.name(), model = job.model, error = %e, "region failed");
@@ -290,6 +291,23 @@ impl Dispatcher {
                     Err(Retry::Here)
                 }
             }
+        }
+    }
+
+    fn settle(
+        &self,
+        ticket: &mut Ticket<'_>,
+        now: Micros,
+        answered_in: Option<Micros>,
+        counts_against: bool,
+        bytes_back: u64,
+    ) {
+        let mut spill = self.spill.lock();
+        spill.record(ticket.region, now, answered_in, counts_against, bytes_back);
+        ticket.settled = true;
+        if let Some(r) = spill.regions.get_mut(ticket.region) {
+            let code = r.breaker_state(now).code();
+            self.metrics.breaker(&r.name, code);
         }
     }
 
@@ -352,6 +370,21 @@ fn outcome_label(e: &nusa_engine_remote::RegionError) -> &'static str {
         E::Status { .. } => "status_4xx",
         E::BadAnswer { .. } => "bad_answer",
         E::TooLarge { .. } => "too_large",
+    }
+}
+
+/// A request in flight to a region, as the spill core counts it.
+struct Ticket<'a> {
+    spill: &'a Mutex<Spill>,
+    region: usize,
+    settled: bool,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.spill.lock().abandon(self.region);
+        }
     }
 }
 

@@ -19,10 +19,15 @@ pub struct Region {
     pub name: String,
     breaker: Breaker,
     spend: SpendCap,
-    /// EWMA of the end-to-end time of requests it answered, and when the
-    /// last one came back.
-    latency_us: Option<f64>,
+    /// Requests sent and not yet answered.
+    in_flight: usize,
+    /// EWMA of the end-to-end time of answers to requests that had the
+    /// region to themselves, and when the last such answer came.
+    base_us: Option<f64>,
     latency_at: Micros,
+    /// EWMA of what each further concurrent request added to an answer's
+    /// time: the region's marginal cost under the load we send it.
+    per_extra_us: Option<f64>,
     /// EWMA of health-probe round trips.
     rtt_us: Option<f64>,
 }
@@ -45,8 +50,10 @@ impl Region {
             name: name.into(),
             breaker: Breaker::new(limits.breaker),
             spend: SpendCap::new(limits.requests_per_hour, limits.bytes_per_hour),
-            latency_us: None,
+            in_flight: 0,
+            base_us: None,
             latency_at: 0,
+            per_extra_us: None,
             rtt_us: None,
         }
     }
@@ -55,15 +62,27 @@ impl Region {
         self.rtt_us = ewma(self.rtt_us, rtt as f64);
     }
 
-    /// Expected answer time: measured when there is a recent measurement,
-    /// else the probe round trip plus what the work takes here. Without the
-    /// staleness rule one slow spell would keep a region out for good, since
-    /// only spilled requests refresh the measurement.
+    /// Expected answer time for one more request: the region's unloaded
+    /// time (measured when there is a recent measurement, else the probe
+    /// round trip plus what the work takes here) plus the marginal cost of
+    /// each request already in flight to it (learnt; until then assumed to
+    /// be the local cost, i.e. a region no faster than this box).
+    ///
+    /// Counting what is in flight keeps a burst from all going to a region
+    /// that cannot absorb it, and lets the expectation fall back as soon as
+    /// the region drains, so one slow spell does not keep it out.
     pub fn expected_us(&self, local_service: Option<Micros>, now: Micros) -> Micros {
-        match self.latency_us {
-            Some(l) if now.saturating_sub(self.latency_at) < LATENCY_STALE_US => l as Micros,
-            _ => self.rtt_us.unwrap_or(0.0) as Micros + local_service.unwrap_or(0),
-        }
+        let local = local_service.unwrap_or(0) as f64;
+        let base = match self.base_us {
+            Some(b) if now.saturating_sub(self.latency_at) < LATENCY_STALE_US => b,
+            _ => self.rtt_us.unwrap_or(0.0) + local,
+        };
+        let per = self.per_extra_us.unwrap_or(local.max(base / 2.0));
+        (base + self.in_flight as f64 * per) as Micros
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
     }
 
     pub fn breaker_state(&mut self, now: Micros) -> BreakerState {
@@ -193,6 +212,7 @@ impl Spill {
                 let r = &mut self.regions[i];
                 r.breaker.allow(now);
                 r.spend.spend(now, facts.bytes);
+                r.in_flight += 1;
                 Decision::Spill { region: i, reason }
             }
             None => local_fallback,
@@ -213,16 +233,37 @@ impl Spill {
         let Some(r) = self.regions.get_mut(region) else {
             return;
         };
+        // How many shared the region with this one, itself included
+        // (approximated by what is in flight as it comes back).
+        let concurrency = r.in_flight.max(1);
+        r.in_flight = r.in_flight.saturating_sub(1);
         r.spend.add_bytes(now, bytes_back);
         match answered_in {
             Some(t) => {
+                let t = t as f64;
                 let fresh = now.saturating_sub(r.latency_at) < LATENCY_STALE_US;
-                r.latency_us = ewma(if fresh { r.latency_us } else { None }, t as f64);
-                r.latency_at = now;
+                match (concurrency, r.base_us.filter(|_| fresh)) {
+                    (1, base) | (_, base @ None) => {
+                        r.base_us = ewma(base, t);
+                        r.latency_at = now;
+                    }
+                    (c, Some(base)) => {
+                        let per = ((t - base) / (c - 1) as f64).max(0.0);
+                        r.per_extra_us = ewma(r.per_extra_us, per);
+                    }
+                }
                 r.breaker.record(now, false);
             }
             None if counts_against => r.breaker.record(now, true),
             None => {}
+        }
+    }
+
+    /// A request sent to `region` whose outcome will never be known (its
+    /// caller went away): it is no longer in flight, and nothing is learnt.
+    pub fn abandon(&mut self, region: usize) {
+        if let Some(r) = self.regions.get_mut(region) {
+            r.in_flight = r.in_flight.saturating_sub(1);
         }
     }
 }

@@ -6,7 +6,8 @@ fn spill(regions: &[(&str, Micros, RegionLimits)]) -> Spill {
             .iter()
             .map(|(name, latency, limits)| {
                 let mut r = Region::new(*name, limits.clone());
-                r.latency_us = Some(*latency as f64);
+                r.base_us = Some(*latency as f64);
+                r.per_extra_us = Some(0.0);
                 r.latency_at = 0;
                 r
             })
@@ -189,6 +190,48 @@ fn unmeasured_regions_are_judged_by_probe_rtt_plus_local_compute() {
     assert_eq!(r.expected_us(Some(300), 0), 300);
     r.observe_rtt(2_000);
     assert_eq!(r.expected_us(Some(300), 0), 2_300);
+}
+
+#[test]
+fn requests_in_flight_raise_the_expectation_until_they_come_back() {
+    let mut s = spill(&[("a", 2_000, RegionLimits::default())]);
+    // Learn: alone 2 ms; with one other in flight, 5 ms.
+    s.regions[0].per_extra_us = None;
+    let f = facts(10_000);
+    let sends = |s: &mut Spill| {
+        let mut n = 0;
+        while matches!(
+            s.decide(&f, Some(20_000), Some(3_000), &[], 0),
+            Decision::Spill { .. }
+        ) {
+            n += 1;
+            assert!(n < 100);
+        }
+        n
+    };
+    // Unlearnt marginal cost: the local 3 ms per request. 2 + 3n <= 10.
+    assert_eq!(sends(&mut s), 3);
+    assert_eq!(s.regions[0].in_flight(), 3);
+    // They come back: two shared the region at 8 ms, one at 2 ms alone.
+    s.record(0, 10, Some(8_000), false, 0); // concurrency 3: (8-2)/2 = 3 ms each
+    s.record(0, 11, Some(6_000), false, 0); // concurrency 2: 4 ms
+    s.record(0, 12, Some(2_000), false, 0); // alone
+    assert_eq!(s.regions[0].in_flight(), 0);
+    assert_eq!(
+        s.regions[0].expected_us(Some(3_000), 13),
+        2_000,
+        "drained: back to its unloaded time"
+    );
+    // per_extra is 3.2 ms now (EWMA of 3 and 4): with n in flight a new
+    // one expects 2 + 3.2n ms, within 10 ms for n = 0, 1, 2.
+    assert_eq!(s.regions[0].per_extra_us.map(|p| p as u64), Some(3_200));
+    assert_eq!(sends(&mut s), 3);
+    for _ in 0..3 {
+        s.abandon(0);
+    }
+    assert_eq!(s.regions[0].in_flight(), 0);
+    s.abandon(0);
+    assert_eq!(s.regions[0].in_flight(), 0, "never below zero");
 }
 
 #[test]

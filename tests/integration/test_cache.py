@@ -1,0 +1,378 @@
+"""The edge response cache: hits and misses (and the nusa-served-by header),
+JSON and binary encodings of one tensor sharing an entry, TTL expiry, the
+resolved version in the key, Cache-Control no-cache / no-store, single flight
+for concurrent identical misses, the persistent tier across a restart, and a
+damaged cache file at start."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nusatest as nt
+import slowmodel as sm
+
+pytestmark = pytest.mark.timeout(180)
+
+SLOW = sm.NAME                  # the slow model, cache on, no batching beyond 1 row
+SINGLE_FLIGHT = "sf-mlp"        # a slower copy, so concurrent requests overlap
+TTL_MODEL = "tiny-ttl"          # tiny-cnn with ttl_s = 1
+SF_CONCURRENCY = 32
+SF_SLOWDOWN = 8                 # sf-mlp does this many times the slow model's work
+
+ROOMY_LIMITS = {"limits": {"max_body_bytes": 64 << 20}}
+CACHE_SIZES = {"cache": {"memory_bytes": 64 << 20, "disk_bytes": 64 << 20}}
+
+
+def cached(ttl_s: int = 3600, **batching) -> dict:
+    tables = nt.batching(**({"max_batch_size": 8, "max_queue_delay_us": 0} | batching))
+    tables["cache"] = {"enabled": True, "ttl_s": ttl_s}
+    return tables
+
+
+@pytest.fixture(scope="module")
+def slow():
+    return sm.calibrated()
+
+
+@pytest.fixture(scope="module")
+def sf_model(slow):
+    return sm.scaled(slow, SF_SLOWDOWN)
+
+
+@pytest.fixture(scope="module")
+def cache_server(tmp_path_factory, slow, sf_model):
+    models = {
+        nt.MODEL: ((1, 2), cached()),
+        TTL_MODEL: ((1,), cached(ttl_s=1)),
+        SLOW: ((1,), cached(max_batch_size=1)),
+        SINGLE_FLIGHT: ((1,), cached(max_batch_size=1, max_queue_size=128)),
+    }
+    server = nt.start_server("cache", tmp_path_factory.mktemp("nusad-cache"), models,
+                             ROOMY_LIMITS | CACHE_SIZES,
+                             model_files={SLOW: slow.model, SINGLE_FLIGHT: sf_model.model})
+    try:
+        yield server
+    finally:
+        crashed = not server.alive()
+        code = server.stop()
+        if crashed:
+            pytest.fail(f"nusad (cache) exited with code {code}; log:\n{server.log_tail()}")
+
+
+# --------------------------------------------------------------------------
+# helpers
+
+
+def post(server: nt.NusadServer, path: str, request: tuple[bytes, dict], **extra: str) -> nt.Response:
+    body, headers = request
+    return nt.https1(server, "POST", path, body, {**headers, **extra})
+
+
+def expect_served(resp: nt.Response, want: str, what: str) -> None:
+    got = nt.served_by(resp)
+    assert resp.status == 200, f"{what}: {resp}"
+    assert got == want, f"{what}: nusa-served-by {got!r}, expected {want!r} (headers {resp.headers})"
+
+
+def slow_request(x: np.ndarray) -> tuple[bytes, dict]:
+    return nt.infer_request({sm.INPUT: x}, outputs=[sm.OUTPUT])
+
+
+def slow_output(resp: nt.Response) -> np.ndarray:
+    _, arrays = nt.decode_infer_response(resp)
+    assert sm.OUTPUT in arrays, f"no {sm.OUTPUT!r} in {list(arrays)}"
+    return arrays[sm.OUTPUT]
+
+
+def value(samples, name: str, **labels: str) -> float:
+    return nt.metric_sum(samples, name, **labels)
+
+
+class Deltas:
+    """Counters now minus counters at construction, for one server."""
+
+    def __init__(self, server: nt.NusadServer):
+        self.server = server
+        self.before = nt.scrape_metrics(server)
+
+    def expect(self, want: dict[tuple[str, tuple[tuple[str, str], ...]], float | tuple[float, float]],
+               timeout: float = 5) -> list[nt.Sample]:
+        """want maps (name, labels) to an exact delta or an inclusive (low, high) range."""
+
+        def check(samples):
+            bad = []
+            for (name, labels), exp in want.items():
+                d = value(samples, name, **dict(labels)) - value(self.before, name, **dict(labels))
+                lo, hi = exp if isinstance(exp, tuple) else (exp, exp)
+                if not lo <= d <= hi:
+                    bad.append(f"{name}{dict(labels)} moved by {d:g}, expected "
+                               f"{exp if not isinstance(exp, tuple) else f'{lo:g}..{hi:g}'}")
+            assert not bad, "; ".join(bad)
+
+        return nt.wait_for_metrics(self.server, check, timeout=timeout)
+
+    def delta(self, samples, name: str, **labels: str) -> float:
+        return value(samples, name, **labels) - value(self.before, name, **labels)
+
+
+def m(name: str, **labels: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    return name, tuple(sorted(labels.items()))
+
+
+HITS, MISSES, COALESCED, BATCHES = ("nusa_cache_hits_total", "nusa_cache_misses_total",
+                                    "nusa_cache_coalesced_total", "nusa_batch_size_count")
+
+
+# --------------------------------------------------------------------------
+# 1. miss, hit, and the binary encoding of the same tensor
+
+
+def test_miss_then_hit_and_json_binary_share_an_entry(cache_server):
+    x, expected = nt.golden_rows([0, 1])
+    deltas = Deltas(cache_server)
+    # Both encodings name the output, so the requested outputs (part of the key) match.
+    json_req = (nt.json_infer_body(x, outputs=[{"name": nt.OUTPUT}]), dict(nt.JSON_HEADERS))
+    r1 = post(cache_server, nt.infer_path(), json_req)
+    expect_served(r1, "local", "first JSON request")
+    nt.assert_infer_ok(r1, expected)
+    r2 = post(cache_server, nt.infer_path(), json_req)
+    expect_served(r2, "cache", "identical JSON request")
+    nt.assert_infer_ok(r2, expected)
+    assert r2.json()["outputs"] == r1.json()["outputs"], "a hit must answer exactly what was computed"
+
+    r3 = post(cache_server, nt.infer_path(), nt.binary_infer_request(x, binary_output=True))
+    expect_served(r3, "cache", "binary-encoded request of the same tensor")
+    nt.assert_infer_ok(r3, expected, binary=True)
+
+    deltas.expect({
+        m(MISSES, model=nt.MODEL): 1,
+        m(HITS, model=nt.MODEL, tier="memory"): 2,
+        m(BATCHES, model=nt.MODEL): 1,
+    })
+
+
+# --------------------------------------------------------------------------
+# 2. TTL
+
+
+def test_entry_expires_after_ttl(cache_server):
+    x, expected = nt.golden_rows([4])
+    req = nt.binary_infer_request(x, binary_output=False)
+    path = nt.infer_path(TTL_MODEL)
+    r = post(cache_server, path, req)
+    expect_served(r, "local", "first request")
+    nt.assert_infer_ok(r, expected)
+    r = post(cache_server, path, req)
+    expect_served(r, "cache", "within the TTL")
+    nt.assert_infer_ok(r, expected)
+    time.sleep(1.5)  # ttl_s = 1
+    r = post(cache_server, path, req)
+    expect_served(r, "local", "after the TTL (1 s) has passed")
+    nt.assert_infer_ok(r, expected)
+    r = post(cache_server, path, req)
+    expect_served(r, "cache", "the recomputed answer was stored again")
+
+
+# --------------------------------------------------------------------------
+# 3. The resolved version is part of the key
+
+
+def test_other_version_is_another_entry(cache_server):
+    x, expected = nt.golden_rows([2, 3])
+    req = nt.binary_infer_request(x, binary_output=False)
+    deltas = Deltas(cache_server)
+    r = post(cache_server, nt.infer_path(version=1), req)
+    expect_served(r, "local", "version 1, first")
+    nt.assert_infer_ok(r, expected, version="1")
+    r = post(cache_server, nt.infer_path(version=2), req)
+    expect_served(r, "local", "version 2 after version 1 with the same inputs")
+    nt.assert_infer_ok(r, expected, version="2")
+    r = post(cache_server, nt.infer_path(version=1), req)
+    expect_served(r, "cache", "version 1 again")
+    nt.assert_infer_ok(r, expected, version="1")
+    # No version named: the latest (2) is resolved first, then looked up.
+    r = post(cache_server, nt.infer_path(), req)
+    expect_served(r, "cache", "no version named (latest = 2)")
+    nt.assert_infer_ok(r, expected, version="2")
+    deltas.expect({m(MISSES, model=nt.MODEL): 2, m(HITS, model=nt.MODEL, tier="memory"): 2,
+                   m(BATCHES, model=nt.MODEL): 2})
+
+
+# --------------------------------------------------------------------------
+# 4. Cache-Control
+
+
+def test_no_store_and_no_cache(cache_server, slow):
+    x = sm.rows(1, seed=401)
+    other = sm.rows(1, seed=402)
+    expected, expected_other = slow.expected(x), slow.expected(other)
+    req, req_other = slow_request(x), slow_request(other)
+    path = nt.infer_path(SLOW)
+    deltas = Deltas(cache_server)
+
+    steps = [
+        # (request, Cache-Control, served-by, what)
+        (req, "no-store", "local", "no-store on a new input"),
+        (req, None, "local", "plain request after no-store (no-store must not write)"),
+        (req, None, "cache", "plain request again"),
+        (req, "no-cache", "local", "no-cache with an entry present (must recompute)"),
+        (req, "no-store", "local", "no-store with an entry present (must not read)"),
+        (req, None, "cache", "plain request after no-cache / no-store"),
+        (req_other, "no-cache", "local", "no-cache on a new input"),
+        (req_other, None, "cache", "plain request after no-cache (no-cache stores)"),
+    ]
+    for request, cc, want, what in steps:
+        extra = {"Cache-Control": cc} if cc else {}
+        r = post(cache_server, path, request, **extra)
+        expect_served(r, want, what)
+        sm.assert_close(slow_output(r), expected_other if request is req_other else expected, what)
+
+    ran = sum(1 for _, _, want, _ in steps if want == "local")
+    deltas.expect({m(BATCHES, model=SLOW): ran,
+                   m(HITS, model=SLOW, tier="memory"): 3})
+
+
+# --------------------------------------------------------------------------
+# 5. Single flight
+
+
+def test_concurrent_identical_misses_run_once(cache_server, sf_model):
+    x = sm.rows(1, seed=501)
+    expected = sf_model.expected(x)
+    deltas = Deltas(cache_server)
+    responses = nt.fire_at_once(cache_server, [slow_request(x)] * SF_CONCURRENCY,
+                                path=nt.infer_path(SINGLE_FLIGHT))
+    for i, r in enumerate(responses):
+        assert r.status == 200, f"request {i}: {r}"
+        sm.assert_close(slow_output(r), expected, f"request {i}")
+    served = [nt.served_by(r) for r in responses]
+    assert served.count("local") == 1, f"exactly one request computes: served-by {served}"
+    assert served.count("cache") == SF_CONCURRENCY - 1, f"served-by {served}"
+
+    samples = deltas.expect({
+        m(BATCHES, model=SINGLE_FLIGHT): 1,            # the engine ran once
+        m(MISSES, model=SINGLE_FLIGHT): 1,
+    })
+    coalesced = deltas.delta(samples, COALESCED, model=SINGLE_FLIGHT)
+    hits = deltas.delta(samples, HITS, model=SINGLE_FLIGHT)
+    print(f"\n[single flight] {SF_CONCURRENCY} identical requests on {sf_model.describe()}: "
+          f"1 computed, {coalesced:g} coalesced, {hits:g} hits after the answer was stored")
+    assert coalesced + hits == SF_CONCURRENCY - 1, \
+        f"every other request is a coalesced waiter or a hit: coalesced {coalesced}, hits {hits}"
+    assert coalesced >= 1, "no request was coalesced although all overlapped the computation"
+
+
+# --------------------------------------------------------------------------
+# 6. The persistent tier across a restart; 7. a damaged file at start
+
+
+def cache_only_server(work: Path, slow: sm.SlowModel, start: bool = True) -> nt.NusadServer:
+    models_dir = nt.make_model_repo(work / "models", {SLOW: ((1,), cached(max_batch_size=1))},
+                                    {SLOW: slow.model})
+    server = nt.NusadServer("cache-disk", work, models_dir, ROOMY_LIMITS | CACHE_SIZES)
+    return server.start() if start else server
+
+
+def wait_disk_loaded(server: nt.NusadServer, timeout: float = 5) -> None:
+    """Best effort: the disk tier opens in the background after start; its bytes
+    gauge says when it has (the test then does not race the open)."""
+    try:
+        nt.wait_for_metrics(server, lambda s: _assert_positive(
+            value(s, "nusa_cache_bytes", tier="disk")), timeout=timeout)
+    except AssertionError:
+        pass
+
+
+def _assert_positive(v: float) -> None:
+    assert v > 0
+
+
+def log_since(server: nt.NusadServer, offset: int) -> str:
+    return server.log_path.read_bytes()[offset:].decode("utf-8", "replace")
+
+
+def test_restart_serves_from_the_persistent_tier(tmp_path, slow):
+    xs = sm.rows(3, seed=601)
+    expected = slow.expected(xs)
+    path = nt.infer_path(SLOW)
+    server = cache_only_server(tmp_path, slow)
+    try:
+        for i in range(3):
+            r = post(server, path, slow_request(xs[i:i + 1]))
+            expect_served(r, "local", f"row {i}, first run")
+        r = post(server, path, slow_request(xs[0:1]))
+        expect_served(r, "cache", "row 0 again, first run")
+        code = server.stop()
+        assert code == 0, f"nusad exited with {code} on SIGTERM"
+        assert (server.data_dir / "cache.redb").exists(), "no persistent tier file after a clean stop"
+
+        server.start()
+        wait_disk_loaded(server)
+        deltas = Deltas(server)
+        for i in range(3):
+            r = post(server, path, slow_request(xs[i:i + 1]))
+            expect_served(r, "cache", f"row {i} after the restart")
+            sm.assert_close(slow_output(r), expected[i:i + 1], f"row {i} after the restart")
+        deltas.expect({m(HITS, model=SLOW, tier="disk"): 3, m(BATCHES, model=SLOW): 0,
+                       m(MISSES, model=SLOW): 0})
+        # The disk hit is promoted: the next one comes from memory.
+        r = post(server, path, slow_request(xs[0:1]))
+        expect_served(r, "cache", "row 0 a second time after the restart")
+    finally:
+        server.stop()
+
+
+def _garbage(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(os.urandom(256 << 10))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_damaged_cache_file_at_start(tmp_path, slow, damage):
+    xs = sm.rows(2, seed=701)
+    expected = slow.expected(xs)
+    path = nt.infer_path(SLOW)
+    server = cache_only_server(tmp_path, slow, start=False)
+    cache_file = server.data_dir / "cache.redb"
+    try:
+        if damage == "garbage":
+            _garbage(cache_file)
+        else:
+            # A real file, written by a clean run, then cut in half.
+            server.start()
+            for i in range(2):
+                expect_served(post(server, path, slow_request(xs[i:i + 1])), "local", f"filling row {i}")
+            assert server.stop() == 0
+            size = cache_file.stat().st_size
+            assert size > 0
+            with open(cache_file, "r+b") as f:
+                f.truncate(size // 2)
+        offset = server.log_path.stat().st_size if server.log_path.exists() else 0
+
+        server.start()  # must come up despite the file
+        for i in range(2):
+            r = post(server, path, slow_request(xs[i:i + 1]))
+            expect_served(r, "local", f"row {i} with a {damage} cache file (the cache starts empty)")
+            sm.assert_close(slow_output(r), expected[i:i + 1], f"row {i}")
+            r = post(server, path, slow_request(xs[i:i + 1]))
+            expect_served(r, "cache", f"row {i} again: the fresh cache works")
+            sm.assert_close(slow_output(r), expected[i:i + 1], f"row {i}, cached")
+        # The disk tier opens on its own thread: its warning may come after
+        # the answers above (a panic caught inside redb prints a backtrace first).
+        deadline = time.monotonic() + 15
+        while True:
+            log = log_since(server, offset)
+            warned = [line for line in log.splitlines()
+                      if "warn" in line.lower() and "cache" in line.lower()]
+            if warned or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert warned, f"no warning about the damaged cache file in the log:\n{log[-3000:]}"
+        print(f"\n[{damage}] {warned[0].strip()}")
+        assert server.alive()
+    finally:
+        server.stop()
