@@ -1,0 +1,292 @@
+#!/usr/bin/env python3
+"""The side-by-side benchmark: nusad against the peers users would pick
+instead, in the same run, interleaved (A B A B ...), reported as medians
+with their spread and as ratios. Run through scripts/bench.
+
+    .venv/bin/python bench/run.py [--quick] [--oha PATH] [--rounds N]
+
+Comparisons in this version:
+  1. cached responses: nusad's edge cache vs nginx proxy_cache, both over
+     TLS; HTTP/1.1 (wrk), HTTP/2 (h2load), closed-loop concurrency sweep and
+     open-loop rates (oha, latency-corrected); then nusad over HTTP/3 against
+     its own HTTP/2 (oha).
+  5. footprint: start-to-ready time, idle RSS, RSS under load.
+Comparisons 2 (inference path vs MLServer and raw onnxruntime), 3 (proxy
+overhead) and 4 (overload) are not in this version yet.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import loadtools
+import procstat
+from benchlib import ROOT, nt, pin, use_release_build
+from peers.nginx import Nginx
+
+
+@dataclass
+class System:
+    name: str
+    url: str
+    pids: list[int]
+    cacert: Path
+
+
+@dataclass
+class Sample:
+    run: loadtools.Run
+    server_cpu_s: float
+    rss_peak: int
+
+    @property
+    def cpu_us_per_req(self) -> float:
+        return self.server_cpu_s / max(1, self.run.requests) * 1e6
+
+
+def measure(system: System, load) -> Sample:
+    """Runs one load against one system, with its CPU time and peak RSS."""
+    peak = [procstat.rss_bytes(system.pids)]
+    stop = threading.Event()
+
+    def watch():
+        while not stop.wait(0.1):
+            peak[0] = max(peak[0], procstat.rss_bytes(system.pids))
+
+    t = threading.Thread(target=watch, daemon=True)
+    cpu0 = procstat.cpu_seconds(system.pids)
+    t.start()
+    try:
+        run = load()
+    finally:
+        stop.set()
+        t.join()
+    return Sample(run, procstat.cpu_seconds(system.pids) - cpu0, peak[0])
+
+
+def med(values):
+    return statistics.median(values) if values else 0.0
+
+
+def spread(values):
+    return f"{min(values):.0f}-{max(values):.0f}" if values else "-"
+
+
+class Report:
+    def __init__(self):
+        self.lines: list[str] = []
+        self.commands: list[str] = []
+        self.plots: list[str] = []
+
+    def table(self, title: str, rows: list[tuple[str, dict[str, list[Sample]]]], systems: list[str]) -> None:
+        self.lines += [f"### {title}", "",
+                       "| case | system | req/s (median, spread) | p50 ms | p90 ms | p99 ms | errors | server CPU us/req | client CPU s/s | RSS MiB | req/s ratio | p99 ratio |",
+                       "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for case, by_system in rows:
+            base = by_system.get(systems[1], [])
+            for s in systems:
+                samples = by_system.get(s, [])
+                if not samples:
+                    continue
+                rps = [x.run.rps for x in samples]
+                p99 = med([x.run.p99_ms for x in samples])
+                ratio_rps = ratio_p99 = ""
+                if s == systems[0] and base:
+                    ratio_rps = f"{med(rps) / max(1e-9, med([x.run.rps for x in base])):.2f}"
+                    ratio_p99 = f"{p99 / max(1e-9, med([x.run.p99_ms for x in base])):.2f}"
+                client = med([x.run.client_cpu_s / max(1e-9, x.run.seconds) for x in samples])
+                self.lines.append(
+                    f"| {case} | {s} | {med(rps):.0f} ({spread(rps)}) | {med([x.run.p50_ms for x in samples]):.2f} | "
+                    f"{med([x.run.p90_ms for x in samples]):.2f} | {p99:.2f} | {sum(x.run.errors for x in samples)} | "
+                    f"{med([x.cpu_us_per_req for x in samples]):.1f} | {client:.2f} | "
+                    f"{med([x.rss_peak for x in samples]) / 2**20:.1f} | {ratio_rps} | {ratio_p99} |")
+                self.commands.append(f"- {case}, {s}: `{samples[-1].run.command()}`")
+        self.lines.append("")
+
+    def write(self, path: Path, header: list[str]) -> None:
+        path.write_text("\n".join(header + self.lines + ["## Command lines (last round of each)", ""]
+                                  + self.commands + [""]))
+
+
+def plot(path: Path, title: str, xlabel: str, ylabel: str, series: dict[str, list[tuple[float, float]]]) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, points in series.items():
+        points = sorted(points)
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def check_cached(url: str, body: Path, headers: dict[str, str], header: str, want: str) -> None:
+    cmd = ["curl", "-sk", "-o", "/dev/null", "-D", "-", "--data-binary", f"@{body}", url]
+    for k, v in headers.items():
+        cmd += ["-H", f"{k}: {v}"]
+    head = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.lower()
+    if f"{header}: {want.lower()}" not in head:
+        raise SystemExit(f"{url} did not answer from its cache ({header}: {want} expected):\n{head}")
+
+
+def start_to_ready(tmp: Path, n: int) -> list[float]:
+    """Seconds from spawn to a 200 from /v2/health/ready, bundled demo model."""
+    out = []
+    for i in range(n):
+        s = nt.NusadServer(f"ready-{i}", tmp / f"ready-{i}", None)
+        t0 = time.perf_counter()
+        s.start()
+        out.append(time.perf_counter() - t0)
+        s.stop()
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="a few seconds per comparison (CI)")
+    ap.add_argument("--oha", default=str(ROOT / ".cache/oha/bin/oha"))
+    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--out", default=str(ROOT / "bench/results"))
+    args = ap.parse_args()
+    quick = args.quick
+    rounds = args.rounds or (1 if quick else 5)
+    seconds = 2 if quick else 8
+    sweep = [16] if quick else [1, 4, 16, 64]
+    use_release_build()
+    if not Path(os.environ["NUSAD_BIN"]).exists():
+        raise SystemExit(f"no release build at {os.environ['NUSAD_BIN']}: cargo build --release -p nusad")
+    oha_bin = args.oha if Path(args.oha).exists() else shutil.which("oha")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.date.today().isoformat() + ("-quick" if quick else "")
+    report = Report()
+
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        x, _ = nt.golden_rows([0])
+        body, headers = nt.binary_infer_request(x, binary_output=True)
+        body_path = tmp / "body.bin"
+        body_path.write_bytes(body)
+        cached_model = dict(nt.batching(max_batch_size=32, max_queue_delay_us=0, max_queue_size=1024))
+        cached_model["cache"] = {"enabled": True, "ttl_s": 3600}
+        limits = {"limits": {"max_body_bytes": 1 << 20}}
+        ours = nt.start_server("ours", tmp / "ours", {nt.MODEL: ((1,), cached_model)}, limits)
+        # nginx's upstream: the same gateway without a cache, off the server core.
+        os.environ["NUSAD_WRAP"] = " ".join(pin(1))
+        upstream = nt.start_server("upstream", tmp / "upstream", {nt.MODEL: ((1,), None)}, limits)
+        os.environ["NUSAD_WRAP"] = " ".join(pin(0))
+        nginx_port = nt.free_port()
+        nginx = Nginx(tmp / "nginx", nginx_port, upstream.data_dir / "tls/server.pem",
+                      upstream.data_dir / "tls/server.key", upstream.port, cache=True).start()
+        path = nt.infer_path()
+        systems = {
+            "nusad": System("nusad", f"https://127.0.0.1:{ours.port}{path}", [ours.proc.pid], ours.ca_path),
+            "nginx": System("nginx", f"https://127.0.0.1:{nginx_port}{path}", procstat.tree(nginx.pid),
+                            upstream.ca_path),
+        }
+        try:
+            # Fill both caches, then check that both really answer from them:
+            # a comparison against a peer that proxies every request would
+            # flatter us.
+            for s in systems.values():
+                loadtools.wrk(s.url, body_path, headers, 1, 1)
+            check_cached(systems["nusad"].url, body_path, headers, "nusa-served-by", "cache")
+            check_cached(systems["nginx"].url, body_path, headers, "x-cache", "HIT")
+            rows, h1_points, h2_points = [], {"nusad": [], "nginx": []}, {"nusad": [], "nginx": []}
+            for proto, tool in [("HTTP/1.1", loadtools.wrk), ("HTTP/2", loadtools.h2load)]:
+                for c in sweep:
+                    by: dict[str, list[Sample]] = {"nusad": [], "nginx": []}
+                    for _ in range(rounds):
+                        for name in ("nusad", "nginx"):  # A B A B ...
+                            s = systems[name]
+                            by[name].append(measure(s, lambda: tool(s.url, body_path, headers, c, seconds)))
+                    rows.append((f"{proto} c={c}", by))
+                    for name in by:
+                        (h1_points if proto == "HTTP/1.1" else h2_points)[name].append((c, med([x.run.rps for x in by[name]])))
+            report.table("1. Cached responses, closed loop (nusad edge cache vs nginx proxy_cache)", rows, ["nusad", "nginx"])
+            if oha_bin:
+                # Open loop at fractions of the slower system's HTTP/2 peak.
+                peak = min(max(v for _, v in h2_points[n]) for n in h2_points)
+                rates = [round(peak * f) for f in ((0.5,) if quick else (0.25, 0.5, 0.75))]
+                rows, lat_points = [], {"nusad": [], "nginx": []}
+                for rate in rates:
+                    by = {"nusad": [], "nginx": []}
+                    for _ in range(rounds):
+                        for name in ("nusad", "nginx"):
+                            s = systems[name]
+                            by[name].append(measure(s, lambda: loadtools.oha(
+                                oha_bin, s.url.replace("127.0.0.1", "localhost"), body_path, headers, 16, seconds,
+                                http="2", rate=rate, cacert=s.cacert)))
+                    rows.append((f"HTTP/2 open loop {rate}/s", by))
+                    for name in by:
+                        lat_points[name].append((rate, med([x.run.p99_ms for x in by[name]])))
+                report.table("1b. Cached responses, open loop at fixed rates (oha, latency-corrected)", rows, ["nusad", "nginx"])
+                rows = []
+                by = {"nusad HTTP/3": [], "nusad HTTP/2": []}
+                s = systems["nusad"]
+                for _ in range(rounds):
+                    for label, http in (("nusad HTTP/3", "3"), ("nusad HTTP/2", "2")):
+                        by[label].append(measure(s, lambda: loadtools.oha(
+                            oha_bin, s.url.replace("127.0.0.1", "localhost"), body_path, headers, 16, seconds,
+                            http=http, cacert=s.cacert)))
+                rows.append(("cached, c=16 (oha)", by))
+                report.table("1c. nusad over HTTP/3 against its own HTTP/2 (oha both)", rows, ["nusad HTTP/3", "nusad HTTP/2"])
+                if plot(out_dir / f"{stamp}-open-loop-p99.png", "Cached responses: p99 vs offered rate (HTTP/2)",
+                        "offered rate (req/s)", "p99 latency (ms)", lat_points):
+                    report.plots.append(f"{stamp}-open-loop-p99.png")
+            else:
+                report.lines += ["oha not found: open-loop and HTTP/3 rows skipped (scripts/bench installs it).", ""]
+            if plot(out_dir / f"{stamp}-closed-loop.png", "Cached responses: throughput vs concurrency",
+                    "concurrent connections", "req/s",
+                    {f"{n} {p}": pts for p, d in (("h1", h1_points), ("h2", h2_points)) for n, pts in d.items()}):
+                report.plots.append(f"{stamp}-closed-loop.png")
+
+            idle_ours = procstat.rss_bytes(systems["nusad"].pids)
+            idle_nginx = procstat.rss_bytes(systems["nginx"].pids)
+        finally:
+            nginx.stop()
+            upstream.stop()
+            ours.stop()
+        ready = start_to_ready(tmp, 2 if quick else 5)
+        report.lines += [
+            "### 5. Footprint", "",
+            "| figure | nusad | nginx |", "|---|---|---|",
+            f"| RSS after the runs, idle (MiB) | {idle_ours / 2**20:.1f} | {idle_nginx / 2**20:.1f} (master + worker) |",
+            f"| start to ready, bundled demo model (s, median of {len(ready)}) | {med(ready):.3f} | - |", ""]
+
+    header = [f"# Benchmark, {stamp}", "",
+              f"Machine: {os.cpu_count()} cores; server pinned to core 0, load generator to core 1 "
+              f"({'taskset' if pin(0) else 'not pinned: one core'}). Release build. {rounds} round(s) per case, "
+              f"interleaved nusad / peer; {seconds} s per run; medians with the spread of rounds (min-max). "
+              "Ratios are nusad / peer (req/s: higher is better; p99: lower is better). "
+              "'client CPU s/s' is the load generator's CPU seconds per second of run: near 1.0 means the "
+              "client was the limit, not the server.", "",
+              "Request: tiny-cnn, one row, binary tensors (12 KiB in, 40 B out), the same request every time.", ""]
+    header += [f"![{p}]({p})" for p in report.plots] + [""]
+    out = out_dir / f"{stamp}.md"
+    report.write(out, header)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
