@@ -11,8 +11,11 @@ Comparisons in this version:
      open-loop rates (oha, latency-corrected); then nusad over HTTP/3 against
      its own HTTP/2 (oha).
   5. footprint: start-to-ready time, idle RSS, RSS under load.
-Comparisons 2 (inference path vs MLServer and raw onnxruntime), 3 (proxy
-overhead) and 4 (overload) are not in this version yet.
+  4. overload: a slow model (~6 ms a row, one instance) with a second nusad
+     as its region, offered 1x, 2x and 3x local capacity open loop (oha),
+     spill on against spill off: success rate, p99, spilled share.
+Comparisons 2 (inference path vs MLServer and raw onnxruntime) and 3 (proxy
+overhead against nginx proxy_pass) are not in this version yet.
 """
 from __future__ import annotations
 
@@ -148,6 +151,62 @@ def check_cached(url: str, body: Path, headers: dict[str, str], header: str, wan
         raise SystemExit(f"{url} did not answer from its cache ({header}: {want} expected):\n{head}")
 
 
+def overload(report: Report, tmp: Path, oha_bin: str, quick: bool, seconds: float, rounds: int) -> None:
+    import slowmodel as sm
+    import spilltest as st
+
+    slow = sm.calibrated()
+    os.environ["NUSAD_WRAP"] = " ".join(pin(1))
+    region = st.start_region(tmp / "region", slow)
+    os.environ["NUSAD_WRAP"] = " ".join(pin(0))
+    mains = {}
+    try:
+        work = st.Workload.make(slow)
+        row_s = st.measure_row_s(region, work)
+        slo = st.slo_for(row_s)
+        regions = [st.region_entry("sg-1", region)]
+        mains["spill on"] = st.start_main(tmp / "on", slow, regions, slo_ms=slo, name="main-on")
+        mains["spill off"] = st.start_main(tmp / "off", slow, regions, slo_ms=slo, spill={"enabled": False},
+                                           name="main-off")
+        for m in mains.values():
+            st.warm_up(m, work)
+        body, headers = work.bodies[0]
+        body_path = tmp / "slow-body.json"
+        body_path.write_bytes(body)
+        capacity = 1.0 / row_s
+        rows = []
+        share_lines = []
+        for mult in ((2,) if quick else (1, 2, 3)):
+            rate = round(mult * capacity)
+            by: dict[str, list[Sample]] = {"spill on": [], "spill off": []}
+            spilled = []
+            for _ in range(rounds):
+                for name in ("spill on", "spill off"):
+                    m = mains[name]
+                    before = nt.scrape_metrics(m)
+                    sys_ = System(name, f"https://localhost:{m.port}{nt.infer_path(st.SLOW)}", [m.proc.pid], m.ca_path)
+                    sample = measure(sys_, lambda: loadtools.oha(oha_bin, sys_.url, body_path, headers, 128, seconds,
+                                                                 http="2", rate=rate, cacert=m.ca_path))
+                    by[name].append(sample)
+                    if name == "spill on":
+                        n = st.spilled(nt.scrape_metrics(m), st.SLOW) - st.spilled(before, st.SLOW)
+                        spilled.append(n / max(1, sample.run.requests + sample.run.errors))
+            rows.append((f"{mult}x local capacity ({rate}/s)", by))
+            ok = {k: med([x.run.requests / max(1, x.run.requests + x.run.errors) for x in v]) for k, v in by.items()}
+            share_lines.append(f"| {mult}x ({rate}/s) | {ok['spill on']:.1%} | {ok['spill off']:.1%} | "
+                               f"{med(spilled):.1%} |")
+        report.table(f"4. Overload, open loop (slow model, one instance; slo_ms {slo}; region: a second nusad "
+                     f"on the other core)", rows, ["spill on", "spill off"])
+        report.lines += [f"Local capacity taken as 1 / idle request time = {capacity:.0f}/s "
+                         f"({slow.describe()}). 'errors' above are mostly 503 queue full.", "",
+                         "| offered | success, spill on | success, spill off | spilled share |", "|---|---|---|---|"]
+        report.lines += share_lines + [""]
+    finally:
+        for m in mains.values():
+            m.stop()
+        region.stop()
+
+
 def start_to_ready(tmp: Path, n: int) -> list[float]:
     """Seconds from spawn to a 200 from /v2/health/ready, bundled demo model."""
     out = []
@@ -266,6 +325,8 @@ def main() -> int:
             nginx.stop()
             upstream.stop()
             ours.stop()
+        if oha_bin:
+            overload(report, tmp, oha_bin, quick, seconds, rounds)
         ready = start_to_ready(tmp, 2 if quick else 5)
         report.lines += [
             "### 5. Footprint", "",
