@@ -14,8 +14,13 @@ Comparisons in this version:
   4. overload: a slow model (~6 ms a row, one instance) with a second nusad
      as its region, offered 1x, 2x and 3x local capacity open loop (oha),
      spill on against spill off: success rate, p99, spilled share.
-Comparisons 2 (inference path vs MLServer and raw onnxruntime) and 3 (proxy
-overhead against nginx proxy_pass) are not in this version yet.
+  2. inference path: nusad (dynamic batching) against MLServer 1.7.1 with and
+     without adaptive batching (a custom runtime wrapping onnxruntime with the
+     same threads) and raw onnxruntime in one process (the limit), for
+     tiny-cnn and a larger generated model; JSON requests (MLServer has no
+     binary extension), wrk over HTTP/1.1.
+Comparison 3 (proxy overhead against nginx proxy_pass) is not in this
+version yet.
 """
 from __future__ import annotations
 
@@ -149,6 +154,73 @@ def check_cached(url: str, body: Path, headers: dict[str, str], header: str, wan
     head = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.lower()
     if f"{header}: {want.lower()}" not in head:
         raise SystemExit(f"{url} did not answer from its cache ({header}: {want} expected):\n{head}")
+
+
+def inference(report: Report, tmp: Path, quick: bool, seconds: float, rounds: int) -> None:
+    import json as _json
+
+    import slowmodel as sm
+    from peers.mlserver import VENV, MLServer
+
+    if not (VENV / "bin/mlserver").exists():
+        report.lines += ["### 2. Inference path", "", f"MLServer not installed at {VENV}: skipped "
+                         "(scripts/bench installs it).", ""]
+        return
+    slow = sm.calibrated()
+    (tmp / "slow.onnx").write_bytes(slow.model)
+    models = [("tiny-cnn", nt.DEMO_MODEL, nt.golden_rows([0])[0].reshape(1, 3, 32, 32), "input"),
+              ("slow-mlp", tmp / "slow.onnx", sm.rows(1, 3), sm.INPUT)]
+    sweep = [16] if quick else [1, 4, 16]
+    for name, model_file, x, input_name in models:
+        body = _json.dumps({"inputs": [{"name": input_name, "shape": list(x.shape), "datatype": "FP32",
+                                        "data": x.reshape(-1).tolist()}]}).encode()
+        body_path = tmp / f"{name}.json"
+        body_path.write_bytes(body)
+        headers = {"Content-Type": "application/json"}
+        config = dict(nt.batching(max_batch_size=32, max_queue_delay_us=0, max_queue_size=1024))
+        ours = nt.start_server(f"inf-{name}", tmp / f"inf-{name}", {name: ((1,), config)},
+                               {"limits": {"max_body_bytes": 1 << 22}}, model_files={name: model_file.read_bytes()})
+        peers = {}
+        try:
+            for label, batching in (("mlserver", False), ("mlserver adaptive", True)):
+                peers[label] = MLServer(tmp / f"mls-{name}-{batching}", name, model_file, nt.free_port(),
+                                        nt.free_port(), nt.free_port(), batching).start()
+            systems = {"nusad": System("nusad", f"https://127.0.0.1:{ours.port}{nt.infer_path(name)}",
+                                       [ours.proc.pid], ours.ca_path)}
+            for label, p in peers.items():
+                systems[label] = System(label, p.url, p.pids(), Path())
+            rows = []
+            for c in sweep:
+                for peer in peers:
+                    by: dict[str, list[Sample]] = {"nusad": [], peer: []}
+                    for _ in range(rounds):
+                        for sysname in ("nusad", peer):
+                            s = systems[sysname]
+                            by[sysname].append(measure(s, lambda: loadtools.wrk(s.url, body_path, headers, c, seconds)))
+                    rows.append((f"{name} c={c}", by))
+            raw = {}
+            for batch in (1, 16):
+                cmd = pin(0) + [str(ROOT / ".venv/bin/python"), str(ROOT / "bench/raw_ort.py"), str(model_file),
+                                str(batch), str(seconds)]
+                raw[batch] = _json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True,
+                                                        timeout=seconds + 120).stdout)
+        finally:
+            for p in peers.values():
+                p.stop()
+            ours.stop()
+        for peer in peers:
+            report.table(f"2. Inference path, {name}: nusad (HTTPS) vs {peer} (plain HTTP), wrk HTTP/1.1, JSON",
+                         [r for r in rows if peer in r[1]], ["nusad", peer])
+        ours_c1 = [r for r in rows if r[0] == f"{name} c=1"]
+        overhead = ""
+        if ours_c1:
+            p50 = med([x.run.p50_ms for x in ours_c1[0][1]["nusad"]])
+            overhead = (f" Gateway overhead per request at concurrency 1: nusad p50 {p50:.2f} ms - raw batch-1 "
+                        f"{raw[1]['p50_ms']:.2f} ms = {p50 - raw[1]['p50_ms']:.2f} ms (TLS, HTTP, JSON, queue).")
+        top = max(med([x.run.rps for x in r[1]["nusad"]]) for r in rows)
+        report.lines += [f"Raw onnxruntime, one process, same threads: batch 1 {raw[1]['rows_per_s']:.0f} rows/s "
+                         f"(p50 {raw[1]['p50_ms']:.2f} ms), batch 16 {raw[16]['rows_per_s']:.0f} rows/s. nusad's best "
+                         f"here {top:.0f} req/s = {top / raw[16]['rows_per_s']:.2f} of the batch-16 limit.{overhead}", ""]
 
 
 def overload(report: Report, tmp: Path, oha_bin: str, quick: bool, seconds: float, rounds: int) -> None:
@@ -325,6 +397,7 @@ def main() -> int:
             nginx.stop()
             upstream.stop()
             ours.stop()
+        inference(report, tmp, quick, seconds, rounds)
         if oha_bin:
             overload(report, tmp, oha_bin, quick, seconds, rounds)
         ready = start_to_ready(tmp, 2 if quick else 5)
