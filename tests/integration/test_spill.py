@@ -290,3 +290,26 @@ def test_region_is_used_again_after_a_burst(tmp_path, env, mains):
         f"the region was never used again in the last {s.duration_s / 2:.1f} s, while local answers took "
         f"p50 {p50_local:.0f} ms against an objective of {env.slo_ms} ms (the burst spilled {burst_cloud}); "
         f"the gateway's estimate of the region seems stuck above the objective")
+
+
+# --------------------------------------------------------------------------
+# placement = "region"
+
+
+def test_a_model_placed_in_the_region_is_answered_there_even_when_idle(tmp_path, env, mains):
+    """placement = "region": every request goes to the region, with no load at
+    all; a pinned request of the same model stays here."""
+    regions = [st.region_entry("sg-1", env.region)]
+    config = st.model_config(env.slo_ms)
+    config["placement"] = "region"
+    pinned_work = st.Workload.make(env.slow, parameters={"residency": "local"})
+    main = st.start_main(tmp_path / "placed", env.slow, regions, slo_ms=env.slo_ms, models={st.SLOW: config})
+    mains.append(main)
+    s = loadgen.sequential(main, env.work.maker(), 10, sm.OUTPUT)
+    st.assert_no_errors(s, "placement = region", allow_503=False)
+    assert s.by_served() == {"cloud:sg-1": 10}, s.by_served()
+    pinned = loadgen.sequential(main, pinned_work.maker(), 3, sm.OUTPUT)
+    st.assert_no_errors(pinned, "pinned", allow_503=False)
+    assert pinned.by_served() == {"local": 3}, pinned.by_served()
+    after = nt.scrape_metrics(main)
+    assert nt.metric_sum(after, "nusa_spilled_total", model=st.SLOW, reason="placement") == 10

@@ -19,7 +19,7 @@ use nusa_cache::{Cache, CacheKey, EntryPolicy, Mode, Served};
 use nusa_engine::ModelMetadata;
 use nusa_engine_remote::{check_outputs, RegionClient};
 use nusa_proto::{ErrorKind, ProtoError};
-use nusa_registry::{ModelConfig, ModelVersion, Residency};
+use nusa_registry::{ModelConfig, ModelVersion, Placement, Residency};
 use nusa_sched::SchedError;
 use nusa_spill::{predict_wait, Decision, Micros, Reason, RequestFacts, Spill};
 use nusa_tensor::Tensor;
@@ -155,6 +155,7 @@ impl Dispatcher {
             local_only: self.local_only(job),
             slo_us: job.config.slo_ms.map(|ms| ms * 1_000),
             queue_full: sched.queue_full(),
+            prefer_region: job.config.placement == Placement::Region,
         };
         let local_service = service.estimate(job.rows);
         let mut tried: Vec<usize> = Vec::new();
@@ -416,7 +417,7 @@ fn reject_error(job: &Job<'_>, reason: Reason, predicted: Option<Micros>) -> Pro
                 predicted.unwrap_or_default() / 1_000
             ),
         ),
-        Reason::QueueFull | Reason::Retry => ProtoError::new(
+        Reason::QueueFull | Reason::Retry | Reason::Placement => ProtoError::new(
             ErrorKind::QueueFull,
             format!("model '{}': the queue is full and no region can take the request", job.model),
         ),

@@ -20,7 +20,21 @@ pub struct ModelConfig {
     /// queue is full.
     pub slo_ms: Option<u64>,
     pub residency: Residency,
+    pub placement: Placement,
     pub cache: CachePolicy,
+}
+
+/// Where the model's requests run by default.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    /// Here, spilling to a region when the objective would be missed.
+    #[default]
+    Local,
+    /// In the regions, this box answering only when no region can (a model
+    /// too heavy for the box that still wants the edge's TLS, cache and
+    /// protocol). Pinned requests still stay here.
+    Region,
 }
 
 /// Whether this model's requests may leave the box.
@@ -187,6 +201,8 @@ mod tests {
             (c.slo_ms, c.residency, c.cache.enabled, c.cache.ttl_s),
             (Some(20), Residency::Local, true, 5)
         );
+        let c = ModelConfig::parse("placement = \"region\"\n").unwrap();
+        assert_eq!(c.placement, Placement::Region);
         let e = ModelConfig::parse("residency = \"cloud\"\n").unwrap_err();
         assert!(e.starts_with("residency"), "{e}");
         let e = ModelConfig::parse("[instances]\ncount = 0\n").unwrap_err();

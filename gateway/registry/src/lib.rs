@@ -13,7 +13,7 @@ use nusa_engine::{Engine, EngineFactory, ModelMetadata};
 use nusa_sched::Scheduler;
 use nusa_telemetry::Metrics;
 
-pub use config::{CachePolicy, ModelConfig, Residency, VersionPolicy};
+pub use config::{CachePolicy, ModelConfig, Placement, Residency, VersionPolicy};
 pub use demo::{materialize_demo, DEMO_MODEL_NAME};
 
 /// One loaded version of a model.

@@ -105,6 +105,9 @@ pub struct RequestFacts {
     pub slo_us: Option<Micros>,
     /// The local queue has no room.
     pub queue_full: bool,
+    /// The model is placed in the regions (model config `placement =
+    /// "region"`): every request goes to a region while one can take it.
+    pub prefer_region: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,6 +118,8 @@ pub enum Reason {
     QueueFull,
     /// A region failed and this is the next try.
     Retry,
+    /// The model is placed in the regions.
+    Placement,
 }
 
 impl Reason {
@@ -123,6 +128,7 @@ impl Reason {
             Reason::Slo => "slo",
             Reason::QueueFull => "queue_full",
             Reason::Retry => "retry",
+            Reason::Placement => "placement",
         }
     }
 }
@@ -170,11 +176,14 @@ impl Spill {
             _ => false,
         };
         let retry = !tried.is_empty();
-        if !facts.queue_full && !misses && !retry {
+        let placed = facts.prefer_region && !facts.local_only;
+        if !facts.queue_full && !misses && !retry && !placed {
             return Decision::Local;
         }
         let reason = if retry {
             Reason::Retry
+        } else if placed {
+            Reason::Placement
         } else if facts.queue_full {
             Reason::QueueFull
         } else {
@@ -194,7 +203,8 @@ impl Spill {
         if facts.local_only {
             return local_fallback;
         }
-        let budget = facts.slo_us;
+        // A model placed in the regions goes to any region that can take it.
+        let budget = if placed { None } else { facts.slo_us };
         let best = self
             .regions
             .iter_mut()

@@ -108,6 +108,7 @@ fn a_full_queue_spills_even_without_an_objective() {
         slo_us: None,
         bytes: 1,
         local_only: false,
+        prefer_region: false,
     };
     assert_eq!(
         s.decide(&f, None, None, &[], 0),
@@ -250,4 +251,35 @@ fn a_slow_spell_is_forgotten_once_it_is_stale() {
         s.decide(&facts(10_000), Some(20_000), Some(500), &[], later),
         Decision::Spill { region: 0, .. }
     ));
+}
+
+#[test]
+fn a_model_placed_in_the_regions_goes_there_whatever_the_local_wait() {
+    let mut s = spill(&[("a", 50_000, RegionLimits::default())]);
+    let placed = RequestFacts {
+        prefer_region: true,
+        ..facts(10_000)
+    };
+    assert_eq!(
+        s.decide(&placed, Some(100), Some(100), &[], 0),
+        Decision::Spill {
+            region: 0,
+            reason: Reason::Placement
+        },
+        "even a slow region, even with an idle local queue"
+    );
+    assert_eq!(
+        s.decide(&placed, Some(100), Some(100), &[0], 0),
+        Decision::Local,
+        "served here when none is left"
+    );
+    let pinned = RequestFacts {
+        local_only: true,
+        ..placed
+    };
+    assert_eq!(
+        s.decide(&pinned, Some(100), Some(100), &[], 0),
+        Decision::Local,
+        "residency wins"
+    );
 }
