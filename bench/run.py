@@ -19,8 +19,9 @@ Comparisons in this version:
      same threads) and raw onnxruntime in one process (the limit), for
      tiny-cnn and a larger generated model; JSON requests (MLServer has no
      binary extension), wrk over HTTP/1.1.
-Comparison 3 (proxy overhead against nginx proxy_pass) is not in this
-version yet.
+  3. proxy overhead: requests passed to a regional endpoint (a nusad) through
+     nusad (model placement = "region") and through nginx proxy_pass, against
+     direct, open loop at fixed rates (oha): added p50 and p99.
 """
 from __future__ import annotations
 
@@ -223,6 +224,63 @@ def inference(report: Report, tmp: Path, quick: bool, seconds: float, rounds: in
                          f"here {top:.0f} req/s = {top / raw[16]['rows_per_s']:.2f} of the batch-16 limit.{overhead}", ""]
 
 
+def proxy_overhead(report: Report, tmp: Path, oha_bin: str, quick: bool, seconds: float, rounds: int) -> None:
+    x, _ = nt.golden_rows([0])
+    body, headers = nt.binary_infer_request(x, binary_output=True)
+    body_path = tmp / "proxy-body.bin"
+    body_path.write_bytes(body)
+    limits = {"limits": {"max_body_bytes": 1 << 20}}
+    # The regional endpoint shares the load generator's core, so the proxies
+    # under test have the server core to themselves.
+    os.environ["NUSAD_WRAP"] = " ".join(pin(1))
+    region = nt.start_server("proxy-region", tmp / "proxy-region", {nt.MODEL: ((1,), None)}, limits)
+    os.environ["NUSAD_WRAP"] = " ".join(pin(0))
+    placed = dict(nt.batching(max_batch_size=32, max_queue_delay_us=0, max_queue_size=1024))
+    placed["placement"] = "region"
+    config = dict(limits)
+    config["spill"] = {"enabled": True, "max_tries": 2, "local_only_clients": [], "probe_interval_ms": 5000}
+    config["regions"] = [{"name": "region", "url": f"https://{region.authority}", "ca": str(region.ca_path),
+                          "timeout_ms": 5000, "requests_per_hour": 0, "bytes_per_hour": 0}]
+    via = nt.start_server("proxy-nusad", tmp / "proxy-nusad", {nt.MODEL: ((1,), placed)}, config)
+    nginx_port = nt.free_port()
+    nginx = Nginx(tmp / "proxy-nginx", nginx_port, region.data_dir / "tls/server.pem",
+                  region.data_dir / "tls/server.key", region.port, cache=False).start()
+    path = nt.infer_path()
+    systems = {
+        "through nusad": System("through nusad", f"https://localhost:{via.port}{path}", [via.proc.pid], via.ca_path),
+        "through nginx": System("through nginx", f"https://localhost:{nginx_port}{path}",
+                                procstat.tree(nginx.pid), region.ca_path),
+        "direct": System("direct", f"https://localhost:{region.port}{path}", [region.proc.pid], region.ca_path),
+    }
+    try:
+        head = subprocess.run(["curl", "-sk", "-D", "-", "-o", "/dev/null", "--data-binary", f"@{body_path}",
+                               "-H", f"Inference-Header-Content-Length: {headers['Inference-Header-Content-Length']}",
+                               systems["through nusad"].url], capture_output=True, text=True, timeout=30).stdout
+        if "nusa-served-by: cloud:region" not in head.lower():
+            raise SystemExit(f"nusad did not pass the request to the region:\n{head}")
+        rows, lines = [], []
+        for rate in ((500,) if quick else (500, 1500)):
+            by: dict[str, list[Sample]] = {k: [] for k in systems}
+            for _ in range(rounds):
+                for name, s in systems.items():
+                    by[name].append(measure(s, lambda: loadtools.oha(oha_bin, s.url, body_path, headers, 32, seconds,
+                                                                     http="2", rate=rate, cacert=s.cacert)))
+            rows.append((f"{rate}/s", by))
+            d50, d99 = med([x.run.p50_ms for x in by["direct"]]), med([x.run.p99_ms for x in by["direct"]])
+            for name in ("through nusad", "through nginx"):
+                lines.append(f"| {rate}/s | {name} | {med([x.run.p50_ms for x in by[name]]) - d50:+.2f} | "
+                             f"{med([x.run.p99_ms for x in by[name]]) - d99:+.2f} | "
+                             f"{med([x.cpu_us_per_req for x in by[name]]):.1f} |")
+        report.table("3. Proxy overhead to a regional endpoint, open loop (oha over HTTP/2; nusad to the region over HTTP/2, nginx over HTTP/1.1 as its upstream module speaks)", rows,
+                     ["through nusad", "through nginx", "direct"])
+        report.lines += ["| rate | path | added p50 ms | added p99 ms | proxy CPU us/req |", "|---|---|---|---|---|"]
+        report.lines += lines + [""]
+    finally:
+        nginx.stop()
+        via.stop()
+        region.stop()
+
+
 def overload(report: Report, tmp: Path, oha_bin: str, quick: bool, seconds: float, rounds: int) -> None:
     import slowmodel as sm
     import spilltest as st
@@ -296,11 +354,12 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="a few seconds per comparison (CI)")
     ap.add_argument("--oha", default=str(ROOT / ".cache/oha/bin/oha"))
     ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--seconds", type=float, default=None, help="per run (default 8, quick 2)")
     ap.add_argument("--out", default=str(ROOT / "bench/results"))
     args = ap.parse_args()
     quick = args.quick
     rounds = args.rounds or (1 if quick else 5)
-    seconds = 2 if quick else 8
+    seconds = args.seconds or (2 if quick else 8)
     sweep = [16] if quick else [1, 4, 16, 64]
     use_release_build()
     if not Path(os.environ["NUSAD_BIN"]).exists():
@@ -398,6 +457,8 @@ def main() -> int:
             upstream.stop()
             ours.stop()
         inference(report, tmp, quick, seconds, rounds)
+        if oha_bin:
+            proxy_overhead(report, tmp, oha_bin, quick, seconds, rounds)
         if oha_bin:
             overload(report, tmp, oha_bin, quick, seconds, rounds)
         ready = start_to_ready(tmp, 2 if quick else 5)
