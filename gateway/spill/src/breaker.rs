@@ -60,8 +60,11 @@ impl BreakerState {
 pub struct Breaker {
     config: BreakerConfig,
     state: BreakerState,
-    /// (time, failed) in the window.
+    /// (time, failed) in the window, and how many of them failed (kept
+    /// as a running count: a region answering thousands of requests a
+    /// second has as many outcomes in its window).
     outcomes: VecDeque<(Micros, bool)>,
+    failures: usize,
     probes_sent: usize,
     probes_ok: usize,
     open_for: Micros,
@@ -74,6 +77,7 @@ impl Breaker {
             config,
             state: BreakerState::Closed,
             outcomes: VecDeque::new(),
+            failures: 0,
             probes_sent: 0,
             probes_ok: 0,
             open_for,
@@ -124,6 +128,7 @@ impl Breaker {
                     if self.probes_ok >= self.config.probes {
                         self.state = BreakerState::Closed;
                         self.outcomes.clear();
+                        self.failures = 0;
                         self.open_for = self.config.open_us;
                     }
                 }
@@ -152,6 +157,7 @@ impl Breaker {
             until: now + self.open_for,
         };
         self.outcomes.clear();
+        self.failures = 0;
     }
 }
 
