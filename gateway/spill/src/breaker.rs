@@ -137,14 +137,18 @@ impl Breaker {
             BreakerState::Open { .. } => {}
             BreakerState::Closed => {
                 self.outcomes.push_back((now, failed));
+                self.failures += failed as usize;
                 let horizon = now.saturating_sub(self.config.window_us);
-                while self.outcomes.front().is_some_and(|&(t, _)| t < horizon) {
+                while let Some(&(t, f)) = self.outcomes.front() {
+                    if t >= horizon {
+                        break;
+                    }
                     self.outcomes.pop_front();
+                    self.failures -= f as usize;
                 }
                 let n = self.outcomes.len();
-                let failures = self.outcomes.iter().filter(|(_, f)| *f).count();
                 if n >= self.config.min_requests
-                    && failures as f64 >= self.config.failure_ratio * n as f64
+                    && self.failures as f64 >= self.config.failure_ratio * n as f64
                 {
                     self.trip(now);
                 }
