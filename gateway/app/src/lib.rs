@@ -12,7 +12,7 @@ use nusa_dispatch::{DispatchConfig, DispatchMetrics, Dispatcher};
 use nusa_engine_ort::{init_library, OrtFactory, OrtOptions};
 use nusa_engine_remote::{RegionClient, RegionConfig};
 use nusa_ingress::{load_or_generate, IngressConfig, Limits};
-use nusa_registry::{materialize_demo, Repository};
+use nusa_registry::{materialize_demo, Engines, Repository};
 use nusa_spill::{Region, RegionLimits, Spill};
 use nusa_telemetry::Metrics;
 use tokio::sync::watch;
@@ -102,6 +102,34 @@ fn dispatcher(
     ))
 }
 
+/// The TensorRT engine when its libraries and a GPU are here; otherwise why
+/// not, for models whose `engine` is `auto` (they then use ONNX Runtime) or
+/// `tensorrt` (they then do not load).
+///
+/// Library candidates come from trt-sys's defaults, each list overridable
+/// with a colon-separated environment variable: `NUSA_TRT_SHIM`,
+/// `NUSA_TRT_NVINFER`, `NUSA_TRT_ONNX_PARSER`, `NUSA_TRT_CUDART`.
+fn tensorrt() -> Result<Arc<dyn nusa_engine::EngineFactory>, String> {
+    let mut paths = trt_sys::LibraryPaths::default();
+    for (var, list) in [
+        ("NUSA_TRT_SHIM", &mut paths.shim),
+        ("NUSA_TRT_NVINFER", &mut paths.nvinfer),
+        ("NUSA_TRT_ONNX_PARSER", &mut paths.onnx_parser),
+        ("NUSA_TRT_CUDART", &mut paths.cudart),
+    ] {
+        if let Some(v) = std::env::var_os(var) {
+            *list = std::env::split_paths(&v).collect();
+        }
+    }
+    let factory = nusa_engine_trt::TrtFactory::new(&paths).map_err(|e| e.to_string())?;
+    let (major, minor) = factory
+        .trt()
+        .compute_capability(0)
+        .map_err(|e| format!("no usable GPU: {e}"))?;
+    tracing::info!(compute_capability = %format!("{major}.{minor}"), "TensorRT engine ready");
+    Ok(Arc::new(factory))
+}
+
 /// Addresses the gateway ended up on (ports may have been 0).
 #[derive(Clone, Debug)]
 pub struct Bound {
@@ -143,7 +171,11 @@ pub async fn run(
         }
     };
     let metrics = Metrics::new();
-    let repo = Arc::new(Repository::load(&models, Arc::new(factory), &metrics).await?);
+    let engines = Engines {
+        onnxruntime: Arc::new(factory),
+        tensorrt: tensorrt(),
+    };
+    let repo = Arc::new(Repository::load(&models, engines, &metrics).await?);
     if !repo.ready() {
         tracing::warn!("not every model loaded: /v2/health/ready answers 503 until they do");
     }

@@ -43,16 +43,24 @@ pub fn run_error(e: TrtError) -> EngineError {
 
 /// Appends one run's outputs to those of the runs before (a split batch):
 /// rows are concatenated along the first dimension.
-pub fn append(mut joined: Vec<Tensor>, outputs: Vec<HostTensor>) -> Result<Vec<Tensor>, EngineError> {
+pub fn append(
+    mut joined: Vec<Tensor>,
+    outputs: Vec<HostTensor>,
+) -> Result<Vec<Tensor>, EngineError> {
     if joined.is_empty() {
         return outputs.into_iter().map(tensor).collect();
     }
     if joined.len() != outputs.len() {
-        return Err(EngineError::Run("runs of one batch gave different outputs".into()));
+        return Err(EngineError::Run(
+            "runs of one batch gave different outputs".into(),
+        ));
     }
     for (t, o) in joined.iter_mut().zip(outputs) {
         if t.name != o.name || t.shape.get(1..) != o.shape.get(1..) {
-            return Err(EngineError::Run(format!("output '{}' changed shape between runs", o.name)));
+            return Err(EngineError::Run(format!(
+                "output '{}' changed shape between runs",
+                o.name
+            )));
         }
         t.shape[0] += o.shape.first().copied().unwrap_or(0);
         t.data = join(&t.data, o.data);
@@ -61,9 +69,15 @@ pub fn append(mut joined: Vec<Tensor>, outputs: Vec<HostTensor>) -> Result<Vec<T
 }
 
 fn tensor(o: HostTensor) -> Result<Tensor, EngineError> {
-    let datatype = datatype(o.data_type)
-        .ok_or_else(|| EngineError::Run(format!("output '{}' has type {:?}", o.name, o.data_type)))?;
-    Ok(Tensor { name: o.name, datatype, shape: o.shape, data: TensorData::from(o.data) })
+    let datatype = datatype(o.data_type).ok_or_else(|| {
+        EngineError::Run(format!("output '{}' has type {:?}", o.name, o.data_type))
+    })?;
+    Ok(Tensor {
+        name: o.name,
+        datatype,
+        shape: o.shape,
+        data: TensorData::from(o.data),
+    })
 }
 
 /// The segments of `a` followed by `b`: no copy of what came before.

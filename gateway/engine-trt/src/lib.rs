@@ -17,7 +17,9 @@ mod convert;
 use std::path::Path;
 use std::sync::Arc;
 
-use nusa_engine::{BatchInput, Engine, EngineError, EngineFactory, Health, ModelMetadata, RunFuture, TensorSpec};
+use nusa_engine::{
+    BatchInput, Engine, EngineError, EngineFactory, Health, ModelMetadata, RunFuture, TensorSpec,
+};
 use nusa_tensor::Tensor;
 use tokio::sync::oneshot;
 use trt_sys::{HostTensor, Instance, IoMode, LibraryPaths, Trt};
@@ -54,7 +56,10 @@ impl EngineFactory for TrtFactory {
     }
 
     fn load(&self, path: &Path) -> Result<Box<dyn Engine>, EngineError> {
-        let load_err = |message: String| EngineError::Load { path: path.to_path_buf(), message };
+        let load_err = |message: String| EngineError::Load {
+            path: path.to_path_buf(),
+            message,
+        };
         let plan = std::fs::read(path).map_err(|e| load_err(e.to_string()))?;
         let label = path
             .parent()
@@ -62,7 +67,8 @@ impl EngineFactory for TrtFactory {
             .and_then(|p| p.file_name())
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let instance = Instance::spawn(self.trt.clone(), plan, &label).map_err(|e| load_err(e.to_string()))?;
+        let instance =
+            Instance::spawn(self.trt.clone(), plan, &label).map_err(|e| load_err(e.to_string()))?;
         let metadata = metadata(&instance).map_err(load_err)?;
         // The most rows one run may take: the smallest profile maximum over
         // the inputs with a dynamic first dimension.
@@ -74,7 +80,11 @@ impl EngineFactory for TrtFactory {
             .min()
             .and_then(|m| usize::try_from(m).ok())
             .filter(|&m| m > 0);
-        Ok(Box::new(TrtEngine { metadata, max_rows, instance: Arc::new(instance) }))
+        Ok(Box::new(TrtEngine {
+            metadata,
+            max_rows,
+            instance: Arc::new(instance),
+        }))
     }
 }
 
@@ -82,16 +92,32 @@ fn metadata(instance: &Instance) -> Result<ModelMetadata, String> {
     let spec = |t: &trt_sys::IoTensor| -> Result<TensorSpec, String> {
         Ok(TensorSpec {
             name: t.name.clone(),
-            datatype: convert::datatype(t.data_type)
-                .ok_or_else(|| format!("tensor '{}' has type {:?}, which the protocol cannot carry", t.name, t.data_type))?,
-            shape: t.shape.iter().map(|&d| if d < 0 { -1 } else { d }).collect(),
+            datatype: convert::datatype(t.data_type).ok_or_else(|| {
+                format!(
+                    "tensor '{}' has type {:?}, which the protocol cannot carry",
+                    t.name, t.data_type
+                )
+            })?,
+            shape: t
+                .shape
+                .iter()
+                .map(|&d| if d < 0 { -1 } else { d })
+                .collect(),
         })
     };
     let io = &instance.info().io;
     Ok(ModelMetadata {
         platform: "tensorrt_plan".into(),
-        inputs: io.iter().filter(|t| t.mode == IoMode::Input).map(spec).collect::<Result<_, _>>()?,
-        outputs: io.iter().filter(|t| t.mode == IoMode::Output).map(spec).collect::<Result<_, _>>()?,
+        inputs: io
+            .iter()
+            .filter(|t| t.mode == IoMode::Input)
+            .map(spec)
+            .collect::<Result<_, _>>()?,
+        outputs: io
+            .iter()
+            .filter(|t| t.mode == IoMode::Output)
+            .map(spec)
+            .collect::<Result<_, _>>()?,
     })
 }
 
@@ -108,19 +134,30 @@ impl TrtEngine {
         let gathered = inputs
             .iter()
             .map(|i| {
-                let spec = self
-                    .metadata
-                    .input(&i.name)
-                    .ok_or_else(|| EngineError::Input(format!("the model has no input '{}'", i.name)))?;
-                let data_type = convert::trt_datatype(spec.datatype)
-                    .ok_or_else(|| EngineError::Input(format!("input '{}': {}", i.name, spec.datatype)))?;
+                let spec = self.metadata.input(&i.name).ok_or_else(|| {
+                    EngineError::Input(format!("the model has no input '{}'", i.name))
+                })?;
+                let data_type = convert::trt_datatype(spec.datatype).ok_or_else(|| {
+                    EngineError::Input(format!("input '{}': {}", i.name, spec.datatype))
+                })?;
                 let mut data = vec![0u8; i.len()];
                 i.gather_into(&mut data);
-                Ok(HostTensor { name: i.name.clone(), data_type, shape: i.shape.clone(), data })
+                Ok(HostTensor {
+                    name: i.name.clone(),
+                    data_type,
+                    shape: i.shape.clone(),
+                    data,
+                })
             })
             .collect::<Result<Vec<_>, EngineError>>()?;
-        let rows = gathered.first().and_then(|t| t.shape.first()).map_or(0, |&r| usize::try_from(r).unwrap_or(0));
-        let Some(max) = self.max_rows.filter(|&m| rows > m && self.metadata.batchable()) else {
+        let rows = gathered
+            .first()
+            .and_then(|t| t.shape.first())
+            .map_or(0, |&r| usize::try_from(r).unwrap_or(0));
+        let Some(max) = self
+            .max_rows
+            .filter(|&m| rows > m && self.metadata.batchable())
+        else {
             return Ok(vec![gathered]);
         };
         let mut chunks = Vec::new();
@@ -132,7 +169,9 @@ impl TrtEngine {
                 .map(|t| {
                     let row_bytes = t.data.len() / rows;
                     let mut shape = t.shape.clone();
-                    shape[0] = n as i64;
+                    if let Some(d) = shape.first_mut() {
+                        *d = n as i64;
+                    }
                     HostTensor {
                         name: t.name.clone(),
                         data_type: t.data_type,
@@ -169,7 +208,10 @@ impl Engine for TrtEngine {
                         }),
                     )
                     .map_err(|_| EngineError::Stopped)?;
-                let outputs = rx.await.map_err(|_| EngineError::Stopped)?.map_err(convert::run_error)?;
+                let outputs = rx
+                    .await
+                    .map_err(|_| EngineError::Stopped)?
+                    .map_err(convert::run_error)?;
                 joined = convert::append(joined, outputs)?;
             }
             Ok(joined)

@@ -12,7 +12,9 @@ use nusa_tensor::{DataType, TensorData};
 use trt_sys::LibraryPaths;
 
 fn plan_file(tag: &str, plan: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("nusa-engine-trt-{tag}-{}", std::process::id())).join("demo/1");
+    let dir = std::env::temp_dir()
+        .join(format!("nusa-engine-trt-{tag}-{}", std::process::id()))
+        .join("demo/1");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("model.plan");
     std::fs::write(&path, plan).unwrap();
@@ -28,7 +30,9 @@ fn floats(v: &[f32]) -> Vec<u8> {
 }
 
 fn from_floats(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 fn batch(rows: usize) -> (Vec<f32>, BatchInput) {
@@ -36,19 +40,40 @@ fn batch(rows: usize) -> (Vec<f32>, BatchInput) {
     // Two request parts, as the scheduler hands them over.
     let cut = (rows / 2) * 16;
     let bytes = floats(&x);
-    let parts = vec![TensorData::from(bytes[..cut].to_vec()), TensorData::from(bytes[cut..].to_vec())];
-    (x, BatchInput { name: "x".into(), datatype: DataType::Fp32, shape: vec![rows as i64, 4], parts })
+    let parts = vec![
+        TensorData::from(bytes[..cut].to_vec()),
+        TensorData::from(bytes[cut..].to_vec()),
+    ];
+    (
+        x,
+        BatchInput {
+            name: "x".into(),
+            datatype: DataType::Fp32,
+            shape: vec![rows as i64, 4],
+            parts,
+        },
+    )
 }
 
 #[tokio::test]
 async fn serves_a_plan_with_metadata_and_batches() {
-    let path = plan_file("run", "NUSAPLAN1\ninput x FLOAT -1 4\noutput y FLOAT -1 4\nprofile 1 4 8\n");
+    let path = plan_file(
+        "run",
+        "NUSAPLAN1\ninput x FLOAT -1 4\noutput y FLOAT -1 4\nprofile 1 4 8\n",
+    );
     let f = factory();
     assert_eq!(f.model_file(), "model.plan");
     let engine = f.load(&path).unwrap();
     let m = engine.metadata();
     assert_eq!(m.platform, "tensorrt_plan");
-    assert_eq!(m.inputs, vec![TensorSpec { name: "x".into(), datatype: DataType::Fp32, shape: vec![-1, 4] }]);
+    assert_eq!(
+        m.inputs,
+        vec![TensorSpec {
+            name: "x".into(),
+            datatype: DataType::Fp32,
+            shape: vec![-1, 4]
+        }]
+    );
     assert_eq!(m.outputs[0].name, "y");
 
     let (x, input) = batch(3);
@@ -60,7 +85,10 @@ async fn serves_a_plan_with_metadata_and_batches() {
 
 #[tokio::test]
 async fn batches_beyond_the_profile_are_split_and_joined() {
-    let path = plan_file("split", "NUSAPLAN1\ninput x FLOAT -1 4\noutput y FLOAT -1 4\nprofile 1 2 2\n");
+    let path = plan_file(
+        "split",
+        "NUSAPLAN1\ninput x FLOAT -1 4\noutput y FLOAT -1 4\nprofile 1 2 2\n",
+    );
     let engine = factory().load(&path).unwrap();
     let (x, input) = batch(5);
     let out = engine.run(vec![input]).await.unwrap();
@@ -71,15 +99,23 @@ async fn batches_beyond_the_profile_are_split_and_joined() {
 
 #[tokio::test]
 async fn refusals_map_to_engine_errors() {
-    let path = plan_file("errors", "NUSAPLAN1\ninput x FLOAT -1 4\noutput y FLOAT -1 4\nprofile 1 4 8\n");
+    let path = plan_file(
+        "errors",
+        "NUSAPLAN1\ninput x FLOAT -1 4\noutput y FLOAT -1 4\nprofile 1 4 8\n",
+    );
     let engine = factory().load(&path).unwrap();
     let (_, mut input) = batch(2);
     input.shape = vec![3, 4]; // bytes for 2 rows
-    assert!(matches!(engine.run(vec![input]).await, Err(EngineError::Input(_))));
+    assert!(matches!(
+        engine.run(vec![input]).await,
+        Err(EngineError::Input(_))
+    ));
 
     let garbage = plan_file("garbage", "not a plan");
     match factory().load(&garbage) {
-        Err(EngineError::Load { message, .. }) => assert!(message.contains("deserializeCudaEngine"), "{message}"),
+        Err(EngineError::Load { message, .. }) => {
+            assert!(message.contains("deserializeCudaEngine"), "{message}")
+        }
         Err(e) => panic!("{e}"),
         Ok(_) => panic!("a garbage plan loaded"),
     }
@@ -92,7 +128,9 @@ fn without_tensorrt_the_factory_says_which_library_is_missing() {
         ..LibraryPaths::all_from(trt_sys::test_double())
     };
     match TrtFactory::new(&paths) {
-        Err(EngineError::Library(m)) => assert!(m.contains("TensorRT (libnvinfer) library not found"), "{m}"),
+        Err(EngineError::Library(m)) => {
+            assert!(m.contains("TensorRT (libnvinfer) library not found"), "{m}")
+        }
         Err(e) => panic!("{e}"),
         Ok(_) => panic!("loaded without libnvinfer"),
     }

@@ -22,6 +22,20 @@ pub struct ModelConfig {
     pub residency: Residency,
     pub placement: Placement,
     pub cache: CachePolicy,
+    pub engine: EngineChoice,
+}
+
+/// Which engine runs the model here.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineChoice {
+    /// TensorRT when its libraries and a GPU are present and a version has a
+    /// `model.plan`; otherwise ONNX Runtime.
+    #[default]
+    Auto,
+    /// TensorRT only: the model does not load without it.
+    Tensorrt,
+    Onnxruntime,
 }
 
 /// Where the model's requests run by default.
@@ -205,6 +219,10 @@ mod tests {
         assert_eq!(c.placement, Placement::Region);
         let e = ModelConfig::parse("residency = \"cloud\"\n").unwrap_err();
         assert!(e.starts_with("residency"), "{e}");
+        let c = ModelConfig::parse("engine = \"tensorrt\"\n").unwrap();
+        assert_eq!(c.engine, EngineChoice::Tensorrt);
+        let e = ModelConfig::parse("engine = \"tflite\"\n").unwrap_err();
+        assert!(e.starts_with("engine"), "{e}");
         let e = ModelConfig::parse("[instances]\ncount = 0\n").unwrap_err();
         assert!(e.starts_with("instances.count"), "{e}");
     }

@@ -1,6 +1,7 @@
 //! The model repository: a directory in Triton's shape,
-//! `<model>/<version>/model.onnx` plus an optional `<model>/config.toml`.
-//! Loading builds each version's engine instances and its scheduler.
+//! `<model>/<version>/model.onnx` (or `model.plan` for TensorRT) plus an
+//! optional `<model>/config.toml`. Loading picks each model's engine, then
+//! builds each version's engine instances and its scheduler.
 
 mod config;
 mod demo;
@@ -13,7 +14,7 @@ use nusa_engine::{Engine, EngineFactory, ModelMetadata};
 use nusa_sched::Scheduler;
 use nusa_telemetry::Metrics;
 
-pub use config::{CachePolicy, ModelConfig, Placement, Residency, VersionPolicy};
+pub use config::{CachePolicy, EngineChoice, ModelConfig, Placement, Residency, VersionPolicy};
 pub use demo::{materialize_demo, DEMO_MODEL_NAME};
 
 /// One loaded version of a model.
@@ -24,10 +25,27 @@ pub struct ModelVersion {
     pub max_batch_size: usize,
 }
 
+/// The engines a repository can load models with.
+#[derive(Clone)]
+pub struct Engines {
+    pub onnxruntime: Arc<dyn EngineFactory>,
+    /// Err: why TensorRT is not available on this machine.
+    pub tensorrt: Result<Arc<dyn EngineFactory>, String>,
+}
+
+/// The engine chosen for a model, and why (logged at load).
+struct Selected {
+    factory: Arc<dyn EngineFactory>,
+    engine: &'static str,
+    reason: String,
+}
+
 /// A model: its versions, or why it could not be loaded.
 pub struct Model {
     pub name: String,
     pub config: ModelConfig,
+    /// `onnxruntime` or `tensorrt`; empty when no engine could be chosen.
+    pub engine: &'static str,
     pub versions: BTreeMap<u64, Arc<ModelVersion>>,
     /// Set when the model or one of its versions failed to load.
     pub error: Option<String>,
@@ -77,7 +95,7 @@ impl Repository {
     /// is kept, not ready, with its error; the others serve.
     pub async fn load(
         root: &Path,
-        factory: Arc<dyn EngineFactory>,
+        engines: Engines,
         metrics: &Metrics,
     ) -> Result<Repository, RegistryError> {
         let read_err = |source| RegistryError::Read {
@@ -98,7 +116,7 @@ impl Repository {
         names.sort();
         let mut models = BTreeMap::new();
         for name in names {
-            let model = load_model(&root.join(&name), &name, &factory, metrics).await;
+            let model = load_model(&root.join(&name), &name, &engines, metrics).await;
             match &model.error {
                 None => {
                     tracing::info!(model = %name, versions = ?model.versions.keys().collect::<Vec<_>>(), "model loaded")
@@ -166,15 +184,61 @@ impl Repository {
     }
 }
 
-async fn load_model(
-    dir: &Path,
-    name: &str,
-    factory: &Arc<dyn EngineFactory>,
-    metrics: &Metrics,
-) -> Model {
+/// Picks the engine for a model from its config, what this machine has,
+/// and which model files its version directories hold.
+fn select(choice: EngineChoice, engines: &Engines, dir: &Path) -> Result<Selected, String> {
+    let ort = || Arc::clone(&engines.onnxruntime);
+    match (choice, &engines.tensorrt) {
+        (EngineChoice::Onnxruntime, _) => Ok(Selected {
+            factory: ort(),
+            engine: "onnxruntime",
+            reason: "configured".into(),
+        }),
+        (EngineChoice::Tensorrt, Ok(trt)) => Ok(Selected {
+            factory: Arc::clone(trt),
+            engine: "tensorrt",
+            reason: "configured".into(),
+        }),
+        (EngineChoice::Tensorrt, Err(why)) => Err(format!(
+            "engine = \"tensorrt\" but TensorRT is not available: {why}"
+        )),
+        (EngineChoice::Auto, Err(why)) => Ok(Selected {
+            factory: ort(),
+            engine: "onnxruntime",
+            reason: format!("auto: TensorRT not available: {why}"),
+        }),
+        (EngineChoice::Auto, Ok(trt)) => {
+            let has_plan = std::fs::read_dir(dir)
+                .map(|rd| {
+                    rd.filter_map(Result::ok)
+                        .any(|e| e.path().join(trt.model_file()).is_file())
+                })
+                .unwrap_or(false);
+            if has_plan {
+                Ok(Selected {
+                    factory: Arc::clone(trt),
+                    engine: "tensorrt",
+                    reason: format!(
+                        "auto: TensorRT available and a version has {}",
+                        trt.model_file()
+                    ),
+                })
+            } else {
+                Ok(Selected {
+                    factory: ort(),
+                    engine: "onnxruntime",
+                    reason: format!("auto: no version has {}", trt.model_file()),
+                })
+            }
+        }
+    }
+}
+
+async fn load_model(dir: &Path, name: &str, engines: &Engines, metrics: &Metrics) -> Model {
     let mut model = Model {
         name: name.to_string(),
         config: ModelConfig::default(),
+        engine: "",
         versions: BTreeMap::new(),
         error: None,
     };
@@ -185,6 +249,16 @@ async fn load_model(
             return model;
         }
     }
+    let selected = match select(model.config.engine, engines, dir) {
+        Ok(s) => s,
+        Err(e) => {
+            model.error = Some(e);
+            return model;
+        }
+    };
+    tracing::info!(model = %name, engine = selected.engine, reason = %selected.reason, "engine selected");
+    model.engine = selected.engine;
+    let factory = &selected.factory;
     let mut versions: Vec<u64> = match std::fs::read_dir(dir) {
         Ok(rd) => rd
             .filter_map(Result::ok)
@@ -258,4 +332,58 @@ async fn load_version(
         scheduler,
         max_batch_size,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nusa_engine::EngineError;
+
+    struct Fake(&'static str);
+
+    impl EngineFactory for Fake {
+        fn model_file(&self) -> &'static str {
+            self.0
+        }
+
+        fn load(&self, _: &Path) -> Result<Box<dyn Engine>, EngineError> {
+            Err(EngineError::Library("fake".into()))
+        }
+    }
+
+    fn engines(trt: bool) -> Engines {
+        Engines {
+            onnxruntime: Arc::new(Fake("model.onnx")),
+            tensorrt: if trt {
+                Ok(Arc::new(Fake("model.plan")))
+            } else {
+                Err("libnvinfer.so.10 not found".into())
+            },
+        }
+    }
+
+    #[test]
+    fn selects_the_engine_from_config_machine_and_files() {
+        let dir = std::env::temp_dir().join(format!("nusa-registry-select-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("1")).unwrap();
+        std::fs::write(dir.join("1/model.onnx"), b"").unwrap();
+        let pick = |choice, trt| select(choice, &engines(trt), &dir).map(|s| (s.engine, s.reason));
+
+        // No plan yet: auto stays on ONNX Runtime even with TensorRT present.
+        assert_eq!(pick(EngineChoice::Auto, true).unwrap().0, "onnxruntime");
+        let (engine, reason) = pick(EngineChoice::Auto, false).unwrap();
+        assert_eq!(engine, "onnxruntime");
+        assert!(reason.contains("libnvinfer.so.10 not found"), "{reason}");
+        let e = pick(EngineChoice::Tensorrt, false).err().unwrap();
+        assert!(e.contains("TensorRT is not available"), "{e}");
+
+        std::fs::write(dir.join("1/model.plan"), b"").unwrap();
+        assert_eq!(pick(EngineChoice::Auto, true).unwrap().0, "tensorrt");
+        assert_eq!(pick(EngineChoice::Tensorrt, true).unwrap().0, "tensorrt");
+        assert_eq!(
+            pick(EngineChoice::Onnxruntime, true).unwrap().0,
+            "onnxruntime"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

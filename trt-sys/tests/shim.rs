@@ -1,0 +1,80 @@
+//! The real shim (compiled when TensorRT headers were found): it links no
+//! TensorRT or CUDA symbol, and its forwarding of the CUDA calls works when
+//! handed entry points (the test double's stand-ins; no TensorRT object is
+//! made, since the double's tokens are not C++ objects).
+#![allow(clippy::unwrap_used)] // test helpers: a failure is the test failing
+
+use trt_sys::{DeviceBuffer, LibraryPaths, Status, Stream, Trt};
+
+fn shim() -> Option<&'static std::path::Path> {
+    let s = trt_sys::built_shim();
+    if s.is_none() {
+        eprintln!("TensorRT headers were not found at build time: no shim to check");
+    }
+    s
+}
+
+#[test]
+fn the_shim_links_no_tensorrt_or_cuda_symbol() {
+    let Some(shim) = shim() else { return };
+    let out = std::process::Command::new("nm")
+        .args(["-D", "--undefined-only"])
+        .arg(shim)
+        .output()
+        .expect("run nm");
+    assert!(out.status.success());
+    let undefined = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        undefined.contains("__cxa_begin_catch"),
+        "nm listed the shim's imports:\n{undefined}"
+    );
+    for line in undefined.lines() {
+        let l = line.to_ascii_lowercase();
+        for bad in [
+            "nvinfer",
+            "nvonnxparser",
+            "createinfer",
+            "getinferlibversion",
+            "cuda",
+        ] {
+            assert!(!l.contains(bad), "the shim imports {line}");
+        }
+    }
+}
+
+#[test]
+fn the_real_shim_forwards_cuda_calls_and_versions() {
+    let Some(shim) = shim() else { return };
+    let paths = LibraryPaths {
+        shim: vec![shim.into()],
+        ..LibraryPaths::all_from(trt_sys::test_double())
+    };
+    let trt = Trt::load(&paths).unwrap();
+    assert_eq!(trt.shim_path(), shim.display().to_string());
+    let v = trt.version().unwrap();
+    assert_eq!(v.abi, 1);
+    assert_eq!(
+        v.tensorrt_compiled / 10000,
+        10,
+        "compiled against TensorRT 10: {v:?}"
+    );
+    assert_eq!(v.tensorrt_library, 101600);
+    assert_eq!(v.cuda_runtime, 12080);
+    assert_eq!(trt.compute_capability(0).unwrap(), (8, 7));
+    let e = trt.compute_capability(1).unwrap_err();
+    assert_eq!(e.status, Status::Cuda);
+    assert!(
+        e.message
+            .contains("cudaDeviceGetAttribute(major) failed: invalid argument"),
+        "{e}"
+    );
+
+    let stream = Stream::new(&trt).unwrap();
+    let mut buf = DeviceBuffer::new(&trt, 8).unwrap();
+    assert_eq!(buf.round_trip(&stream, b"nusa-trt").unwrap(), b"nusa-trt");
+    let e = DeviceBuffer::new(&trt, 1 << 40).err().unwrap();
+    assert!(
+        e.message.contains("cudaMalloc failed: out of memory"),
+        "{e}"
+    );
+}
