@@ -55,7 +55,7 @@ def _spawn(cmd: list[str], timeout: float) -> tuple[str, str, float]:
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
     if p.returncode != 0:
         raise RuntimeError(f"{cmd[0] if not cmd[0].startswith('taskset') else cmd[3]} failed "
-                           f"({p.returncode}): {stderr[-2000:]}")
+                           f"({p.returncode}): {stderr[-2000:]}{stdout[-2000:]}")
     del timeout
     return stdout, stderr, usage.ru_utime + usage.ru_stime
 
@@ -73,7 +73,7 @@ def wrk(url: str, body: Path, headers: dict[str, str], conns: int, seconds: floa
     # wrk.body is a Lua string: read the file as bytes.
     lua.write_text(f'wrk.method = "POST"\nlocal f = io.open("{body}", "rb")\nwrk.body = f:read("*all")\n'
                    f'f:close()\n{hdrs}')
-    cmd = pin(1) + ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", str(lua), url]
+    cmd = pin(1) + ["wrk", "-t1", f"-c{conns}", f"-d{seconds:g}s", "--latency", "-s", str(lua), url]
     out, _, cpu = _spawn(cmd, seconds + 60)
     lua.unlink()
     run = Run("wrk", cmd, client_cpu_s=cpu)
@@ -119,7 +119,7 @@ def h2load(url: str, body: Path, headers: dict[str, str], conns: int, seconds: f
 
 def oha(oha_bin: str, url: str, body: Path, headers: dict[str, str], conns: int, seconds: float,
         http: str = "2", rate: float | None = None, cacert: Path | None = None) -> Run:
-    cmd = pin(1) + [oha_bin, "--no-tui", "--output-format", "json", "-z", f"{seconds}s", "-c", str(conns),
+    cmd = pin(1) + [oha_bin, "--no-tui", "--output-format", "json", "-z", f"{seconds:g}s", "-c", str(conns),
                     "-m", "POST", "-D", str(body), "--http-version", http]
     cmd += ["--cacert", str(cacert)] if cacert else ["--insecure"]
     if rate:
