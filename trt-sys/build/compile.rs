@@ -48,7 +48,11 @@ pub fn test_double(manifest: &Path, out: &Path) -> PathBuf {
     .arg("-I")
     .arg(manifest.join("include"))
     .arg(manifest.join("testdouble/nusa_trt_double.c"))
+    .arg(manifest.join("testdouble/ort_backend.c"))
     .arg("-Wl,--no-undefined")
+    // dlopen lives in libc from glibc 2.34; older ones need libdl.
+    .arg("-ldl")
+    .arg("-lpthread")
     .arg("-o")
     .arg(&lib);
     run(cmd, "the trt-sys test double");

@@ -26,9 +26,10 @@ extern "C" {
 
 /* Bumped whenever a declaration below changes; the Rust side refuses a shim
  * whose nusa_trt_abi_version() differs. */
-#define NUSA_TRT_ABI_VERSION 1
+#define NUSA_TRT_ABI_VERSION 2
 #define NUSA_TRT_MAX_DIMS 8
 #define NUSA_TRT_ERROR_LEN 512
+#define NUSA_TRT_DEVICE_NAME_LEN 256
 
 typedef enum nusa_trt_status {
   NUSA_TRT_OK = 0,
@@ -114,6 +115,10 @@ typedef struct nusa_trt_entry_points {
   int (*cuda_device_get_attribute)(int *value, int attr, int device);
   int (*cuda_runtime_get_version)(int *version);
   const char *(*cuda_get_error_string)(int error);
+  /* cudaGetDeviceProperties_v2 (CUDA 12+) or cudaGetDeviceProperties: only
+   * the first member, `char name[256]`, is read, and the caller's buffer is
+   * larger than any release's cudaDeviceProp. May be NULL (no device name). */
+  int (*cuda_get_device_properties)(void *prop, int device);
 } nusa_trt_entry_points;
 
 typedef struct nusa_trt_version_info {
@@ -146,19 +151,36 @@ typedef struct nusa_trt_profile_dims {
 
 typedef struct nusa_trt_build_options {
   const char *onnx_path;
-  /* One entry per input with a dynamic dimension, all in one profile. */
+  /* One entry per input with a dynamic dimension, all in one profile. When
+   * profile_len is 0, every network input whose first dimension is dynamic
+   * (and whose other dimensions are static) gets the batch range below. */
   const nusa_trt_profile_dims *profile;
   size_t profile_len;
+  int64_t batch_min;
+  int64_t batch_opt;
+  int64_t batch_max;
   uint64_t workspace_bytes;
   /* Non-zero: allow FP16 kernels where the GPU has fast FP16. */
   int32_t fp16;
+  /* A serialized timing cache from an earlier build (NULL/0: start empty);
+   * a cache from another TensorRT or GPU is ignored by TensorRT. */
+  const void *timing_cache;
+  size_t timing_cache_len;
 } nusa_trt_build_options;
+
+typedef struct nusa_trt_host_memory nusa_trt_host_memory;
+
+typedef struct nusa_trt_build_result {
+  nusa_trt_host_memory *plan;
+  /* The timing cache after the build, to keep for the next one; NULL when
+   * the builder has none. */
+  nusa_trt_host_memory *timing_cache;
+} nusa_trt_build_result;
 
 typedef struct nusa_trt_lib nusa_trt_lib;
 typedef struct nusa_trt_runtime nusa_trt_runtime;
 typedef struct nusa_trt_engine nusa_trt_engine;
 typedef struct nusa_trt_context nusa_trt_context;
-typedef struct nusa_trt_host_memory nusa_trt_host_memory;
 /* A cudaStream_t. */
 typedef struct nusa_cuda_stream nusa_cuda_stream;
 
@@ -195,8 +217,9 @@ int32_t nusa_trt_context_set_tensor_address(nusa_trt_context *context, const cha
 int32_t nusa_trt_context_enqueue(nusa_trt_context *context, nusa_cuda_stream *stream,
                                  nusa_trt_error *err);
 
+/* On success both host memories in *out belong to the caller. */
 int32_t nusa_trt_build_from_onnx(nusa_trt_lib *lib, const nusa_trt_build_options *options,
-                                 nusa_trt_host_memory **out, nusa_trt_error *err);
+                                 nusa_trt_build_result *out, nusa_trt_error *err);
 int32_t nusa_trt_host_memory_data(const nusa_trt_host_memory *memory, const void **data,
                                   size_t *len, nusa_trt_error *err);
 void nusa_trt_host_memory_destroy(nusa_trt_host_memory *memory);
@@ -214,6 +237,10 @@ int32_t nusa_cuda_stream_destroy(const nusa_trt_lib *lib, nusa_cuda_stream *stre
                                  nusa_trt_error *err);
 int32_t nusa_cuda_compute_capability(const nusa_trt_lib *lib, int32_t device, int32_t *major,
                                      int32_t *minor, nusa_trt_error *err);
+/* The GPU's name, NUL-terminated, cut to out_len - 1 bytes; UNAVAILABLE
+ * when no cudaGetDeviceProperties entry point was loaded. */
+int32_t nusa_cuda_device_name(const nusa_trt_lib *lib, int32_t device, char *out, size_t out_len,
+                              nusa_trt_error *err);
 /* cudaGetErrorString; never NULL. */
 const char *nusa_cuda_error_string(const nusa_trt_lib *lib, int32_t code);
 

@@ -334,7 +334,7 @@ int32_t nusa_trt_context_enqueue(nusa_trt_context *context, nusa_cuda_stream *st
 }
 
 int32_t nusa_trt_build_from_onnx(nusa_trt_lib *lib, const nusa_trt_build_options *options,
-                                 nusa_trt_host_memory **out, nusa_trt_error *err) {
+                                 nusa_trt_build_result *out, nusa_trt_error *err) {
   return guard(err, [&] {
     NUSA_REQUIRE(lib != nullptr && options != nullptr && options->onnx_path != nullptr && out != nullptr,
                  "nusa_trt_build_from_onnx: null argument");
@@ -362,7 +362,47 @@ int32_t nusa_trt_build_from_onnx(nusa_trt_lib *lib, const nusa_trt_build_options
     // kFP16 is deprecated from 10.12 (strong typing supersedes it) but still
     // honoured in 10.x; the shim is pinned to major 10.
     if (options->fp16 != 0 && builder->platformHasFastFp16()) config->setFlag(BuilderFlag::kFP16);
-    if (options->profile_len > 0) {
+    // The timing cache lives as long as the config; TensorRT ignores (with a
+    // warning) a cache recorded for another version or device.
+    std::unique_ptr<ITimingCache> timing(
+        config->createTimingCache(options->timing_cache, options->timing_cache != nullptr ? options->timing_cache_len : 0));
+    if (!timing || !config->setTimingCache(*timing, false)) {
+      return fail(err, NUSA_TRT_ERR_TENSORRT, "timing cache: " + lib->logger.take_last_error());
+    }
+    if (options->profile_len == 0) {
+      // Derive the profile: a dynamic first dimension takes the batch range.
+      NUSA_REQUIRE(options->batch_min >= 1 && options->batch_min <= options->batch_opt &&
+                       options->batch_opt <= options->batch_max,
+                   "nusa_trt_build_from_onnx: batch range must satisfy 1 <= min <= opt <= max");
+      IOptimizationProfile *profile = nullptr;
+      for (int32_t i = 0; i < network->getNbInputs(); ++i) {
+        ITensor *input = network->getInput(i);
+        Dims d = input->getDimensions();
+        if (d.nbDims == 0 || d.d[0] != -1) continue;
+        for (int32_t k = 1; k < d.nbDims; ++k) {
+          if (d.d[k] < 0) {
+            return fail(err, NUSA_TRT_ERR_INVALID_ARGUMENT,
+                        std::string("input ") + input->getName() + " has a dynamic dimension " +
+                            std::to_string(k) + " beyond the batch: give an explicit profile");
+          }
+        }
+        if (profile == nullptr) profile = builder->createOptimizationProfile();  // owned by builder
+        Dims lo = d, mid = d, hi = d;
+        lo.d[0] = options->batch_min;
+        mid.d[0] = options->batch_opt;
+        hi.d[0] = options->batch_max;
+        if (!profile->setDimensions(input->getName(), OptProfileSelector::kMIN, lo) ||
+            !profile->setDimensions(input->getName(), OptProfileSelector::kOPT, mid) ||
+            !profile->setDimensions(input->getName(), OptProfileSelector::kMAX, hi)) {
+          return fail(err, NUSA_TRT_ERR_TENSORRT,
+                      std::string("optimization profile for ") + input->getName() + ": " +
+                          lib->logger.take_last_error());
+        }
+      }
+      if (profile != nullptr && config->addOptimizationProfile(profile) < 0) {
+        return fail(err, NUSA_TRT_ERR_TENSORRT, "addOptimizationProfile failed: " + lib->logger.take_last_error());
+      }
+    } else {
       NUSA_REQUIRE(options->profile != nullptr, "nusa_trt_build_from_onnx: null profile");
       IOptimizationProfile *profile = builder->createOptimizationProfile();  // owned by builder
       for (size_t i = 0; i < options->profile_len; ++i) {
@@ -382,7 +422,11 @@ int32_t nusa_trt_build_from_onnx(nusa_trt_lib *lib, const nusa_trt_build_options
     }
     std::unique_ptr<IHostMemory> plan(builder->buildSerializedNetwork(*network, *config));
     if (!plan) return fail(err, NUSA_TRT_ERR_TENSORRT, "buildSerializedNetwork failed: " + lib->logger.take_last_error());
-    *out = new nusa_trt_host_memory{std::move(plan)};
+    const ITimingCache *used = config->getTimingCache();
+    std::unique_ptr<IHostMemory> timing_out(used != nullptr ? used->serialize() : nullptr);
+    auto *plan_mem = new nusa_trt_host_memory{std::move(plan)};
+    out->plan = plan_mem;
+    out->timing_cache = timing_out ? new nusa_trt_host_memory{std::move(timing_out)} : nullptr;
     return static_cast<int32_t>(NUSA_TRT_OK);
   });
 }
@@ -475,6 +519,21 @@ int32_t nusa_cuda_compute_capability(const nusa_trt_lib *lib, int32_t device, in
     if (rc != 0) return cuda_fail(lib, err, "cudaDeviceGetAttribute(minor)", rc);
     *major = ma;
     *minor = mi;
+    return static_cast<int32_t>(NUSA_TRT_OK);
+  });
+}
+
+int32_t nusa_cuda_device_name(const nusa_trt_lib *lib, int32_t device, char *out, size_t out_len,
+                              nusa_trt_error *err) {
+  return guard(err, [&] {
+    NUSA_REQUIRE(lib != nullptr && out != nullptr && out_len > 0, "nusa_cuda_device_name: null argument");
+    NUSA_REQUIRE_ENTRY(lib, cuda_get_device_properties);
+    // cudaDeviceProp is about 1 KB in CUDA 12 and 13 and starts with
+    // `char name[256]`; 8 KB leaves room for any later growth.
+    std::unique_ptr<unsigned char[]> prop(new unsigned char[8192]());
+    int rc = lib->entry.cuda_get_device_properties(prop.get(), device);
+    if (rc != 0) return cuda_fail(lib, err, "cudaGetDeviceProperties", rc);
+    std::snprintf(out, out_len, "%.*s", NUSA_TRT_DEVICE_NAME_LEN - 1, reinterpret_cast<const char *>(prop.get()));
     return static_cast<int32_t>(NUSA_TRT_OK);
   });
 }

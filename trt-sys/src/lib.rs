@@ -38,8 +38,8 @@ pub use error::{Status, TrtError};
 pub use instance::{HostTensor, Instance, InstanceInfo};
 pub use load::{LibraryPaths, LoadError};
 pub use trt::{
-    BuildOptions, Context, DataType, DeviceBuffer, Engine, IoMode, IoTensor, ProfileRange, Runtime,
-    Stream, Trt, VersionInfo,
+    BuildOptions, Built, Context, DataType, DeviceBuffer, Engine, IoMode, IoTensor, ProfileRange,
+    Runtime, Stream, Trt, VersionInfo,
 };
 
 use std::path::Path;

@@ -212,6 +212,10 @@ pub(crate) fn libraries(paths: &LibraryPaths) -> Result<Libraries, LoadError> {
             cuda_device_get_attribute: Some(symbol(&cudart, CUDART, "cudaDeviceGetAttribute")?),
             cuda_runtime_get_version: Some(symbol(&cudart, CUDART, "cudaRuntimeGetVersion")?),
             cuda_get_error_string: Some(symbol(&cudart, CUDART, "cudaGetErrorString")?),
+            // Only for the GPU's name in plan cache keys: optional.
+            cuda_get_device_properties: symbol(&cudart, CUDART, "cudaGetDeviceProperties_v2")
+                .or_else(|_| symbol(&cudart, CUDART, "cudaGetDeviceProperties"))
+                .ok(),
         }
     };
     Ok(Libraries {

@@ -111,10 +111,24 @@ pub struct VersionInfo {
 #[derive(Clone, Debug)]
 pub struct BuildOptions {
     pub onnx: PathBuf,
-    /// One profile: per input with a dynamic dimension, its range.
+    /// One profile: per input with a dynamic dimension, its range. Empty:
+    /// every input with a dynamic first dimension takes `batch`.
     pub profile: Vec<(String, ProfileRange)>,
+    /// (min, opt, max) rows, used when `profile` is empty.
+    pub batch: (i64, i64, i64),
     pub workspace_bytes: u64,
     pub fp16: bool,
+    /// A timing cache from an earlier build; TensorRT ignores one recorded
+    /// for another version or GPU.
+    pub timing_cache: Option<Vec<u8>>,
+}
+
+/// What a build produced.
+#[derive(Clone, Debug)]
+pub struct Built {
+    pub plan: Vec<u8>,
+    /// The timing cache after the build, to pass to the next one.
+    pub timing_cache: Option<Vec<u8>>,
 }
 
 /// The opened shim, TensorRT and CUDA runtime. Cheap to clone; the libraries
@@ -275,9 +289,30 @@ impl Trt {
         Ok((major, minor))
     }
 
+    /// The GPU's name (cudaDeviceProp::name): part of a plan cache key.
+    pub fn device_name(&self, device: i32) -> Result<String, TrtError> {
+        let mut buf = [0 as std::os::raw::c_char; bindings::NUSA_TRT_DEVICE_NAME_LEN as usize];
+        let mut err = error::empty();
+        // SAFETY: lib is open; buf is valid for buf.len() bytes of writes and
+        // the shim NUL-terminates within them.
+        let rc = unsafe {
+            self.shim().nusa_cuda_device_name(
+                self.lib(),
+                device,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut err,
+            )
+        };
+        check("nusa_cuda_device_name", rc, &err)?;
+        // SAFETY: on success the shim wrote a NUL-terminated string into buf.
+        let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+        Ok(name.to_string_lossy().into_owned())
+    }
+
     /// Builds a serialized plan from an ONNX file (TensorRT's builder and ONNX
     /// parser; minutes on a Jetson for a large model).
-    pub fn build_from_onnx(&self, options: &BuildOptions) -> Result<Vec<u8>, TrtError> {
+    pub fn build_from_onnx(&self, options: &BuildOptions) -> Result<Built, TrtError> {
         let call = "nusa_trt_build_from_onnx";
         let onnx = path_cstring(call, &options.onnx)?;
         let names = options
@@ -302,37 +337,68 @@ impl Trt {
             onnx_path: onnx.as_ptr(),
             profile: profile.as_ptr(),
             profile_len: profile.len(),
+            batch_min: options.batch.0,
+            batch_opt: options.batch.1,
+            batch_max: options.batch.2,
             workspace_bytes: options.workspace_bytes,
             fp16: i32::from(options.fp16),
+            timing_cache: options
+                .timing_cache
+                .as_ref()
+                .map_or(ptr::null(), |t| t.as_ptr().cast()),
+            timing_cache_len: options.timing_cache.as_ref().map_or(0, Vec::len),
         };
-        let mut out = ptr::null_mut();
+        let mut out = bindings::nusa_trt_build_result {
+            plan: ptr::null_mut(),
+            timing_cache: ptr::null_mut(),
+        };
         let mut err = error::empty();
         // SAFETY: every pointer in `raw` points into locals (onnx, names,
-        // profile) that outlive the call; out and err are valid for writes.
+        // profile) or `options` that outlive the call; out and err are valid
+        // for writes.
         let rc = unsafe {
             self.shim()
                 .nusa_trt_build_from_onnx(self.lib(), &raw, &mut out, &mut err)
         };
         check(call, rc, &err)?;
+        // Both memories are taken (and destroyed) before any error returns.
+        let plan = self.take_host_memory(out.plan);
+        let timing_cache = if out.timing_cache.is_null() {
+            None
+        } else {
+            Some(self.take_host_memory(out.timing_cache)?)
+        };
+        Ok(Built {
+            plan: plan?,
+            timing_cache,
+        })
+    }
+
+    /// Copies a host memory the shim handed over, and destroys it.
+    fn take_host_memory(
+        &self,
+        memory: *mut bindings::nusa_trt_host_memory,
+    ) -> Result<Vec<u8>, TrtError> {
         let (mut data, mut len) = (ptr::null(), 0usize);
-        // SAFETY: `out` is the host memory just returned; data/len are valid
-        // for writes.
+        let mut err = error::empty();
+        // SAFETY: `memory` is a host memory the shim just returned, owned by
+        // us; data/len are valid for writes.
         let rc = unsafe {
             self.shim()
-                .nusa_trt_host_memory_data(out, &mut data, &mut len, &mut err)
+                .nusa_trt_host_memory_data(memory, &mut data, &mut len, &mut err)
         };
-        let plan = check("nusa_trt_host_memory_data", rc, &err).map(|()| {
+        let bytes = check("nusa_trt_host_memory_data", rc, &err).map(|()| {
             if len == 0 {
                 Vec::new()
             } else {
                 // SAFETY: the shim reports `len` readable bytes at `data`,
-                // owned by `out` until it is destroyed below.
+                // owned by `memory` until it is destroyed below.
                 unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len) }.to_vec()
             }
         });
-        // SAFETY: `out` came from the build call and is destroyed once.
-        unsafe { self.shim().nusa_trt_host_memory_destroy(out) };
-        plan
+        // SAFETY: `memory` came from the shim and is destroyed once, here.
+        unsafe { self.shim().nusa_trt_host_memory_destroy(memory) };
+        bytes
     }
 }
 

@@ -10,26 +10,38 @@
  * nusa_trt_open exactly as the real ones do; the double's functions then call
  * through those pointers.
  *
- * Plan format (text):
+ * Two plan formats (text headers):
  *   NUSAPLAN1
  *   input <name> <FLOAT|HALF|INT8|INT32|BOOL|UINT8|INT64> <d0> <d1> ...
  *   output <name> <dtype> <d0> ...
  *   profile <min batch> <opt batch> <max batch>
- * Output i is computed from input i: FLOAT elements as y = 2x + 1, other
- * types copied byte for byte; its shape is input i's.
+ * is a hand-written plan whose output i is computed from input i: FLOAT
+ * elements as y = 2x + 1, other types copied byte for byte, with input i's
+ * shape (for dtype and shape mapping tests).
+ *   NUSAPLAN2
+ *   (input, output and profile lines as above)
+ *   onnx <length>
+ *   <the ONNX model's bytes>
+ * is what the double's builder makes from an ONNX file: execution runs that
+ * model with ONNX Runtime on the "device" buffers (ort_backend.c), outputs
+ * take the model's shapes with the batch dimension of the first input.
  *
- * What it does not do: run a real ONNX model (that would need ONNX Runtime's
- * headers, which no registry package here ships).
+ * The builder mimics TensorRT's where the gateway can tell: it logs through
+ * the logger, takes and returns a timing cache ("NUSATIMING <builds>"), and
+ * takes NUSA_TRT_DOUBLE_BUILD_MS milliseconds if that is set, so a build
+ * can be seen running while the CPU engine serves.
  */
 /* strtok_r */
 #define _POSIX_C_SOURCE 200809L
 
 #include "nusa_trt.h"
+#include "ort_backend.h"
 
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define MAX_IO 16
 #define NAME_LEN 64
@@ -97,6 +109,12 @@ int cudaRuntimeGetVersion(int *version) {
   *version = 12080;
   return CUDA_SUCCESS;
 }
+/* cudaDeviceProp starts with char name[256]. */
+int cudaGetDeviceProperties_v2(void *prop, int device) {
+  if (prop == NULL || device != 0) return CUDA_ERR_INVALID_VALUE;
+  snprintf(prop, 256, "%s", "Nusa test double (host memory)");
+  return CUDA_SUCCESS;
+}
 const char *cudaGetErrorString(int error) {
   switch (error) {
   case CUDA_SUCCESS: return "no error";
@@ -130,6 +148,8 @@ struct nusa_trt_engine {
   int32_t n;
   io ios[MAX_IO];
   int64_t profile[3];
+  /* NUSAPLAN2: the model ONNX Runtime runs; NULL for NUSAPLAN1. */
+  ob_session *ort;
 };
 struct nusa_trt_context {
   nusa_trt_engine *engine;
@@ -260,35 +280,76 @@ static int parse_line(char *line, nusa_trt_engine *e) {
   return 0;
 }
 
-int32_t nusa_trt_engine_deserialize(nusa_trt_runtime *rt, const void *plan, size_t plan_len,
-                                    nusa_trt_engine **out, nusa_trt_error *err) {
-  if (rt == NULL || plan == NULL || out == NULL)
-    return fail(err, NUSA_TRT_ERR_INVALID_ARGUMENT, "%s", "nusa_trt_engine_deserialize: null argument");
-  static const char magic[] = "NUSAPLAN1\n";
-  if (plan_len < sizeof magic - 1 || memcmp(plan, magic, sizeof magic - 1) != 0) {
-    log_msg(rt->lib, NUSA_TRT_SEVERITY_ERROR, "test double: plan has no NUSAPLAN1 header");
-    return fail(err, NUSA_TRT_ERR_TENSORRT, "%s", "deserializeCudaEngine failed: test double: plan has no NUSAPLAN1 header");
-  }
+static nusa_trt_engine *new_engine(void) {
   nusa_trt_engine *e = calloc(1, sizeof *e);
+  if (e != NULL) e->profile[0] = e->profile[1] = e->profile[2] = 1;
+  return e;
+}
+
+/* NUSAPLAN1: every line after the magic. */
+static int parse_v1(const void *plan, size_t plan_len, nusa_trt_engine *e) {
   char *text = malloc(plan_len + 1);
-  if (e == NULL || text == NULL) {
-    free(e);
-    free(text);
-    return fail(err, NUSA_TRT_ERR_OUT_OF_MEMORY, "%s", "out of host memory");
-  }
+  if (text == NULL) return -1;
   memcpy(text, plan, plan_len);
   text[plan_len] = '\0';
-  e->profile[0] = 1;
-  e->profile[1] = 1;
-  e->profile[2] = 1;
   char *save = NULL;
   int bad = 0;
   strtok_r(text, "\n", &save); /* magic */
   for (char *line; (line = strtok_r(NULL, "\n", &save)) != NULL;) bad |= parse_line(line, e);
   free(text);
+  return bad;
+}
+
+/* NUSAPLAN2: header lines up to "onnx <len>", then exactly len bytes. */
+static int parse_v2(const char *plan, size_t plan_len, size_t off, nusa_trt_engine *e, char *msg, size_t msg_len) {
+  for (;;) {
+    const char *nl = memchr(plan + off, '\n', plan_len - off);
+    size_t len = nl == NULL ? 0 : (size_t)(nl - (plan + off));
+    char line[512];
+    if (nl == NULL || len >= sizeof line) {
+      snprintf(msg, msg_len, "test double: truncated NUSAPLAN2 header");
+      return -1;
+    }
+    memcpy(line, plan + off, len);
+    line[len] = '\0';
+    off += len + 1;
+    if (strncmp(line, "onnx ", 5) == 0) {
+      char *end = NULL;
+      unsigned long long n = strtoull(line + 5, &end, 10);
+      if (end == line + 5 || *end != '\0' || n != plan_len - off) {
+        snprintf(msg, msg_len, "test double: NUSAPLAN2 says %.32s bytes of ONNX, %zu follow", line + 5, plan_len - off);
+        return -1;
+      }
+      e->ort = ob_open(plan + off, (size_t)n, msg, msg_len);
+      return e->ort == NULL ? -1 : 0;
+    }
+    if (parse_line(line, e) != 0) {
+      snprintf(msg, msg_len, "test double: bad plan line");
+      return -1;
+    }
+  }
+}
+
+int32_t nusa_trt_engine_deserialize(nusa_trt_runtime *rt, const void *plan, size_t plan_len,
+                                    nusa_trt_engine **out, nusa_trt_error *err) {
+  if (rt == NULL || plan == NULL || out == NULL)
+    return fail(err, NUSA_TRT_ERR_INVALID_ARGUMENT, "%s", "nusa_trt_engine_deserialize: null argument");
+  static const char magic1[] = "NUSAPLAN1\n", magic2[] = "NUSAPLAN2\n";
+  int v1 = plan_len >= sizeof magic1 - 1 && memcmp(plan, magic1, sizeof magic1 - 1) == 0;
+  int v2 = plan_len >= sizeof magic2 - 1 && memcmp(plan, magic2, sizeof magic2 - 1) == 0;
+  if (!v1 && !v2) {
+    log_msg(rt->lib, NUSA_TRT_SEVERITY_ERROR, "test double: plan has no NUSAPLAN header");
+    return fail(err, NUSA_TRT_ERR_TENSORRT, "%s", "deserializeCudaEngine failed: test double: plan has no NUSAPLAN header");
+  }
+  nusa_trt_engine *e = new_engine();
+  if (e == NULL) return fail(err, NUSA_TRT_ERR_OUT_OF_MEMORY, "%s", "out of host memory");
+  char msg[NUSA_TRT_ERROR_LEN] = "test double: bad plan line";
+  int bad = v1 ? parse_v1(plan, plan_len, e) : parse_v2(plan, plan_len, sizeof magic2 - 1, e, msg, sizeof msg);
   if (bad) {
+    ob_close(e->ort);
     free(e);
-    return fail(err, NUSA_TRT_ERR_TENSORRT, "%s", "deserializeCudaEngine failed: test double: bad plan line");
+    log_msg(rt->lib, NUSA_TRT_SEVERITY_ERROR, msg);
+    return fail(err, NUSA_TRT_ERR_TENSORRT, "deserializeCudaEngine failed: %s", msg);
   }
   e->runtime = rt;
   atomic_fetch_add(&rt->children, 1);
@@ -300,6 +361,7 @@ void nusa_trt_engine_destroy(nusa_trt_engine *e) {
   if (e == NULL) return;
   check_no_children(&e->children);
   release_parent(&e->runtime->children);
+  ob_close(e->ort);
   free(e);
 }
 
@@ -371,6 +433,15 @@ int32_t nusa_trt_context_set_input_shape(nusa_trt_context *c, const char *name, 
       return fail(err, NUSA_TRT_ERR_TENSORRT, "setInputShape(%s) failed: outside the optimization profile", name);
   }
   c->shapes[i] = *shape;
+  if (e->ort != NULL) {
+    /* The model's outputs: their batch dimension is the inputs'. */
+    for (int j = 0; j < e->n; ++j) {
+      if (e->ios[j].mode != NUSA_TRT_IO_OUTPUT) continue;
+      c->shapes[j] = e->ios[j].shape;
+      if (c->shapes[j].nb_dims > 0 && c->shapes[j].d[0] < 0 && shape->nb_dims > 0) c->shapes[j].d[0] = shape->d[0];
+    }
+    return NUSA_TRT_OK;
+  }
   /* Output i has input i's shape (see the plan format). */
   int k = 0;
   for (int j = 0; j < e->n; ++j) {
@@ -421,6 +492,19 @@ int32_t nusa_trt_context_enqueue(nusa_trt_context *c, nusa_cuda_stream *stream, 
     for (int d = 0; d < c->shapes[i].nb_dims; ++d)
       if (c->shapes[i].d[d] < 0) return fail(err, NUSA_TRT_ERR_TENSORRT, "enqueueV3 failed: shape of tensor %s not set", e->ios[i].name);
   }
+  if (e->ort != NULL) {
+    ob_tensor in[MAX_IO], outs[MAX_IO];
+    int ni = 0, no = 0;
+    for (int i = 0; i < e->n; ++i) {
+      ob_tensor t = {e->ios[i].name, e->ios[i].dtype, &c->shapes[i], c->addresses[i]};
+      if (e->ios[i].mode == NUSA_TRT_IO_INPUT) in[ni++] = t;
+      else outs[no++] = t;
+    }
+    char msg[NUSA_TRT_ERROR_LEN];
+    if (ob_run(e->ort, in, ni, outs, no, msg, sizeof msg) != 0)
+      return fail(err, NUSA_TRT_ERR_TENSORRT, "enqueueV3 failed: test double: %s", msg);
+    return NUSA_TRT_OK;
+  }
   int in_idx[MAX_IO], out_idx[MAX_IO], ni = 0, no = 0;
   for (int i = 0; i < e->n; ++i) {
     if (e->ios[i].mode == NUSA_TRT_IO_INPUT) in_idx[ni++] = i;
@@ -441,40 +525,125 @@ int32_t nusa_trt_context_enqueue(nusa_trt_context *c, nusa_cuda_stream *stream, 
   return NUSA_TRT_OK;
 }
 
+static const char *dtype_name(int32_t dt) {
+  static const char *names[] = {"FLOAT", "HALF", "INT8", "INT32", "BOOL", "UINT8", "FP8", "BF16", "INT64"};
+  return dt >= 0 && dt < (int32_t)(sizeof names / sizeof names[0]) ? names[dt] : "?";
+}
+
+static nusa_trt_host_memory *memory_from(const char *header, size_t header_len, const void *tail, size_t tail_len) {
+  nusa_trt_host_memory *m = malloc(sizeof *m + header_len + tail_len);
+  if (m == NULL) return NULL;
+  m->len = header_len + tail_len;
+  memcpy(m->data, header, header_len);
+  if (tail_len > 0) memcpy(m->data + header_len, tail, tail_len);
+  return m;
+}
+
+/* Reads the whole file; NULL with errno-free message on failure. */
+static char *read_file(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (f == NULL) return NULL;
+  char *buf = NULL;
+  size_t cap = 0, n = 0;
+  for (;;) {
+    if (n == cap) {
+      cap = cap == 0 ? 65536 : cap * 2;
+      char *grown = realloc(buf, cap);
+      if (grown == NULL) break;
+      buf = grown;
+    }
+    size_t r = fread(buf + n, 1, cap - n, f);
+    n += r;
+    if (r == 0) {
+      fclose(f);
+      *len = n;
+      return buf;
+    }
+  }
+  fclose(f);
+  free(buf);
+  return NULL;
+}
+
 int32_t nusa_trt_build_from_onnx(nusa_trt_lib *lib, const nusa_trt_build_options *options,
-                                 nusa_trt_host_memory **out, nusa_trt_error *err) {
+                                 nusa_trt_build_result *out, nusa_trt_error *err) {
   if (lib == NULL || options == NULL || options->onnx_path == NULL || out == NULL)
     return fail(err, NUSA_TRT_ERR_INVALID_ARGUMENT, "%s", "nusa_trt_build_from_onnx: null argument");
   if (lib->entry.create_infer_builder == NULL)
     return fail(err, NUSA_TRT_ERR_UNAVAILABLE, "%s", "entry point create_infer_builder was not loaded");
   if (lib->entry.create_onnx_parser == NULL)
     return fail(err, NUSA_TRT_ERR_UNAVAILABLE, "%s", "entry point create_onnx_parser was not loaded");
-  FILE *f = fopen(options->onnx_path, "rb");
-  if (f == NULL) return fail(err, NUSA_TRT_ERR_TENSORRT, "parsing %s: cannot open file", options->onnx_path);
-  fclose(f);
-  /* The double's "build": one FLOAT input per profile entry, echoed to an
-   * output named <input>_out, with the profile's batch range. */
-  char buf[4096];
-  int at = snprintf(buf, sizeof buf, "NUSAPLAN1\n");
-  int64_t pmin = 1, popt = 1, pmax = 1;
-  for (size_t p = 0; p < options->profile_len; ++p) {
-    const nusa_trt_profile_dims *pd = &options->profile[p];
-    pmin = pd->min.d[0];
-    popt = pd->opt.d[0];
-    pmax = pd->max.d[0];
-    for (int pass = 0; pass < 2; ++pass) {
-      at += snprintf(buf + at, sizeof buf - at, "%s %s%s FLOAT -1", pass == 0 ? "input" : "output", pd->input_name,
-                     pass == 0 ? "" : "_out");
-      for (int d = 1; d < pd->max.nb_dims; ++d) at += snprintf(buf + at, sizeof buf - at, " %lld", (long long)pd->max.d[d]);
-      at += snprintf(buf + at, sizeof buf - at, "\n");
+  int64_t pmin = options->batch_min, popt = options->batch_opt, pmax = options->batch_max;
+  if (options->profile_len > 0) {
+    pmin = options->profile[0].min.d[0];
+    popt = options->profile[0].opt.d[0];
+    pmax = options->profile[0].max.d[0];
+  }
+  if (!(pmin >= 1 && pmin <= popt && popt <= pmax))
+    return fail(err, NUSA_TRT_ERR_INVALID_ARGUMENT, "%s",
+                "nusa_trt_build_from_onnx: batch range must satisfy 1 <= min <= opt <= max");
+  char msg[NUSA_TRT_ERROR_LEN];
+  snprintf(msg, sizeof msg, "test double: building a plan from %s", options->onnx_path);
+  log_msg(lib, NUSA_TRT_SEVERITY_INFO, msg);
+  size_t onnx_len = 0;
+  char *onnx = read_file(options->onnx_path, &onnx_len);
+  if (onnx == NULL) return fail(err, NUSA_TRT_ERR_TENSORRT, "parsing %s: cannot read file", options->onnx_path);
+  ob_session *session = ob_open(onnx, onnx_len, msg, sizeof msg);
+  if (session == NULL) {
+    free(onnx);
+    return fail(err, NUSA_TRT_ERR_TENSORRT, "parsing the ONNX model: %s", msg);
+  }
+  ob_io ins[MAX_IO], outs[MAX_IO];
+  int ni = ob_io_list(session, 0, ins, MAX_IO, msg, sizeof msg);
+  int no = ni < 0 ? -1 : ob_io_list(session, 1, outs, MAX_IO, msg, sizeof msg);
+  ob_close(session);
+  if (ni < 0 || no < 0 || ni + no > MAX_IO) {
+    free(onnx);
+    return fail(err, NUSA_TRT_ERR_TENSORRT, "parsing the ONNX model: %s", ni + no > MAX_IO ? "too many tensors" : msg);
+  }
+  char header[8192];
+  int at = snprintf(header, sizeof header, "NUSAPLAN2\n");
+  for (int k = 0; k < ni + no; ++k) {
+    const ob_io *t = k < ni ? &ins[k] : &outs[k - ni];
+    at += snprintf(header + at, sizeof header - at, "%s %s %s", k < ni ? "input" : "output", t->name, dtype_name(t->dtype));
+    for (int d = 0; d < t->shape.nb_dims; ++d) at += snprintf(header + at, sizeof header - at, " %lld", (long long)t->shape.d[d]);
+    at += snprintf(header + at, sizeof header - at, "\n");
+  }
+  at += snprintf(header + at, sizeof header - at, "profile %lld %lld %lld\nonnx %zu\n", (long long)pmin,
+                 (long long)popt, (long long)pmax, onnx_len);
+  /* Building takes time on a real device: optionally here too. */
+  const char *ms = getenv("NUSA_TRT_DOUBLE_BUILD_MS");
+  if (ms != NULL) {
+    long v = strtol(ms, NULL, 10);
+    struct timespec ts = {v / 1000, (v % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+  }
+  /* The timing cache counts the builds that fed it; an unreadable one is
+   * ignored with a warning, as TensorRT does. */
+  long builds = 0;
+  if (options->timing_cache != NULL && options->timing_cache_len > 0) {
+    char tc[64] = {0};
+    memcpy(tc, options->timing_cache, options->timing_cache_len < sizeof tc - 1 ? options->timing_cache_len : sizeof tc - 1);
+    if (sscanf(tc, "NUSATIMING %ld", &builds) != 1) {
+      builds = 0;
+      log_msg(lib, NUSA_TRT_SEVERITY_WARNING, "test double: timing cache unreadable, starting empty");
+    } else {
+      snprintf(msg, sizeof msg, "test double: timing cache reused from %ld earlier builds", builds);
+      log_msg(lib, NUSA_TRT_SEVERITY_INFO, msg);
     }
   }
-  at += snprintf(buf + at, sizeof buf - at, "profile %lld %lld %lld\n", (long long)pmin, (long long)popt, (long long)pmax);
-  nusa_trt_host_memory *m = malloc(sizeof *m + (size_t)at);
-  if (m == NULL) return fail(err, NUSA_TRT_ERR_OUT_OF_MEMORY, "%s", "out of host memory");
-  m->len = (size_t)at;
-  memcpy(m->data, buf, (size_t)at);
-  *out = m;
+  char tc[64];
+  int tc_len = snprintf(tc, sizeof tc, "NUSATIMING %ld\n", builds + 1);
+  nusa_trt_host_memory *plan = memory_from(header, (size_t)at, onnx, onnx_len);
+  nusa_trt_host_memory *timing = memory_from(tc, (size_t)tc_len, NULL, 0);
+  free(onnx);
+  if (plan == NULL || timing == NULL) {
+    free(plan);
+    free(timing);
+    return fail(err, NUSA_TRT_ERR_OUT_OF_MEMORY, "%s", "out of host memory");
+  }
+  out->plan = plan;
+  out->timing_cache = timing;
   return NUSA_TRT_OK;
 }
 
@@ -546,6 +715,19 @@ int32_t nusa_cuda_compute_capability(const nusa_trt_lib *lib, int32_t device, in
   *major = ma;
   *minor = mi;
   return NUSA_TRT_OK;
+}
+int32_t nusa_cuda_device_name(const nusa_trt_lib *lib, int32_t device, char *out, size_t out_len,
+                              nusa_trt_error *err) {
+  if (lib == NULL || out == NULL || out_len == 0)
+    return fail(err, NUSA_TRT_ERR_INVALID_ARGUMENT, "%s", "nusa_cuda_device_name: null argument");
+  if (lib->entry.cuda_get_device_properties == NULL)
+    return fail(err, NUSA_TRT_ERR_UNAVAILABLE, "%s", "entry point cuda_get_device_properties was not loaded");
+  char *prop = calloc(1, 8192);
+  if (prop == NULL) return fail(err, NUSA_TRT_ERR_OUT_OF_MEMORY, "%s", "out of host memory");
+  int rc = lib->entry.cuda_get_device_properties(prop, device);
+  if (rc == 0) snprintf(out, out_len, "%.*s", NUSA_TRT_DEVICE_NAME_LEN - 1, prop);
+  free(prop);
+  return rc == 0 ? NUSA_TRT_OK : cuda_fail(lib, err, "cudaGetDeviceProperties", rc);
 }
 const char *nusa_cuda_error_string(const nusa_trt_lib *lib, int32_t code) {
   if (lib == NULL) return "unknown CUDA error";

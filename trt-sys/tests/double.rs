@@ -48,11 +48,15 @@ fn violations() -> i64 {
 fn loads_symbols_and_reports_versions() {
     let trt = trt();
     let v = trt.version().unwrap();
-    assert_eq!(v.abi, 1);
+    assert_eq!(v.abi, 2);
     assert_eq!(v.tensorrt_library, 101600);
     assert_eq!(v.onnx_parser, 101600);
     assert_eq!(v.cuda_runtime, 12080);
     assert_eq!(trt.compute_capability(0).unwrap(), (8, 7));
+    assert_eq!(
+        trt.device_name(0).unwrap(),
+        "Nusa test double (host memory)"
+    );
     let before = trt.log_messages();
     let _rt = Runtime::new(&trt).unwrap();
     assert!(
@@ -245,31 +249,106 @@ fn handles_outlive_their_owners_in_any_drop_order() {
     );
 }
 
+/// The demo model, and ONNX Runtime for the double to run it with.
+fn demo_model() -> PathBuf {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    ONCE.call_once(|| {
+        if std::env::var_os("NUSA_TRT_DOUBLE_ONNXRUNTIME").is_none() {
+            let lib = std::env::var_os("ORT_DYLIB_PATH")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    root.join(format!(
+                        ".cache/onnxruntime/1.31.1-{}/libonnxruntime.so",
+                        std::env::consts::ARCH
+                    ))
+                });
+            assert!(
+                lib.is_file(),
+                "ONNX Runtime not at {}: run scripts/fetch-onnxruntime",
+                lib.display()
+            );
+            // Set once, before any test opens ONNX Runtime through the double.
+            std::env::set_var("NUSA_TRT_DOUBLE_ONNXRUNTIME", lib);
+        }
+    });
+    root.join("gateway/registry/demo/tiny-cnn/1/model.onnx")
+}
+
 #[test]
-fn builds_a_plan_with_a_profile_through_the_builder_path() {
+fn builds_a_plan_from_onnx_and_runs_the_model() {
     let trt = trt();
-    let dir = std::env::temp_dir().join(format!("trt-sys-build-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let onnx = dir.join("model.onnx");
-    std::fs::write(&onnx, b"stand-in").unwrap();
     let options = BuildOptions {
-        onnx: onnx.clone(),
-        profile: vec![(
-            "input".into(),
-            ProfileRange {
-                min: vec![1, 3],
-                opt: vec![4, 3],
-                max: vec![16, 3],
-            },
-        )],
+        onnx: demo_model(),
+        profile: vec![],
+        batch: (1, 4, 8),
         workspace_bytes: 1 << 30,
         fp16: true,
+        timing_cache: None,
     };
-    let plan = trt.build_from_onnx(&options).unwrap();
-    let inst = Instance::spawn(trt.clone(), plan, "built").unwrap();
-    assert_eq!(inst.info().profiles[0].1.max, vec![16, 3]);
-    assert_eq!(inst.info().io[1].name, "input_out");
+    let built = trt.build_from_onnx(&options).unwrap();
+    assert!(built.plan.starts_with(b"NUSAPLAN2\n"));
+    let timing = built.timing_cache.clone().expect("a timing cache");
+    assert_eq!(timing, b"NUSATIMING 1\n");
+    // The timing cache goes back in and comes out fed by one more build.
+    let again = trt
+        .build_from_onnx(&BuildOptions {
+            timing_cache: Some(timing),
+            ..options.clone()
+        })
+        .unwrap();
+    assert_eq!(again.timing_cache.unwrap(), b"NUSATIMING 2\n");
+    assert_eq!(
+        again.plan, built.plan,
+        "same model, same settings, same plan"
+    );
 
+    let inst = Instance::spawn(trt.clone(), built.plan, "tiny-cnn").unwrap();
+    let io = &inst.info().io;
+    assert_eq!(io[0].name, "input");
+    assert_eq!(io[0].shape, vec![-1, 3, 32, 32]);
+    assert_eq!(io[1].name, "probs");
+    assert_eq!(io[1].shape, vec![-1, 10]);
+    assert_eq!(inst.info().profiles[0].1.max, vec![8, 3, 32, 32]);
+    assert_eq!(inst.info().profiles[0].1.opt, vec![4, 3, 32, 32]);
+
+    let x: Vec<f32> = (0..2 * 3 * 32 * 32)
+        .map(|i| (i % 17) as f32 / 17.0)
+        .collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    inst.submit(
+        vec![HostTensor {
+            name: "input".into(),
+            data_type: DataType::Float,
+            shape: vec![2, 3, 32, 32],
+            data: floats(&x),
+        }],
+        Box::new(move |r| tx.send(r).unwrap()),
+    )
+    .map_err(|_| "instance stopped")
+    .unwrap();
+    let out = rx.recv().unwrap().unwrap();
+    assert_eq!(out[0].name, "probs");
+    assert_eq!(out[0].shape, vec![2, 10]);
+    let p = from_floats(&out[0].data);
+    for row in p.chunks(10) {
+        let sum: f32 = row.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-5, "softmax row sums to {sum}");
+    }
+    assert_ne!(p[..10], p[10..], "rows differ with their inputs");
+}
+
+#[test]
+fn builder_errors_are_clear() {
+    let trt = trt();
+    let options = BuildOptions {
+        onnx: demo_model(),
+        profile: vec![],
+        batch: (1, 4, 8),
+        workspace_bytes: 0,
+        fp16: false,
+        timing_cache: None,
+    };
     let e = trt
         .build_from_onnx(&BuildOptions {
             onnx: PathBuf::from("/nonexistent.onnx"),
@@ -278,6 +357,29 @@ fn builds_a_plan_with_a_profile_through_the_builder_path() {
         .unwrap_err();
     assert_eq!(e.status, Status::TensorRt);
     assert!(e.message.contains("/nonexistent.onnx"), "{e}");
+
+    let e = trt
+        .build_from_onnx(&BuildOptions {
+            batch: (4, 2, 8),
+            ..options.clone()
+        })
+        .unwrap_err();
+    assert_eq!(e.status, Status::InvalidArgument);
+    assert!(e.message.contains("min <= opt <= max"), "{e}");
+
+    let dir = std::env::temp_dir().join(format!("trt-sys-build-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let garbage = dir.join("model.onnx");
+    std::fs::write(&garbage, b"not a model").unwrap();
+    let e = trt
+        .build_from_onnx(&BuildOptions {
+            onnx: garbage,
+            ..options.clone()
+        })
+        .unwrap_err();
+    assert_eq!(e.status, Status::TensorRt);
+    assert!(e.message.contains("parsing the ONNX model"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
 
     // A runtime-only install (no parser): building says what is missing.
     let lean = LibraryPaths {
@@ -290,7 +392,6 @@ fn builds_a_plan_with_a_profile_through_the_builder_path() {
         .unwrap_err();
     assert_eq!(e.status, Status::Unavailable);
     assert!(e.message.contains("create_onnx_parser"), "{e}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

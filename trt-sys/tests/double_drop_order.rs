@@ -39,6 +39,7 @@ fn the_double_counts_a_runtime_destroyed_before_its_engine() {
             cuda_device_get_attribute: sym!("cudaDeviceGetAttribute"),
             cuda_runtime_get_version: sym!("cudaRuntimeGetVersion"),
             cuda_get_error_string: sym!("cudaGetErrorString"),
+            cuda_get_device_properties: sym!("cudaGetDeviceProperties_v2"),
         };
         let mut err = bindings::nusa_trt_error {
             status: 0,

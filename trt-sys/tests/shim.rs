@@ -52,7 +52,7 @@ fn the_real_shim_forwards_cuda_calls_and_versions() {
     let trt = Trt::load(&paths).unwrap();
     assert_eq!(trt.shim_path(), shim.display().to_string());
     let v = trt.version().unwrap();
-    assert_eq!(v.abi, 1);
+    assert_eq!(v.abi, 2);
     assert_eq!(
         v.tensorrt_compiled / 10000,
         10,
@@ -61,6 +61,13 @@ fn the_real_shim_forwards_cuda_calls_and_versions() {
     assert_eq!(v.tensorrt_library, 101600);
     assert_eq!(v.cuda_runtime, 12080);
     assert_eq!(trt.compute_capability(0).unwrap(), (8, 7));
+    // The real shim reads the name out of a cudaDeviceProp-sized buffer.
+    assert_eq!(
+        trt.device_name(0).unwrap(),
+        "Nusa test double (host memory)"
+    );
+    let e = trt.device_name(3).unwrap_err();
+    assert_eq!(e.status, Status::Cuda);
     let e = trt.compute_capability(1).unwrap_err();
     assert_eq!(e.status, Status::Cuda);
     assert!(
