@@ -1,11 +1,15 @@
 """The TensorRT engine end to end through nusad, without a GPU: trt-sys's test
-double of our C ABI (host memory as "device", y = 2x + 1 as the "model") is
-loaded as shim, libnvinfer and libcudart through NUSA_TRT_*, so engine
-selection, plan loading and a batch run the real code paths. Also the `auto`
-fallback to ONNX Runtime, and `engine = "tensorrt"` where TensorRT is absent."""
+double of our C ABI is loaded as shim, libnvinfer and libcudart through
+NUSA_TRT_*, so engine selection, plan building and caching, the move from
+ONNX Runtime to TensorRT and batch runs take the real code paths. The
+double's "GPU" is host memory; its builder wraps the ONNX model into a plan
+and its executor runs that model with ONNX Runtime, so answers are checked
+against the golden outputs. Also the `auto` fallback to ONNX Runtime, and
+`engine = "tensorrt"` where TensorRT is absent."""
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -30,7 +34,7 @@ def double_library() -> str:
 def server_with(tmp_path, env_extra: dict[str, str]) -> nt.NusadServer:
     models = nt.make_model_repo(tmp_path / "models", {nt.MODEL: ((1,), None)})
     doubled = models / "doubled"
-    (doubled / "1").mkdir(parents=True)
+    (doubled / "1").mkdir(parents=True, exist_ok=True)
     (doubled / "1" / "model.plan").write_bytes(PLAN)
     (doubled / "config.toml").write_text('engine = "tensorrt"\n')
     server = nt.NusadServer("trt", tmp_path, models)
@@ -50,10 +54,32 @@ def server_with(tmp_path, env_extra: dict[str, str]) -> nt.NusadServer:
     return server
 
 
-def test_a_plan_runs_through_the_tensorrt_engine_and_onnx_models_fall_back(tmp_path):
+def double_env(build_ms: int = 0) -> dict[str, str]:
     lib = double_library()
     env = {v: lib for v in ("NUSA_TRT_SHIM", "NUSA_TRT_NVINFER", "NUSA_TRT_ONNX_PARSER", "NUSA_TRT_CUDART")}
-    s = server_with(tmp_path, env)
+    env["NUSA_TRT_DOUBLE_BUILD_MS"] = str(build_ms)
+    return env
+
+
+def infer_tiny_cnn(s: nt.NusadServer) -> str:
+    """One golden tiny-cnn request; returns the engine that answered."""
+    x, expected = nt.golden_rows([0, 1, 2])
+    body, headers = nt.binary_infer_request(x, binary_output=True)
+    # no-cache: the answer must come from an engine, not the edge cache.
+    headers = {**headers, "cache-control": "no-cache"}
+    r = nt.https1(s, "POST", nt.infer_path(), body, headers)
+    nt.assert_infer_ok(r, expected)
+    assert r.headers.get("nusa-served-by") == "local", r
+    return r.headers["nusa-engine"]
+
+
+def engine_series(s: nt.NusadServer) -> dict[tuple[str, str], float]:
+    return {(m.labels["engine"], m.labels["reason"]): m.value
+            for m in nt.select(nt.scrape_metrics(s), "nusa_model_engine", model=nt.MODEL)}
+
+
+def test_a_plan_runs_through_the_tensorrt_engine(tmp_path):
+    s = server_with(tmp_path, double_env())
     try:
         meta = nt.https1(s, "GET", "/v2/models/doubled")
         assert meta.status == 200, meta
@@ -70,10 +96,59 @@ def test_a_plan_runs_through_the_tensorrt_engine_and_onnx_models_fall_back(tmp_p
         assert out["name"] == "y" and out["shape"] == [2, 4]
         np.testing.assert_array_equal(np.array(out["data"], dtype=np.float32), (2 * x + 1).flatten())
 
-        # The ONNX model has no plan: auto keeps it on ONNX Runtime.
-        nt.good_infer_http1(s)
         log = s.log_tail()
-        assert "engine selected" in log and "no version has model.plan" in log, log
+        assert "engine selected" in log, log
+    finally:
+        s.stop()
+
+
+def test_onnx_is_served_on_the_cpu_while_its_plan_builds_then_on_tensorrt(tmp_path):
+    """auto + TensorRT present + only model.onnx: ONNX Runtime answers at
+    once, the plan builds in the background (3 s here), then the same
+    model answers from TensorRT with the golden outputs; a restart loads the
+    cached plan without building; a torn plan is rebuilt."""
+    s = server_with(tmp_path, double_env(build_ms=3000))
+    try:
+        assert infer_tiny_cnn(s) == "onnxruntime"
+        assert engine_series(s) == {("onnxruntime", "building"): 1.0}
+        index = nt.https1(s, "POST", "/v2/repository/index", b"{}").json()
+        entry = next(m for m in index if m["name"] == nt.MODEL)
+        assert entry["state"] == "READY" and "builds" in entry["reason"], entry
+        deadline = time.monotonic() + 60
+        while infer_tiny_cnn(s) != "tensorrt":
+            assert time.monotonic() < deadline, s.log_tail()
+            time.sleep(0.2)
+        assert engine_series(s) == {("tensorrt", "auto_plan"): 1.0}
+        log = s.log_tail()
+        assert "building TensorRT plan" in log and "now runs on TensorRT" in log, log
+        assert "timing_cache=false" in log, log
+    finally:
+        s.stop()
+    plans = sorted((s.data_dir / "plans").rglob("*.plan"))
+    assert [p.relative_to(s.data_dir / "plans").parts[:2] for p in plans] == [(nt.MODEL, "1")], plans
+    assert list((s.data_dir / "plans").glob("timing-*.cache")), "a timing cache was kept"
+
+    # Restart: the cached plan loads at start, nothing is built.
+    s.log_path.unlink()
+    s = server_with(tmp_path, double_env(build_ms=3000))
+    try:
+        assert infer_tiny_cnn(s) == "tensorrt"
+        assert "building TensorRT plan" not in s.log_tail()
+    finally:
+        s.stop()
+
+    # A torn plan (a power cut while some other tool wrote it): removed,
+    # served from ONNX Runtime, rebuilt with the kept timing cache.
+    plans[0].write_bytes(plans[0].read_bytes()[:100])
+    s.log_path.unlink()
+    s = server_with(tmp_path, double_env(build_ms=0))
+    try:
+        deadline = time.monotonic() + 60
+        while infer_tiny_cnn(s) != "tensorrt":
+            assert time.monotonic() < deadline, s.log_tail()
+            time.sleep(0.2)
+        log = s.log_tail()
+        assert "cached TensorRT plan does not load" in log and "timing_cache=true" in log, log
     finally:
         s.stop()
 

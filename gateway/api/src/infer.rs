@@ -95,13 +95,18 @@ async fn infer(
     let version_str = mv.version.to_string();
     let encoded = encode_infer_response(model, Some(&version_str), request.id.as_deref(), &outputs)
         .map_err(|e| ProtoError::bad_request(format!("encoding the response: {e}")))?;
-    let mut headers = Vec::with_capacity(3);
+    let mut headers = Vec::with_capacity(4);
     match encoded.header_length {
         Some(n) => {
             headers.push(("content-type", "application/octet-stream".to_string()));
             headers.push((nusa_proto::HEADER_LENGTH, n.to_string()));
         }
         None => headers.push(("content-type", "application/json".to_string())),
+    }
+    if served_by == nusa_dispatch::ServedBy::Local {
+        // The engine serving the version as the answer left (a TensorRT
+        // plan may replace ONNX Runtime between two requests).
+        headers.push(("nusa-engine", mv.engine().engine.to_string()));
     }
     headers.push(("nusa-served-by", served_by.header()));
     Ok(ApiResponse {

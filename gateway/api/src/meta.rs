@@ -132,10 +132,12 @@ pub(crate) fn repository_index(repo: &Repository) -> ApiResponse {
         if m.versions.is_empty() {
             out.push(json!({"name": m.name, "state": "UNAVAILABLE", "reason": m.error.clone().unwrap_or_default()}));
         }
-        for v in m.versions.keys() {
-            out.push(
-                json!({"name": m.name, "version": v.to_string(), "state": "READY", "reason": ""}),
-            );
+        for (v, mv) in &m.versions {
+            // Ready on some engine; the reason says which and why, e.g.
+            // ONNX Runtime while a TensorRT plan builds.
+            let e = mv.engine();
+            out.push(json!({"name": m.name, "version": v.to_string(), "state": "READY",
+                "reason": format!("{}: {}", e.engine, e.detail)}));
         }
     }
     ApiResponse::json(200, Value::Array(out).to_string())

@@ -109,7 +109,7 @@ fn dispatcher(
 /// Library candidates come from trt-sys's defaults, each list overridable
 /// with a colon-separated environment variable: `NUSA_TRT_SHIM`,
 /// `NUSA_TRT_NVINFER`, `NUSA_TRT_ONNX_PARSER`, `NUSA_TRT_CUDART`.
-fn tensorrt() -> Result<Arc<dyn nusa_engine::EngineFactory>, String> {
+fn tensorrt(config: &Config, data: &std::path::Path) -> Result<Arc<dyn nusa_engine::EngineFactory>, String> {
     let mut paths = trt_sys::LibraryPaths::default();
     for (var, list) in [
         ("NUSA_TRT_SHIM", &mut paths.shim),
@@ -121,12 +121,17 @@ fn tensorrt() -> Result<Arc<dyn nusa_engine::EngineFactory>, String> {
             *list = std::env::split_paths(&v).collect();
         }
     }
-    let factory = nusa_engine_trt::TrtFactory::new(&paths).map_err(|e| e.to_string())?;
-    let (major, minor) = factory
-        .trt()
-        .compute_capability(0)
-        .map_err(|e| format!("no usable GPU: {e}"))?;
-    tracing::info!(compute_capability = %format!("{major}.{minor}"), "TensorRT engine ready");
+    let t = &config.tensorrt;
+    let factory = nusa_engine_trt::TrtFactory::new(nusa_engine_trt::TrtOptions {
+        libraries: paths,
+        plan_dir: t.plan_dir.clone().unwrap_or_else(|| data.join("plans")),
+        build: nusa_engine_trt::plans::BuildSettings {
+            workspace_bytes: t.workspace_bytes,
+            fp16: t.fp16,
+        },
+        device: t.device,
+    })
+    .map_err(|e| e.to_string())?;
     Ok(Arc::new(factory))
 }
 
@@ -173,7 +178,7 @@ pub async fn run(
     let metrics = Metrics::new();
     let engines = Engines {
         onnxruntime: Arc::new(factory),
-        tensorrt: tensorrt(),
+        tensorrt: tensorrt(&config, &data),
     };
     let repo = Arc::new(Repository::load(&models, engines, &metrics).await?);
     if !repo.ready() {

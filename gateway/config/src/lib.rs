@@ -19,6 +19,7 @@ pub struct Config {
     pub tls: Tls,
     pub limits: Limits,
     pub onnxruntime: OnnxRuntime,
+    pub tensorrt: TensorRt,
     pub cache: Cache,
     pub spill: Spill,
     /// Regional cloud endpoints that speak the Open Inference Protocol.
@@ -165,6 +166,31 @@ pub struct OnnxRuntime {
     pub inter_op_threads: usize,
 }
 
+/// TensorRT's builder settings and plan cache (libraries: `NUSA_TRT_*`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TensorRt {
+    /// Where plans built on this device are kept; unset: `data_dir/plans`.
+    pub plan_dir: Option<PathBuf>,
+    /// The builder's workspace memory limit, bytes.
+    pub workspace_bytes: u64,
+    /// Let the builder pick FP16 kernels where the GPU has fast FP16.
+    pub fp16: bool,
+    /// The CUDA device to run on.
+    pub device: i32,
+}
+
+impl Default for TensorRt {
+    fn default() -> TensorRt {
+        TensorRt {
+            plan_dir: None,
+            workspace_bytes: 1 << 30,
+            fp16: true,
+            device: 0,
+        }
+    }
+}
+
 impl Default for Server {
     fn default() -> Server {
         Server {
@@ -215,6 +241,7 @@ impl Default for Config {
             tls: Tls::default(),
             limits: Limits::default(),
             onnxruntime: OnnxRuntime::default(),
+            tensorrt: TensorRt::default(),
             cache: Cache::default(),
             spill: Spill::default(),
             regions: Vec::new(),

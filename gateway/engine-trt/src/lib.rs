@@ -1,5 +1,5 @@
-//! The GPU engine: serialized TensorRT plans (`model.plan`) run through
-//! trt-sys.
+//! The GPU engine: TensorRT plans run through trt-sys, built on the device
+//! from `model.onnx` (see [`plans`]) or shipped prebuilt as `model.plan`.
 //!
 //! TensorRT and the CUDA runtime are opened at run time (trt-sys), so the
 //! gateway binary runs where they are absent; [`TrtFactory::new`] is where
@@ -13,46 +13,210 @@
 //! No `unsafe` here yet: everything goes through trt-sys's safe wrapper.
 
 mod convert;
+pub mod plans;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use nusa_engine::{
-    BatchInput, Engine, EngineError, EngineFactory, Health, ModelMetadata, RunFuture, TensorSpec,
+    BatchInput, Engine, EngineError, EngineFactory, Health, LoadHints, ModelMetadata, RunFuture,
+    TensorSpec,
 };
 use nusa_tensor::Tensor;
+use parking_lot::Mutex;
+use plans::{batch_range, BuildSettings, PlanStore};
 use tokio::sync::oneshot;
-use trt_sys::{HostTensor, Instance, IoMode, LibraryPaths, Trt};
+use trt_sys::{BuildOptions, HostTensor, Instance, IoMode, LibraryPaths, Trt, VersionInfo};
 
-/// Loads `model.plan` files. Holds the opened libraries for every instance.
+const ONNX: &str = "model.onnx";
+const PLAN: &str = "model.plan";
+
+/// How the factory finds its libraries and keeps its plans.
+#[derive(Clone, Debug)]
+pub struct TrtOptions {
+    pub libraries: LibraryPaths,
+    /// Where built plans and the timing cache go (on the data partition).
+    pub plan_dir: PathBuf,
+    pub build: BuildSettings,
+    /// The GPU this gateway runs on.
+    pub device: i32,
+}
+
+/// Loads TensorRT plans, building them from ONNX when needed. Holds the
+/// opened libraries for every instance.
 pub struct TrtFactory {
     trt: Trt,
+    version: VersionInfo,
+    store: PlanStore,
+    build: BuildSettings,
+    /// One build at a time: each takes the GPU's memory and minutes, and
+    /// they share the timing cache file.
+    building: Mutex<()>,
 }
 
 impl TrtFactory {
-    /// Opens the shim, TensorRT and the CUDA runtime.
-    pub fn new(paths: &LibraryPaths) -> Result<Self, EngineError> {
-        let trt = Trt::load(paths).map_err(|e| EngineError::Library(e.to_string()))?;
-        match trt.version() {
-            Ok(v) => tracing::info!(
-                tensorrt = v.tensorrt_library,
-                compiled = v.tensorrt_compiled,
-                cuda = v.cuda_runtime,
-                "TensorRT engine available"
-            ),
-            Err(e) => return Err(EngineError::Library(e.to_string())),
-        }
-        Ok(Self { trt })
+    /// Opens the shim, TensorRT and the CUDA runtime, and reads what plan
+    /// keys need from the GPU. Fails without a usable GPU.
+    pub fn new(options: TrtOptions) -> Result<Self, EngineError> {
+        let lib = |e: trt_sys::TrtError| EngineError::Library(e.to_string());
+        let trt =
+            Trt::load(&options.libraries).map_err(|e| EngineError::Library(e.to_string()))?;
+        let version = trt.version().map_err(lib)?;
+        let (major, minor) = trt
+            .compute_capability(options.device)
+            .map_err(|e| EngineError::Library(format!("no usable GPU: {e}")))?;
+        // Older CUDA runtimes may lack the call; the capability still keys.
+        let gpu = trt
+            .device_name(options.device)
+            .unwrap_or_else(|_| "unknown".into());
+        tracing::info!(
+            tensorrt = version.tensorrt_library,
+            compiled = version.tensorrt_compiled,
+            cuda = version.cuda_runtime,
+            gpu = %gpu,
+            compute_capability = %format!("{major}.{minor}"),
+            builder = version.onnx_parser != 0,
+            "TensorRT engine available"
+        );
+        let device = vec![
+            ("tensorrt".into(), version.tensorrt_library.to_string()),
+            ("onnx_parser".into(), version.onnx_parser.to_string()),
+            ("shim_abi".into(), version.abi.to_string()),
+            ("shim_tensorrt".into(), version.tensorrt_compiled.to_string()),
+            ("gpu".into(), gpu),
+            ("compute_capability".into(), format!("{major}.{minor}")),
+        ];
+        Ok(Self {
+            trt,
+            version,
+            store: PlanStore::new(options.plan_dir, device),
+            build: options.build,
+            building: Mutex::new(()),
+        })
     }
 
     pub fn trt(&self) -> &Trt {
         &self.trt
     }
+
+    /// Whether plans can be built here (a lean runtime only deserializes).
+    pub fn can_build(&self) -> bool {
+        self.version.onnx_parser != 0
+    }
+
+    fn cached_plan(&self, dir: &Path, hints: &LoadHints) -> Result<PathBuf, EngineError> {
+        let onnx = dir.join(ONNX);
+        let key = self
+            .store
+            .key(&onnx, batch_range(hints.max_batch_size), &self.build)
+            .map_err(|e| EngineError::Load {
+                path: onnx.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(self.store.plan_path(&hints.model, hints.version, &key))
+    }
 }
 
 impl EngineFactory for TrtFactory {
     fn model_file(&self) -> &'static str {
-        "model.plan"
+        PLAN
+    }
+
+    fn has_model(&self, dir: &Path) -> bool {
+        dir.join(PLAN).is_file() || (self.can_build() && dir.join(ONNX).is_file())
+    }
+
+    /// A plan cached for this ONNX, machine and settings first, then a
+    /// prebuilt `model.plan`; `None` when a build must run. A cached plan
+    /// that fails to load is removed, so the build replaces it.
+    fn load_version(
+        &self,
+        dir: &Path,
+        hints: &LoadHints,
+    ) -> Result<Option<Box<dyn Engine>>, EngineError> {
+        let buildable = self.can_build() && dir.join(ONNX).is_file();
+        if buildable {
+            let cached = self.cached_plan(dir, hints)?;
+            if cached.is_file() {
+                match self.load(&cached) {
+                    Ok(e) => return Ok(Some(e)),
+                    Err(e) => {
+                        tracing::warn!(model = %hints.model, version = hints.version, error = %e, "cached TensorRT plan does not load: removing it and building again");
+                        if let Err(e) = std::fs::remove_file(&cached) {
+                            tracing::warn!(path = %cached.display(), error = %e, "removing the bad plan");
+                        }
+                    }
+                }
+            }
+        }
+        let prebuilt = dir.join(PLAN);
+        if prebuilt.is_file() {
+            match self.load(&prebuilt) {
+                Ok(e) => return Ok(Some(e)),
+                Err(e) if buildable => {
+                    tracing::warn!(model = %hints.model, version = hints.version, error = %e, "the shipped model.plan does not load here: building from model.onnx");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if buildable {
+            return Ok(None);
+        }
+        Err(EngineError::Load {
+            path: dir.to_path_buf(),
+            message: if dir.join(ONNX).is_file() {
+                "no model.plan, and this TensorRT install has no builder (ONNX parser) to build one from model.onnx".into()
+            } else {
+                "no model.plan or model.onnx".into()
+            },
+        })
+    }
+
+    fn build_version(&self, dir: &Path, hints: &LoadHints) -> Result<(), EngineError> {
+        let _one_at_a_time = self.building.lock();
+        let path = self.cached_plan(dir, hints)?;
+        if path.is_file() {
+            return Ok(());
+        }
+        let onnx = dir.join(ONNX);
+        let batch = batch_range(hints.max_batch_size);
+        let key = self
+            .store
+            .key(&onnx, batch, &self.build)
+            .map_err(|e| EngineError::Load {
+                path: onnx.clone(),
+                message: e.to_string(),
+            })?;
+        let timing_cache = self.store.timing_cache();
+        tracing::info!(model = %hints.model, version = hints.version, key = %key.id, batch = ?batch, timing_cache = timing_cache.is_some(), "building TensorRT plan");
+        let started = Instant::now();
+        let built = self
+            .trt
+            .build_from_onnx(&BuildOptions {
+                onnx: onnx.clone(),
+                profile: Vec::new(),
+                batch,
+                workspace_bytes: self.build.workspace_bytes,
+                fp16: self.build.fp16,
+                timing_cache,
+            })
+            .map_err(|e| EngineError::Load {
+                path: onnx.clone(),
+                message: format!("building a TensorRT plan: {e}"),
+            })?;
+        let io_err = |e: std::io::Error| EngineError::Load {
+            path: path.clone(),
+            message: format!("storing the built plan: {e}"),
+        };
+        self.store.store(&path, &key, &built.plan).map_err(io_err)?;
+        if let Some(t) = &built.timing_cache {
+            if let Err(e) = self.store.store_timing_cache(t) {
+                tracing::warn!(error = %e, "storing the timing cache");
+            }
+        }
+        tracing::info!(model = %hints.model, version = hints.version, seconds = started.elapsed().as_secs_f64(), bytes = built.plan.len(), path = %path.display(), "TensorRT plan built");
+        Ok(())
     }
 
     fn load(&self, path: &Path) -> Result<Box<dyn Engine>, EngineError> {

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use nusa_engine::{BatchInput, EngineError, EngineFactory, TensorSpec};
-use nusa_engine_trt::TrtFactory;
+use nusa_engine_trt::{TrtFactory, TrtOptions};
 use nusa_tensor::{DataType, TensorData};
 use trt_sys::LibraryPaths;
 
@@ -22,7 +22,16 @@ fn plan_file(tag: &str, plan: &str) -> PathBuf {
 }
 
 fn factory() -> TrtFactory {
-    TrtFactory::new(&LibraryPaths::all_from(trt_sys::test_double())).unwrap()
+    TrtFactory::new(options(LibraryPaths::all_from(trt_sys::test_double()))).unwrap()
+}
+
+fn options(libraries: LibraryPaths) -> TrtOptions {
+    TrtOptions {
+        libraries,
+        plan_dir: std::env::temp_dir().join(format!("nusa-engine-trt-plans-{}", std::process::id())),
+        build: Default::default(),
+        device: 0,
+    }
 }
 
 fn floats(v: &[f32]) -> Vec<u8> {
@@ -127,11 +136,22 @@ fn without_tensorrt_the_factory_says_which_library_is_missing() {
         nvinfer: vec!["/nonexistent/libnvinfer.so.10".into()],
         ..LibraryPaths::all_from(trt_sys::test_double())
     };
-    match TrtFactory::new(&paths) {
+    match TrtFactory::new(options(paths)) {
         Err(EngineError::Library(m)) => {
             assert!(m.contains("TensorRT (libnvinfer) library not found"), "{m}")
         }
         Err(e) => panic!("{e}"),
         Ok(_) => panic!("loaded without libnvinfer"),
+    }
+}
+
+#[test]
+fn without_a_gpu_the_factory_says_so() {
+    let mut o = options(LibraryPaths::all_from(trt_sys::test_double()));
+    o.device = 3; // the double has device 0 only
+    match TrtFactory::new(o) {
+        Err(EngineError::Library(m)) => assert!(m.contains("no usable GPU"), "{m}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("loaded without a GPU"),
     }
 }

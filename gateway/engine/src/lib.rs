@@ -114,11 +114,50 @@ pub trait Engine: Send + Sync + 'static {
     fn health(&self) -> Health;
 }
 
+/// What a factory knows of the model a version directory is loaded for.
+#[derive(Clone, Debug)]
+pub struct LoadHints {
+    pub model: String,
+    pub version: u64,
+    /// The batcher's largest batch (0: no batching): compiled engines size
+    /// their batch range by it.
+    pub max_batch_size: usize,
+}
+
 /// How to load a model file into an engine: one per kind of engine.
+///
+/// Engines that compile models (TensorRT) override the `*_version` methods:
+/// [`EngineFactory::load_version`] answers `Ok(None)` when a build must run
+/// first, and [`EngineFactory::build_version`] runs it.
 pub trait EngineFactory: Send + Sync + 'static {
     /// The file name in a version directory this engine loads, e.g. `model.onnx`.
     fn model_file(&self) -> &'static str;
 
     /// Loads one instance. Called off the async runtime (it may block).
     fn load(&self, path: &std::path::Path) -> Result<Box<dyn Engine>, EngineError>;
+
+    /// Whether a version directory holds something this engine can serve.
+    fn has_model(&self, version_dir: &std::path::Path) -> bool {
+        version_dir.join(self.model_file()).is_file()
+    }
+
+    /// Loads one instance for a version directory, or `Ok(None)` when it
+    /// must be built first. Called off the async runtime.
+    fn load_version(
+        &self,
+        version_dir: &std::path::Path,
+        _hints: &LoadHints,
+    ) -> Result<Option<Box<dyn Engine>>, EngineError> {
+        self.load(&version_dir.join(self.model_file())).map(Some)
+    }
+
+    /// Builds what [`EngineFactory::load_version`] needs (blocking; minutes
+    /// for a large model on a small GPU).
+    fn build_version(
+        &self,
+        _version_dir: &std::path::Path,
+        _hints: &LoadHints,
+    ) -> Result<(), EngineError> {
+        Ok(())
+    }
 }

@@ -1,7 +1,14 @@
 //! The model repository: a directory in Triton's shape,
-//! `<model>/<version>/model.onnx` (or `model.plan` for TensorRT) plus an
+//! `<model>/<version>/model.onnx` (and/or `model.plan` for TensorRT) plus an
 //! optional `<model>/config.toml`. Loading picks each model's engine, then
 //! builds each version's engine instances and its scheduler.
+//!
+//! A TensorRT version whose plan must first be built on this device starts
+//! on ONNX Runtime and moves to TensorRT when the build is done: the build
+//! runs in the background, then the scheduler's engines are replaced (no
+//! request is dropped). Until then the version reports engine `onnxruntime`,
+//! state `building` (metric `nusa_model_engine`, response header
+//! `nusa-engine`, repository index).
 
 mod config;
 mod demo;
@@ -10,7 +17,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use nusa_engine::{Engine, EngineFactory, ModelMetadata};
+use nusa_engine::{Engine, EngineFactory, LoadHints, ModelMetadata};
+use parking_lot::Mutex;
 use nusa_sched::Scheduler;
 use nusa_telemetry::Metrics;
 
@@ -23,6 +31,26 @@ pub struct ModelVersion {
     pub metadata: ModelMetadata,
     pub scheduler: Scheduler,
     pub max_batch_size: usize,
+    engine: Mutex<EngineState>,
+}
+
+impl ModelVersion {
+    /// The engine serving this version now, and why.
+    pub fn engine(&self) -> EngineState {
+        self.engine.lock().clone()
+    }
+}
+
+/// Which engine serves a version, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineState {
+    /// `onnxruntime` or `tensorrt`.
+    pub engine: &'static str,
+    /// A short code (the metric label): `configured`, `auto_plan`,
+    /// `auto_no_tensorrt`, `auto_no_model`, `building`, `build_failed`.
+    pub reason: &'static str,
+    /// The whole story, for logs and the repository index.
+    pub detail: String,
 }
 
 /// The engines a repository can load models with.
@@ -37,6 +65,7 @@ pub struct Engines {
 struct Selected {
     factory: Arc<dyn EngineFactory>,
     engine: &'static str,
+    code: &'static str,
     reason: String,
 }
 
@@ -96,7 +125,7 @@ impl Repository {
     pub async fn load(
         root: &Path,
         engines: Engines,
-        metrics: &Metrics,
+        metrics: &Arc<Metrics>,
     ) -> Result<Repository, RegistryError> {
         let read_err = |source| RegistryError::Read {
             path: root.to_path_buf(),
@@ -192,11 +221,13 @@ fn select(choice: EngineChoice, engines: &Engines, dir: &Path) -> Result<Selecte
         (EngineChoice::Onnxruntime, _) => Ok(Selected {
             factory: ort(),
             engine: "onnxruntime",
+            code: "configured",
             reason: "configured".into(),
         }),
         (EngineChoice::Tensorrt, Ok(trt)) => Ok(Selected {
             factory: Arc::clone(trt),
             engine: "tensorrt",
+            code: "configured",
             reason: "configured".into(),
         }),
         (EngineChoice::Tensorrt, Err(why)) => Err(format!(
@@ -205,36 +236,33 @@ fn select(choice: EngineChoice, engines: &Engines, dir: &Path) -> Result<Selecte
         (EngineChoice::Auto, Err(why)) => Ok(Selected {
             factory: ort(),
             engine: "onnxruntime",
+            code: "auto_no_tensorrt",
             reason: format!("auto: TensorRT not available: {why}"),
         }),
         (EngineChoice::Auto, Ok(trt)) => {
-            let has_plan = std::fs::read_dir(dir)
-                .map(|rd| {
-                    rd.filter_map(Result::ok)
-                        .any(|e| e.path().join(trt.model_file()).is_file())
-                })
+            let usable = std::fs::read_dir(dir)
+                .map(|rd| rd.filter_map(Result::ok).any(|e| trt.has_model(&e.path())))
                 .unwrap_or(false);
-            if has_plan {
+            if usable {
                 Ok(Selected {
                     factory: Arc::clone(trt),
                     engine: "tensorrt",
-                    reason: format!(
-                        "auto: TensorRT available and a version has {}",
-                        trt.model_file()
-                    ),
+                    code: "auto_plan",
+                    reason: "auto: TensorRT available and a version has a plan or ONNX to build one from".into(),
                 })
             } else {
                 Ok(Selected {
                     factory: ort(),
                     engine: "onnxruntime",
-                    reason: format!("auto: no version has {}", trt.model_file()),
+                    code: "auto_no_model",
+                    reason: "auto: no version has a model.plan, or a model.onnx this TensorRT can build from".into(),
                 })
             }
         }
     }
 }
 
-async fn load_model(dir: &Path, name: &str, engines: &Engines, metrics: &Metrics) -> Model {
+async fn load_model(dir: &Path, name: &str, engines: &Engines, metrics: &Arc<Metrics>) -> Model {
     let mut model = Model {
         name: name.to_string(),
         config: ModelConfig::default(),
@@ -262,7 +290,7 @@ async fn load_model(dir: &Path, name: &str, engines: &Engines, metrics: &Metrics
     let mut versions: Vec<u64> = match std::fs::read_dir(dir) {
         Ok(rd) => rd
             .filter_map(Result::ok)
-            .filter(|e| e.path().join(factory.model_file()).is_file())
+            .filter(|e| factory.has_model(&e.path()))
             .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u64>().ok()))
             .filter(|&v| v > 0)
             .collect(),
@@ -284,10 +312,14 @@ async fn load_model(dir: &Path, name: &str, engines: &Engines, metrics: &Metrics
         versions.drain(..versions.len() - 1);
     }
     for v in versions {
-        let path = dir.join(v.to_string()).join(factory.model_file());
-        match load_version(&path, v, name, &model.config, factory, metrics).await {
-            Ok(mv) => {
-                model.versions.insert(v, Arc::new(mv));
+        let vdir = dir.join(v.to_string());
+        match load_version(&vdir, v, name, &model.config, &selected, engines, metrics).await {
+            Ok((mv, pending)) => {
+                let mv = Arc::new(mv);
+                if let Some(pending) = pending {
+                    tokio::spawn(pending.run(Arc::clone(&mv), Arc::clone(metrics)));
+                }
+                model.versions.insert(v, mv);
             }
             Err(e) => {
                 model.error = Some(format!("version {v}: {e}"));
@@ -297,27 +329,169 @@ async fn load_model(dir: &Path, name: &str, engines: &Engines, metrics: &Metrics
     model
 }
 
-async fn load_version(
-    path: &Path,
-    version: u64,
-    name: &str,
-    config: &ModelConfig,
+/// Loads every instance of one version on one factory: `Ok(None)` when a
+/// build must run first (known from the first instance).
+async fn instances(
     factory: &Arc<dyn EngineFactory>,
-    metrics: &Metrics,
-) -> Result<ModelVersion, String> {
+    dir: &Path,
+    hints: &LoadHints,
+    count: usize,
+) -> Result<Option<Vec<Arc<dyn Engine>>>, String> {
     let mut engines: Vec<Arc<dyn Engine>> = Vec::new();
-    for _ in 0..config.instances.count.max(1) {
+    for _ in 0..count.max(1) {
         let factory = Arc::clone(factory);
-        let path = path.to_path_buf();
+        let dir = dir.to_path_buf();
+        let hints = hints.clone();
         // Loading parses and optimises the model: keep it off the runtime.
-        let engine = tokio::task::spawn_blocking(move || factory.load(&path))
+        let engine = tokio::task::spawn_blocking(move || factory.load_version(&dir, &hints))
             .await
             .map_err(|e| format!("loader panicked: {e}"))?
             .map_err(|e| e.to_string())?;
-        engines.push(Arc::from(engine));
+        match engine {
+            Some(e) => engines.push(Arc::from(e)),
+            None if engines.is_empty() => return Ok(None),
+            None => return Err("the engine's plan went away while loading instances".into()),
+        }
     }
-    let metadata = engines[0].metadata().clone();
+    Ok(Some(engines))
+}
+
+/// A TensorRT build to run once the version serves on ONNX Runtime.
+struct PendingBuild {
+    factory: Arc<dyn EngineFactory>,
+    dir: PathBuf,
+    hints: LoadHints,
+    count: usize,
+    code: &'static str,
+}
+
+impl PendingBuild {
+    async fn run(self, version: Arc<ModelVersion>, metrics: Arc<Metrics>) {
+        let model = self.hints.model.clone();
+        let outcome = async {
+            let factory = Arc::clone(&self.factory);
+            let (dir, hints) = (self.dir.clone(), self.hints.clone());
+            tokio::task::spawn_blocking(move || factory.build_version(&dir, &hints))
+                .await
+                .map_err(|e| format!("builder panicked: {e}"))?
+                .map_err(|e| e.to_string())?;
+            let engines = instances(&self.factory, &self.dir, &self.hints, self.count)
+                .await?
+                .ok_or("the built plan was not found")?;
+            compatible(&version.metadata, engines[0].metadata())?;
+            version.scheduler.replace_engines(engines)
+        }
+        .await;
+        let next = match outcome {
+            Ok(()) => {
+                tracing::info!(model = %model, version = version.version, "TensorRT plan loaded: the model now runs on TensorRT");
+                EngineState {
+                    engine: "tensorrt",
+                    reason: self.code,
+                    detail: "TensorRT plan built on this device".into(),
+                }
+            }
+            Err(e) => {
+                tracing::error!(model = %model, version = version.version, error = %e, "TensorRT build failed: the model stays on ONNX Runtime");
+                EngineState {
+                    engine: "onnxruntime",
+                    reason: "build_failed",
+                    detail: format!("TensorRT build failed: {e}"),
+                }
+            }
+        };
+        let mut state = version.engine.lock();
+        metrics.model_engine(
+            &model,
+            version.version,
+            next.engine,
+            next.reason,
+            Some((state.engine, state.reason)),
+        );
+        *state = next;
+    }
+}
+
+/// Whether engines built for `new` can serve requests checked against
+/// `old` (the ONNX Runtime metadata the API validates with).
+fn compatible(old: &ModelMetadata, new: &ModelMetadata) -> Result<(), String> {
+    let same = |a: &[nusa_engine::TensorSpec], b: &[nusa_engine::TensorSpec]| {
+        a.len() == b.len()
+            && a.iter().zip(b).all(|(x, y)| {
+                x.name == y.name
+                    && x.datatype == y.datatype
+                    && x.shape.len() == y.shape.len()
+                    && x.shape.iter().zip(&y.shape).all(|(p, q)| p == q || *p < 0 || *q < 0)
+            })
+    };
+    if same(&old.inputs, &new.inputs) && same(&old.outputs, &new.outputs) {
+        Ok(())
+    } else {
+        Err(format!(
+            "the TensorRT plan's tensors differ from the ONNX model's: {:?} -> {:?} vs {:?} -> {:?}",
+            new.inputs, new.outputs, old.inputs, old.outputs
+        ))
+    }
+}
+
+async fn load_version(
+    dir: &Path,
+    version: u64,
+    name: &str,
+    config: &ModelConfig,
+    selected: &Selected,
+    all: &Engines,
+    metrics: &Arc<Metrics>,
+) -> Result<(ModelVersion, Option<PendingBuild>), String> {
     let policy = config.policy();
+    let count = config.instances.count.max(1);
+    let hints = LoadHints {
+        model: name.to_string(),
+        version,
+        max_batch_size: policy.max_batch_size,
+    };
+    let (engines, state, pending) = match instances(&selected.factory, dir, &hints, count).await? {
+        Some(engines) => (
+            engines,
+            EngineState {
+                engine: selected.engine,
+                reason: selected.code,
+                detail: selected.reason.clone(),
+            },
+            None,
+        ),
+        None => {
+            // A plan must be built: serve from the CPU meanwhile.
+            let ort = &all.onnxruntime;
+            if !ort.has_model(dir) {
+                return Err(format!(
+                    "the TensorRT plan must be built first and there is no {} to serve from meanwhile",
+                    ort.model_file()
+                ));
+            }
+            let engines = instances(ort, dir, &hints, count)
+                .await?
+                .ok_or("ONNX Runtime asked for a build")?;
+            tracing::info!(model = %name, version, "no TensorRT plan for this device yet: serving from ONNX Runtime while it builds");
+            let pending = PendingBuild {
+                factory: Arc::clone(&selected.factory),
+                dir: dir.to_path_buf(),
+                hints: hints.clone(),
+                count,
+                code: selected.code,
+            };
+            (
+                engines,
+                EngineState {
+                    engine: "onnxruntime",
+                    reason: "building",
+                    detail: "serving from ONNX Runtime while the TensorRT plan builds".into(),
+                },
+                Some(pending),
+            )
+        }
+    };
+    let metadata = engines[0].metadata().clone();
     if policy.max_batch_size > 0 && !metadata.batchable() {
         return Err(format!(
             "batching.max_batch_size is {} but not every input and output has a variable first dimension; set it to 0",
@@ -326,12 +500,17 @@ async fn load_version(
     }
     let max_batch_size = policy.max_batch_size;
     let scheduler = Scheduler::spawn(policy, engines, metadata.clone(), metrics.model(name));
-    Ok(ModelVersion {
-        version,
-        metadata,
-        scheduler,
-        max_batch_size,
-    })
+    metrics.model_engine(name, version, state.engine, state.reason, None);
+    Ok((
+        ModelVersion {
+            version,
+            metadata,
+            scheduler,
+            max_batch_size,
+            engine: Mutex::new(state),
+        },
+        pending,
+    ))
 }
 
 #[cfg(test)]

@@ -55,6 +55,9 @@ struct Job {
 
 enum Msg {
     Submit(Job, RequestInfo),
+    /// New engines for the same instances (a TensorRT plan replacing ONNX
+    /// Runtime once built): batches started later run on them.
+    Replace(Vec<Arc<dyn Engine>>),
     /// An instance finished its batch of `rows`, successfully or not.
     Done {
         instance: usize,
@@ -182,6 +185,23 @@ impl Scheduler {
         self.batching
     }
 
+    /// Moves the model onto other engines, one per instance as before.
+    /// Batches already running finish on the old ones; nothing queued is
+    /// lost. The batch cost estimates start over, since they were the old
+    /// engines' costs.
+    pub fn replace_engines(&self, engines: Vec<Arc<dyn Engine>>) -> Result<(), String> {
+        let running = self.shared.lock().view.running.len();
+        if engines.len() != running {
+            return Err(format!(
+                "{} replacement engines for {running} instances",
+                engines.len()
+            ));
+        }
+        self.tx
+            .send(Msg::Replace(engines))
+            .map_err(|_| "the scheduler stopped".to_string())
+    }
+
     /// Queues one request whose inputs are already checked against the
     /// model (every input present, in the model's order, with one batch
     /// dimension of `rows` when batching).
@@ -264,6 +284,10 @@ impl Driver {
             match wake {
                 Wake::Closed => break,
                 Wake::Tick | Wake::Msg(Msg::Tick) => {}
+                Wake::Msg(Msg::Replace(engines)) => {
+                    self.engines = engines;
+                    self.shared.lock().service = ServiceTimes::default();
+                }
                 Wake::Msg(Msg::Submit(job, info)) => {
                     if let Err((job, why)) = self.batcher.enqueue(job, info, now) {
                         let err = match why {

@@ -30,6 +30,14 @@ struct ModelLabels {
     model: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EngineLabels {
+    model: String,
+    version: String,
+    engine: &'static str,
+    reason: &'static str,
+}
+
 #[derive(Clone)]
 struct Buckets(fn() -> Histogram);
 
@@ -55,6 +63,7 @@ pub struct Metrics {
     duration: Family<PhaseLabels, Histogram, Buckets>,
     batch_size: Family<ModelLabels, Histogram, Buckets>,
     queue_depth: Family<ModelLabels, Gauge>,
+    engine: Family<EngineLabels, Gauge>,
 }
 
 impl Metrics {
@@ -64,6 +73,7 @@ impl Metrics {
         let duration = Family::new_with_constructor(Buckets(latency_buckets));
         let batch_size = Family::new_with_constructor(Buckets(batch_buckets));
         let queue_depth = Family::<ModelLabels, Gauge>::default();
+        let engine = Family::<EngineLabels, Gauge>::default();
         registry.register(
             "requests",
             "Inference requests by model, outcome and protocol (http1, http2, http3)",
@@ -84,12 +94,18 @@ impl Metrics {
             "Requests waiting in a model's batching queue",
             queue_depth.clone(),
         );
+        registry.register(
+            "model_engine",
+            "1 for the engine each model version runs on now, with why: configured, auto_plan (TensorRT, a plan was there or built), auto_no_tensorrt, auto_no_plan, building (ONNX Runtime serves while the TensorRT plan builds), build_failed",
+            engine.clone(),
+        );
         Arc::new(Metrics {
             registry: Mutex::new(registry),
             requests,
             duration,
             batch_size,
             queue_depth,
+            engine,
         })
     }
 
@@ -106,6 +122,28 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry.lock());
         out
+    }
+
+    /// Records the engine a model version now runs on; the series of the
+    /// engine it ran on before goes.
+    pub fn model_engine(
+        &self,
+        model: &str,
+        version: u64,
+        engine: &'static str,
+        reason: &'static str,
+        previous: Option<(&'static str, &'static str)>,
+    ) {
+        let labels = |engine, reason| EngineLabels {
+            model: model.to_string(),
+            version: version.to_string(),
+            engine,
+            reason,
+        };
+        if let Some((e, r)) = previous {
+            self.engine.remove(&labels(e, r));
+        }
+        self.engine.get_or_create(&labels(engine, reason)).set(1);
     }
 
     pub fn request(&self, model: &str, outcome: &str, protocol: &str) {

@@ -276,3 +276,38 @@ async fn the_published_view_follows_the_queue_and_learns_service_times() {
     // The test double takes 10 ms of (paused, exact) time per batch.
     assert_eq!(service.estimate(2), Some(10_000));
 }
+
+#[tokio::test(start_paused = true)]
+async fn replaced_engines_take_later_batches_and_nothing_queued_is_lost() {
+    let (s, old_batches) = scheduler(
+        Policy {
+            max_batch_size: 4,
+            max_queue_delay_us: 0,
+            ..Policy::default()
+        },
+        10,
+    );
+    // One batch running on the old engine, two requests queued behind it.
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.infer(vec![rows(&[i as f32, 1.0])], 1, 0, 0).await
+        }));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let new_batches = Arc::new(Mutex::new(Vec::new()));
+    let new = Doubler::new(1, new_batches.clone());
+    assert!(s
+        .replace_engines(vec![Arc::new(new), Arc::new(Doubler::new(1, new_batches.clone()))])
+        .unwrap_err()
+        .contains("2 replacement engines for 1 instances"));
+    s.replace_engines(vec![Arc::new(Doubler::new(1, new_batches.clone()))])
+        .unwrap();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let out = t.await.unwrap().unwrap();
+        assert_eq!(floats(&out.outputs[0]), vec![i as f32 * 2.0, 2.0]);
+    }
+    assert_eq!(*old_batches.lock(), vec![1], "the running batch stayed");
+    assert_eq!(*new_batches.lock(), vec![2], "the queued ones moved");
+}
