@@ -43,3 +43,31 @@ def test_tiny_cnn_plan_matches_the_goldens(tmp_path):
             assert worst <= FP16_ATOL, f"max abs diff {worst:g} above FP16 tolerance {FP16_ATOL}"
     finally:
         s.stop()
+
+
+def test_tiny_cnn_built_on_the_device_matches_the_goldens(tmp_path):
+    """Only model.onnx: nusad serves from ONNX Runtime, builds the plan with
+    the real shim's builder path (ONNX parser, derived batch profile, timing
+    cache), then answers from TensorRT."""
+    import time
+    models = nt.make_model_repo(tmp_path / "models", {nt.MODEL: ((1,), {"engine": "tensorrt"})})
+    s = nt.NusadServer("trt-build", tmp_path, models).start()
+    try:
+        x, expected = nt.golden_rows(list(range(8)))
+        body, headers = nt.binary_infer_request(x)
+        headers = {**headers, "cache-control": "no-cache"}
+        deadline = time.monotonic() + 240
+        while True:
+            r = nt.https1(s, "POST", nt.infer_path(), body, headers)
+            assert r.status == 200, r
+            if r.headers.get("nusa-engine") == "tensorrt":
+                break
+            assert time.monotonic() < deadline, s.log_tail()
+            time.sleep(1)
+        _, outputs = nt.decode_infer_response(r)
+        worst = float(np.max(np.abs(outputs[nt.OUTPUT] - expected)))
+        print(f"built on the device: max abs diff from onnxruntime {worst:g}")
+        assert worst <= FP16_ATOL
+        print("\n".join(l for l in s.log_tail().splitlines() if "TensorRT plan" in l))
+    finally:
+        s.stop()
