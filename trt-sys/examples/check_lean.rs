@@ -59,6 +59,9 @@ fn run(shim: &str, nvinfer: &str, cudart: &str) -> Result<(), Box<dyn std::error
         "compute capability of GPU 0: {:?}",
         trt.compute_capability(0)?
     );
+    // cudaGetDeviceProperties read through a buffer larger than any
+    // cudaDeviceProp: the plan cache key's GPU name.
+    println!("name of GPU 0: {:?}", trt.device_name(0));
     let runtime = Runtime::new(&trt)?;
     println!(
         "runtime created; TensorRT logged {} messages so far",
