@@ -1,0 +1,48 @@
+//! `nusactl`: the appliance's admin CLI. Argument parsing only; the work is
+//! in `nusa-ota` (updates on the box, publishing releases).
+
+mod release;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nusactl",
+    version,
+    about = "Nusa appliance admin: updates and releases"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Publish signed releases (a release engineer's machine).
+    Release {
+        #[command(subcommand)]
+        cmd: release::ReleaseCmd,
+    },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("NUSA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Release { cmd } => release::run(cmd).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nusactl: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

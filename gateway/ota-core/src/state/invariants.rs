@@ -1,0 +1,338 @@
+//! The invariants of the state machine, checked by brute force: every
+//! state resumed against every boot situation, then one and two events of
+//! every kind. The running slot is never a write target; the boot target
+//! moves to a new slot only after `SlotArmed` in `Staged`; a state change
+//! is persisted before anything else is done.
+
+use super::tests::{delta_plan, downloading, facts_on_new, ok, resume, writing, NOW};
+use super::{BootFacts, Command, Event, Rollback, State, Step, Updater};
+use crate::testutil::{facts, release, RELEASE_LEN};
+use crate::{ReleaseInfo, Slot};
+
+const A: Slot = Slot::A;
+const B: Slot = Slot::B;
+
+/// Fails with the commands if any names the running slot as a write target.
+fn assert_active_untouched(active: Slot, cmds: &[Command], context: &str) {
+    for c in cmds {
+        let target = match c {
+            Command::InvalidateSlot { slot }
+            | Command::WriteSlot { slot, .. }
+            | Command::VerifyImage { slot }
+            | Command::ArmSlot { slot, .. } => Some(*slot),
+            _ => None,
+        };
+        assert_ne!(
+            target,
+            Some(active),
+            "{context}: {c:?} targets the running slot"
+        );
+    }
+}
+
+fn rel() -> ReleaseInfo {
+    release("1.5.0")
+}
+
+fn every_state() -> Vec<State> {
+    let mut partial = downloading();
+    ok(&mut partial, Event::DownloadPlanned(delta_plan()));
+    ok(&mut partial, Event::DownloadProgress { first: 2, count: 1 });
+    let failed = |rollback| State::Failed {
+        release: Some(rel()),
+        reason: "x".into(),
+        step: Step::Health,
+        rollback,
+    };
+    let mut states = vec![
+        State::Idle,
+        State::Checking,
+        downloading().state().clone(),
+        partial.state().clone(),
+        writing().state().clone(),
+        State::Writing {
+            release: rel(),
+            bytes_written: 500,
+        },
+        failed(None),
+        State::Failed {
+            release: None,
+            reason: "x".into(),
+            step: Step::Check,
+            rollback: None,
+        },
+    ];
+    for slot in [A, B] {
+        states.push(State::Staged {
+            release: rel(),
+            slot,
+        });
+        states.push(State::Rebooting {
+            release: rel(),
+            slot,
+        });
+        states.push(State::PendingHealth {
+            release: rel(),
+            slot,
+            deadline: NOW - 5,
+        });
+        states.push(State::Good {
+            release: rel(),
+            slot,
+        });
+        for reboots in [0, 2] {
+            states.push(failed(Some(Rollback { to: slot, reboots })));
+        }
+    }
+    states
+}
+
+fn every_boot() -> Vec<BootFacts> {
+    let mut all = Vec::new();
+    for booted in [A, B] {
+        for next_boot in [A, B] {
+            for booted_good in [false, true] {
+                for inactive_tries_left in [None, Some(0), Some(3)] {
+                    for inactive_bootable in [false, true] {
+                        let version = if booted == B { "1.5.0" } else { "1.4.2" };
+                        all.push(BootFacts {
+                            next_boot,
+                            booted_good,
+                            inactive_tries_left,
+                            inactive_bootable,
+                            ..facts(booted, version)
+                        });
+                    }
+                }
+            }
+        }
+    }
+    all
+}
+
+fn every_event() -> Vec<Event> {
+    let mut wrong = rel();
+    wrong.image_sha256 = crate::Sha256Digest::of(b"other");
+    vec![
+        Event::CheckRequested,
+        Event::Wake,
+        Event::ReleaseFound(release("1.6.0")),
+        Event::NoUpdate,
+        Event::InstallRequested {
+            release: release("1.3.0"),
+            force: true,
+        },
+        Event::InstallRequested {
+            release: release("1.3.0"),
+            force: false,
+        },
+        Event::DownloadPlanned(delta_plan()),
+        Event::DownloadProgress {
+            first: 0,
+            count: 11,
+        },
+        Event::DownloadProgress {
+            first: 11,
+            count: 1,
+        },
+        Event::DownloadDone,
+        Event::WriteProgress {
+            bytes_written: RELEASE_LEN as u64,
+        },
+        Event::WriteProgress { bytes_written: 7 },
+        Event::WriteVerified {
+            sha256: rel().image_sha256,
+        },
+        Event::WriteVerified {
+            sha256: wrong.image_sha256,
+        },
+        Event::SlotArmed,
+        Event::RebootIssued,
+        Event::BootedInto {
+            slot: A,
+            tries_left: None,
+        },
+        Event::BootedInto {
+            slot: B,
+            tries_left: Some(2),
+        },
+        Event::HealthPassed,
+        Event::HealthFailed("gate".into()),
+        Event::HealthDeadlinePassed,
+        Event::SlotMarkedGood,
+        Event::Error {
+            step: Step::Download,
+            reason: "e".into(),
+        },
+        Event::Error {
+            step: Step::SwitchBoot,
+            reason: "e".into(),
+        },
+        Event::Abandon,
+        Event::MarkGood,
+        Event::Rollback { force: false },
+        Event::Rollback { force: true },
+    ]
+}
+
+/// A switch of the boot target toward a slot other than the running one
+/// is either the step after arming a verified slot, or a rollback to the
+/// old system.
+fn assert_switch_is_earned(
+    before: &State,
+    event: Option<&Event>,
+    up: &Updater,
+    cmds: &[Command],
+    ctx: &str,
+) {
+    let active = up.active();
+    for c in cmds {
+        let Command::SwitchBootTarget { slot } = c else {
+            continue;
+        };
+        if *slot == active {
+            continue;
+        }
+        let armed = matches!((before, event), (State::Staged { slot: s, .. }, Some(Event::SlotArmed)) if s == slot);
+        let rollback =
+            matches!(up.state(), State::Failed { rollback: Some(rb), .. } if rb.to == *slot);
+        assert!(
+            armed || rollback,
+            "{ctx}: switch to {slot} from {before:?} -> {:?}",
+            up.state()
+        );
+    }
+}
+
+#[test]
+fn resume_then_any_event_never_writes_the_running_slot() {
+    let events = every_event();
+    for state in every_state() {
+        for facts in every_boot() {
+            let ctx = format!("{} on {:?}", state.name(), facts);
+            let (up, cmds) = resume(state.clone(), facts.clone());
+            assert_active_untouched(facts.booted, &cmds, &ctx);
+            assert_switch_is_earned(&state, None, &up, &cmds, &ctx);
+            if up.state() != &state {
+                assert_eq!(
+                    cmds.first(),
+                    Some(&Command::Persist(up.state().clone())),
+                    "{ctx}"
+                );
+            }
+            match up.state() {
+                State::Staged { slot, .. } | State::Rebooting { slot, .. } => {
+                    assert_ne!(*slot, facts.booted, "{ctx}")
+                }
+                State::PendingHealth { slot, deadline, .. } => {
+                    assert_eq!(*slot, facts.booted, "{ctx}");
+                    assert!(*deadline > NOW, "{ctx}: a resumed gate gets time");
+                }
+                State::Writing { bytes_written, .. } => {
+                    assert_eq!(*bytes_written, 0, "{ctx}");
+                    assert!(cmds.contains(&Command::WriteSlot {
+                        slot: facts.booted.other(),
+                        release: rel()
+                    }));
+                }
+                State::Downloading { release, .. } => {
+                    assert_eq!(
+                        cmds,
+                        vec![Command::PrepareDownload {
+                            release: release.clone()
+                        }],
+                        "{ctx}"
+                    )
+                }
+                _ => {}
+            }
+            for event in &events {
+                check_step(&up, event, &ctx);
+            }
+        }
+    }
+}
+
+/// Feeds `event`; checks the invariants and returns the updater after it.
+fn check_step(up: &Updater, event: &Event, ctx: &str) -> Option<Updater> {
+    let mut next = up.clone();
+    let before = up.state().clone();
+    let ctx = format!("{ctx} + {}", event.name());
+    match next.handle(event.clone(), NOW + 10_000) {
+        Err(_) => {
+            assert_eq!(next.state(), up.state(), "{ctx}");
+            assert_eq!(next.history(), up.history(), "{ctx}");
+            None
+        }
+        Ok(cmds) => {
+            assert_active_untouched(up.active(), &cmds, &ctx);
+            assert_switch_is_earned(&before, Some(event), &next, &cmds, &ctx);
+            // Write progress alone is not persisted: a power cut restarts
+            // the write anyway.
+            let write_progress = matches!(
+                (&before, next.state()),
+                (State::Writing { .. }, State::Writing { .. })
+            );
+            if next.state() != &before && !write_progress {
+                assert_eq!(
+                    cmds.first(),
+                    Some(&Command::Persist(next.state().clone())),
+                    "{ctx}"
+                );
+            }
+            Some(next)
+        }
+    }
+}
+
+#[test]
+fn two_events_in_a_row_keep_the_invariants() {
+    let events = every_event();
+    let boots = [
+        facts(A, "1.4.2"),
+        facts_on_new(),
+        BootFacts {
+            next_boot: B,
+            inactive_tries_left: Some(3),
+            ..facts(A, "1.4.2")
+        },
+        BootFacts {
+            inactive_tries_left: Some(0),
+            inactive_bootable: false,
+            ..facts(A, "1.4.2")
+        },
+    ];
+    let mut reached = std::collections::HashSet::new();
+    for state in every_state() {
+        for facts in &boots {
+            let (up, _) = resume(state.clone(), facts.clone());
+            for first in &events {
+                let ctx = format!("{} on {:?}", state.name(), facts.booted);
+                let Some(mid) = check_step(&up, first, &ctx) else {
+                    continue;
+                };
+                reached.insert(mid.state().name());
+                for second in &events {
+                    if let Some(end) =
+                        check_step(&mid, second, &format!("{ctx} + {}", first.name()))
+                    {
+                        reached.insert(end.state().name());
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(reached.len(), 9, "every state is reached: {reached:?}");
+}
+
+#[test]
+fn every_state_survives_its_persisted_form() {
+    for state in every_state() {
+        let json = serde_json::to_string(&state).unwrap();
+        assert_eq!(
+            serde_json::from_str::<State>(&json).unwrap(),
+            state,
+            "{json}"
+        );
+    }
+}

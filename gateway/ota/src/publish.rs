@@ -1,0 +1,107 @@
+//! A release, from a root filesystem image to signed TUF targets: the
+//! image, its chunk index (for delta updates) and the release metadata
+//! every appliance checks before it installs anything.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use nusa_ota_core::{IndexBuilder, ReleaseInfo, Sha256Hasher, Variant, Version, Waves};
+use nusa_ota_tuf::{Expiries, SigningKeys};
+
+/// The image's file name inside a release.
+pub const IMAGE_FILE: &str = "root.img";
+/// The chunk index's file name inside a release.
+pub const INDEX_FILE: &str = "root.img.cix";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("reading the image {path}: {source}")]
+    Image {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("release metadata: {0}")]
+    Release(String),
+    #[error(transparent)]
+    Tuf(#[from] nusa_ota_tuf::PublishError),
+}
+
+/// What `add_release` publishes.
+pub struct NewRelease<'a> {
+    pub variant: &'a str,
+    pub version: &'a str,
+    pub image: &'a Path,
+    pub min_version: Option<&'a str>,
+    pub waves: Waves,
+    pub chunk_size: u32,
+}
+
+/// Hashes the image, cuts its chunk index, and adds both as the release's
+/// targets with the release metadata attached. Returns that metadata.
+pub async fn add_release(
+    repo: &Path,
+    keys: &SigningKeys,
+    release: NewRelease<'_>,
+    expiries: &Expiries,
+) -> Result<ReleaseInfo, PublishError> {
+    let image_err = |source| PublishError::Image {
+        path: release.image.to_path_buf(),
+        source,
+    };
+    let mut index =
+        IndexBuilder::new(release.chunk_size).map_err(|e| PublishError::Release(e.to_string()))?;
+    let mut whole = Sha256Hasher::new();
+    let mut file = std::fs::File::open(release.image).map_err(image_err)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(image_err)?;
+        if n == 0 {
+            break;
+        }
+        index.update(&buf[..n]);
+        whole.update(&buf[..n]);
+        len += n as u64;
+    }
+    let index = index
+        .finish()
+        .map_err(|e| PublishError::Release(e.to_string()))?;
+    let staging = tempfile::tempdir().map_err(image_err)?;
+    let index_path = staging.path().join(INDEX_FILE);
+    std::fs::write(&index_path, index.to_bytes()).map_err(image_err)?;
+
+    let bad = |e: &dyn std::fmt::Display| PublishError::Release(e.to_string());
+    let info = ReleaseInfo {
+        version: release.version.parse::<Version>().map_err(|e| bad(&e))?,
+        variant: Variant::new(release.variant).map_err(|e| bad(&e))?,
+        min_version: release
+            .min_version
+            .map(str::parse::<Version>)
+            .transpose()
+            .map_err(|e| bad(&e))?,
+        image_target: target_name(release.variant, release.version, IMAGE_FILE),
+        image_len: len,
+        image_sha256: whole.finish(),
+        chunk_index_target: target_name(release.variant, release.version, INDEX_FILE),
+        waves: release.waves,
+    };
+    let custom = match serde_json::to_value(&info) {
+        Ok(serde_json::Value::Object(map)) => map,
+        Ok(_) | Err(_) => return Err(PublishError::Release("not serializable".into())),
+    };
+    nusa_ota_tuf::add_release(
+        repo,
+        keys,
+        release.variant,
+        release.version,
+        &[(IMAGE_FILE, release.image), (INDEX_FILE, &index_path)],
+        &custom,
+        expiries,
+    )
+    .await?;
+    Ok(info)
+}
+
+pub fn target_name(variant: &str, version: &str, file: &str) -> String {
+    format!("{variant}/{version}/{file}")
+}
