@@ -116,7 +116,7 @@ impl Source {
     }
 }
 
-async fn read_range(
+pub async fn read_range(
     path: &Path,
     range: Range<u64>,
     sink: &mut Sink<'_>,
@@ -165,21 +165,12 @@ impl HttpFetcher {
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
         tcp.set_connect_timeout(Some(config.connect_timeout));
-        let builder = HttpsConnectorBuilder::new();
-        let connector = match &config.ca_bundle {
-            Some(path) => builder
-                .with_tls_config(tls_config(path)?)
-                .https_or_http()
-                .enable_http1()
-                .enable_http2()
-                .wrap_connector(tcp),
-            None => builder
-                .with_tls_config(empty_tls_config()?)
-                .https_or_http()
-                .enable_http1()
-                .enable_http2()
-                .wrap_connector(tcp),
-        };
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(client_tls(config.ca_bundle.as_deref())?)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(tcp);
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
@@ -397,6 +388,14 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// TLS trusting `ca` only (no roots: https fails, plain http works).
+pub(crate) fn client_tls(ca: Option<&Path>) -> Result<rustls::ClientConfig, FetchError> {
+    match ca {
+        Some(path) => tls_config(path),
+        None => empty_tls_config(),
+    }
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

@@ -6,193 +6,12 @@
 //! file's bytes, resuming at the first byte not yet delivered.
 #![allow(clippy::unwrap_used)] // test helpers: a failure is the test failing
 
-use std::collections::VecDeque;
-use std::path::PathBuf;
+mod common;
+
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-use std::time::Duration;
-
+use common::{Content, Fault, FaultServer};
 use nusa_ota::fetch::{FetchConfig, FetchError, HttpFetcher, Source};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
-
-#[derive(Clone, Copy, Debug)]
-enum Fault {
-    Status(u16),
-    /// Close the connection without answering.
-    Reset,
-    /// Send this many body bytes, then nothing, with the connection open.
-    Stall(usize),
-    /// Send this many body bytes, then close.
-    Cut(usize),
-    /// Answer 200 with the whole file.
-    IgnoreRange,
-    /// Answer 206 with the range followed by garbage.
-    TooLong,
-}
-
-struct FaultServer {
-    url: String,
-    ca: PathBuf,
-    faults: Arc<Mutex<VecDeque<Fault>>>,
-    ranges: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
-}
-
-impl FaultServer {
-    async fn start(data: Arc<Vec<u8>>) -> FaultServer {
-        let dir = tempfile::tempdir().unwrap();
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca_params, ca_key);
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec!["localhost".to_string()])
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
-        let ca = dir.path().join("ca.pem");
-        std::fs::write(&ca, ca_cert.pem()).unwrap();
-        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .unwrap();
-        let acceptor = TlsAcceptor::from(Arc::new(tls));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let faults = Arc::new(Mutex::new(VecDeque::new()));
-        let ranges = Arc::new(Mutex::new(Vec::new()));
-        let (f, r) = (faults.clone(), ranges.clone());
-        tokio::spawn(async move {
-            loop {
-                let (tcp, _) = listener.accept().await.unwrap();
-                let (acceptor, data, f, r) = (acceptor.clone(), data.clone(), f.clone(), r.clone());
-                tokio::spawn(async move {
-                    if let Ok(stream) = acceptor.accept(tcp).await {
-                        serve(stream, &data, &f, &r).await;
-                    }
-                });
-            }
-        });
-        FaultServer {
-            url: format!("https://localhost:{port}"),
-            ca,
-            faults,
-            ranges,
-            _dir: dir,
-        }
-    }
-
-    fn inject(&self, faults: &[Fault]) {
-        self.faults.lock().extend(faults.iter().copied());
-    }
-
-    fn fetcher(&self) -> HttpFetcher {
-        HttpFetcher::new(
-            &self.url,
-            FetchConfig {
-                stall: Duration::from_millis(300),
-                backoff: Duration::from_millis(10),
-                backoff_max: Duration::from_millis(50),
-                max_attempts: 4,
-                ca_bundle: Some(self.ca.clone()),
-                ..FetchConfig::default()
-            },
-        )
-        .unwrap()
-    }
-}
-
-async fn serve(
-    mut s: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-    data: &[u8],
-    faults: &Mutex<VecDeque<Fault>>,
-    ranges: &Mutex<Vec<String>>,
-) {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match s.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-        assert!(head.len() < 16 << 10, "request head too long");
-    }
-    let head = String::from_utf8_lossy(&head).to_string();
-    let range = head
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("range: ")
-                .or_else(|| l.strip_prefix("Range: "))
-        })
-        .unwrap_or("")
-        .to_string();
-    ranges.lock().push(range.clone());
-    let (start, end) = range
-        .strip_prefix("bytes=")
-        .and_then(|r| r.split_once('-'))
-        .map(|(a, b)| (a.parse::<usize>().unwrap(), b.parse::<usize>().unwrap() + 1))
-        .unwrap_or((0, data.len()));
-    let fault = faults.lock().pop_front();
-    let body = &data[start..end];
-    let partial = |extra: &str| {
-        format!(
-            "HTTP/1.1 206 Partial Content\r\ncontent-range: bytes {}-{}/{}\r\ncontent-length: {}\r\nconnection: close\r\n{extra}\r\n",
-            start,
-            end - 1,
-            data.len(),
-            body.len()
-        )
-    };
-    let _ = match fault {
-        None => {
-            let _ = s.write_all(partial("").as_bytes()).await;
-            s.write_all(body).await
-        }
-        Some(Fault::Status(code)) => {
-            s.write_all(format!("HTTP/1.1 {code} Unavailable\r\nretry-after: 0\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes()).await
-        }
-        Some(Fault::Reset) => return,
-        Some(Fault::Stall(n)) => {
-            let _ = s.write_all(partial("").as_bytes()).await;
-            let _ = s.write_all(&body[..n]).await;
-            let _ = s.flush().await;
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-            Ok(())
-        }
-        Some(Fault::Cut(n)) => {
-            let _ = s.write_all(partial("").as_bytes()).await;
-            let _ = s.write_all(&body[..n]).await;
-            let _ = s.flush().await;
-            return;
-        }
-        Some(Fault::IgnoreRange) => {
-            let _ = s
-                .write_all(format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", data.len()).as_bytes())
-                .await;
-            s.write_all(data).await
-        }
-        Some(Fault::TooLong) => {
-            let _ = s
-                .write_all(format!("HTTP/1.1 206 Partial Content\r\ncontent-range: bytes {}-{}/{}\r\nconnection: close\r\n\r\n", start, end - 1, data.len()).as_bytes())
-                .await;
-            let _ = s.write_all(body).await;
-            s.write_all(&[0xAA; 100_000]).await
-        }
-    };
-    let _ = s.shutdown().await;
-}
 
 fn image(len: usize) -> Arc<Vec<u8>> {
     Arc::new((0..len).map(|i| (i * 31 % 251) as u8).collect())
@@ -215,7 +34,7 @@ async fn fetch(
 #[tokio::test]
 async fn a_clean_range_is_one_request() {
     let data = image(300_000);
-    let s = FaultServer::start(data.clone()).await;
+    let s = FaultServer::start(Content::Blob(data.clone())).await;
     let (r, got) = fetch(&s.fetcher(), 1000..250_000).await;
     let stats = r.unwrap();
     assert_eq!(got, data[1000..250_000]);
@@ -227,7 +46,7 @@ async fn a_clean_range_is_one_request() {
 #[tokio::test]
 async fn every_fault_is_survived_and_resumes_where_it_broke() {
     let data = image(400_000);
-    let s = FaultServer::start(data.clone()).await;
+    let s = FaultServer::start(Content::Blob(data.clone())).await;
     s.inject(&[
         Fault::Status(503),
         Fault::Reset,
@@ -262,7 +81,7 @@ async fn every_fault_is_survived_and_resumes_where_it_broke() {
 #[tokio::test]
 async fn a_server_that_ignores_range_or_sends_too_much_is_handled() {
     let data = image(100_000);
-    let s = FaultServer::start(data.clone()).await;
+    let s = FaultServer::start(Content::Blob(data.clone())).await;
     s.inject(&[Fault::IgnoreRange]);
     let (r, got) = fetch(&s.fetcher(), 40_000..60_000).await;
     r.unwrap();
@@ -276,7 +95,7 @@ async fn a_server_that_ignores_range_or_sends_too_much_is_handled() {
 #[tokio::test]
 async fn a_dead_server_gives_up_with_the_reason_and_a_404_at_once() {
     let data = image(1000);
-    let s = FaultServer::start(data).await;
+    let s = FaultServer::start(Content::Blob(data)).await;
     s.inject(&[Fault::Status(503); 10]);
     let (r, _) = fetch(&s.fetcher(), 0..1000).await;
     match r {
@@ -297,7 +116,7 @@ async fn a_dead_server_gives_up_with_the_reason_and_a_404_at_once() {
 #[tokio::test]
 async fn a_sink_refusal_stops_the_download() {
     let data = image(10_000);
-    let s = FaultServer::start(data).await;
+    let s = FaultServer::start(Content::Blob(data)).await;
     let f = s.fetcher();
     let r = f
         .fetch_range(&f.url("image"), 0..10_000, &mut |_b: &[u8]| {
@@ -312,8 +131,8 @@ async fn a_sink_refusal_stops_the_download() {
 
 #[tokio::test]
 async fn an_untrusted_server_certificate_is_refused() {
-    let s = FaultServer::start(image(10)).await;
-    let other = FaultServer::start(image(10)).await;
+    let s = FaultServer::start(Content::Blob(image(10))).await;
+    let other = FaultServer::start(Content::Blob(image(10))).await;
     let f = HttpFetcher::new(
         &s.url,
         FetchConfig {

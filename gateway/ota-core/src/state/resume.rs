@@ -25,7 +25,7 @@
 //! an unaccepted slot spends one of its tries, so the bootloader ends a
 //! loop of power cuts during the health gate.
 
-use super::{BootFacts, Command, Rollback, State, Step, UpdaterConfig};
+use super::{BootFacts, Command, Rollback, State, UpdaterConfig};
 use crate::history::{History, Outcome};
 use crate::UnixSecs;
 
@@ -68,11 +68,13 @@ impl Updater {
                 let release = release.clone();
                 self.start_writing(release)
             }
-            State::Staged { slot, .. } if *slot == booted => {
-                let reason = format!(
-                    "the persisted Staged state names slot {slot} as the new slot, but it is the running one"
-                );
-                self.fail(Step::Boot, &reason, false, Vec::new(), now)
+            // The slot verified and was armed, and the power went before
+            // Rebooting was persisted: the bootloader booted the armed slot.
+            // That is the reboot the update wanted; its health gate decides.
+            State::Staged { release, slot } if *slot == booted => {
+                let (release, slot) = (release.clone(), *slot);
+                self.state = State::Rebooting { release, slot };
+                self.booted_into(now)
             }
             State::Staged { slot, .. } => vec![Command::ArmSlot {
                 slot: *slot,

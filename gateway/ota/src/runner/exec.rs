@@ -1,0 +1,174 @@
+//! Carrying out one command. `Ok(Err(reason))` is a failed step the core
+//! decides about; `Err` is the runner itself failing (its own disk).
+
+use nusa_ota_core::{Command, Event, ReleaseInfo, Sha256Digest, State};
+use nusa_ota_tuf::TufError;
+
+use super::{slots_slot, unix_now, Fail, RunError, Runner};
+use crate::slotdev::SlotDevice;
+
+type Done = Result<Result<(), Fail>, RunError>;
+
+impl Runner {
+    pub(super) async fn exec(&mut self, cmd: Command) -> Done {
+        let backend = self.setup.backend.name();
+        let slots = |source| RunError::Slots { backend, source };
+        match cmd {
+            Command::Persist(state) => {
+                self.setup.store.save_state(&state)?;
+                let _ = self.setup.store.write_atomic(
+                    "metrics.prom",
+                    format!(
+                        "# HELP nusa_update_state The updater's state (1 for the current one).\n# TYPE nusa_update_state gauge\nnusa_update_state{{state=\"{}\"}} 1\n",
+                        state.name()
+                    )
+                    .as_bytes(),
+                );
+            }
+            Command::PersistHistory(h) => self.setup.store.save_history(&h)?,
+            Command::Refused(r) => {
+                tracing::info!(refusal = %r, "release not taken");
+                self.setup
+                    .store
+                    .write_atomic("refusal.txt", r.to_string().as_bytes())?;
+            }
+            Command::RecordBadRelease { version, reason } => {
+                tracing::error!(%version, %reason, "release recorded bad: it will not be installed again automatically");
+            }
+            Command::FetchMetadata => {
+                // A fresh client each check: metadata is refreshed and
+                // verified from the trusted root and the datastore.
+                self.tuf = None;
+                let event = match self.latest().await {
+                    Ok(Some(release)) => Event::ReleaseFound(release),
+                    Ok(None) => Event::NoUpdate,
+                    Err(e) => return Ok(Err(e)),
+                };
+                self.setup.store.save_wake_at(None)?;
+                self.feed(event)?;
+            }
+            Command::PrepareDownload { release } => match self.prepare(&release).await? {
+                Ok(plan) => self.feed(Event::DownloadPlanned(plan))?,
+                Err(e) => return Ok(Err(e)),
+            },
+            Command::Download { ranges } => return self.download(ranges).await,
+            Command::DiscardDownload => {
+                self.index = None;
+                self.setup.store.discard_download()?;
+            }
+            Command::InvalidateSlot { slot } => {
+                if let Err(e) = self.setup.backend.disarm(slots_slot(slot)) {
+                    return Ok(Err(format!("disarming slot {slot}: {e}")));
+                }
+            }
+            Command::WriteSlot { slot, release } => return self.write_slot(slot, &release).await,
+            Command::VerifyImage { slot } => {
+                let State::Writing { release, .. } = self.updater.state() else {
+                    return Ok(Err("verify outside Writing".into()));
+                };
+                let len = release.image_len;
+                let path = self.setup.slots[slot_index(slot)].clone();
+                let hashed =
+                    tokio::task::spawn_blocking(move || -> Result<Sha256Digest, String> {
+                        let dev = SlotDevice::open_read(&path).map_err(|e| e.to_string())?;
+                        dev.hash_prefix(len).map_err(|e| e.to_string())
+                    })
+                    .await
+                    .map_err(|e| e.to_string());
+                match hashed.and_then(|r| r) {
+                    Ok(sha256) => self.feed(Event::WriteVerified { sha256 })?,
+                    Err(e) => return Ok(Err(format!("reading slot {slot} back: {e}"))),
+                }
+            }
+            Command::ArmSlot { slot, tries } => {
+                let version = match self.updater.state() {
+                    State::Staged { release, .. } | State::Rebooting { release, .. } => {
+                        release.version.to_string()
+                    }
+                    _ => String::new(),
+                };
+                match self
+                    .setup
+                    .backend
+                    .arm(slots_slot(slot), u32::from(tries), &version)
+                {
+                    Ok(()) => self.feed(Event::SlotArmed)?,
+                    Err(e) => return Ok(Err(format!("arming slot {slot}: {e}"))),
+                }
+            }
+            Command::SwitchBootTarget { slot } => {
+                let status = self.setup.backend.status().map_err(slots)?;
+                if status.next != slots_slot(slot) {
+                    if let Err(e) = self.setup.backend.prefer(slots_slot(slot)) {
+                        return Ok(Err(format!("booting slot {slot} next: {e}")));
+                    }
+                }
+            }
+            Command::RunHealthGate { deadline } => {
+                let now = unix_now();
+                if now >= deadline {
+                    self.feed(Event::HealthDeadlinePassed)?;
+                } else {
+                    let within = std::time::Duration::from_secs(deadline - now);
+                    match self.setup.gate.check(within).await {
+                        Ok(()) => self.feed(Event::HealthPassed)?,
+                        Err(why) => self.feed(Event::HealthFailed(why))?,
+                    }
+                }
+            }
+            Command::MarkSlotGood { slot } => {
+                match self.setup.backend.mark_good(slots_slot(slot)) {
+                    Ok(()) => self.feed(Event::SlotMarkedGood)?,
+                    Err(e) => return Ok(Err(format!("marking slot {slot} good: {e}"))),
+                }
+            }
+            Command::Reboot | Command::WakeAt(_) => {}
+        }
+        Ok(Ok(()))
+    }
+
+    /// The newest release for this variant, checked against its signed
+    /// targets; `None` when the repository has none for the variant.
+    pub(crate) async fn latest(&mut self) -> Result<Option<ReleaseInfo>, Fail> {
+        let variant = self.setup.variant.as_str().to_string();
+        let tuf = self.tuf().await?;
+        let target = match tuf.latest_release(&variant) {
+            Ok(t) => t,
+            Err(TufError::UnknownVariant { .. }) => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        let image = target
+            .files
+            .iter()
+            .find(|f| f.file == crate::publish::IMAGE_FILE)
+            .ok_or_else(|| {
+                format!(
+                    "release {} has no {}",
+                    target.version,
+                    crate::publish::IMAGE_FILE
+                )
+            })?;
+        let release: ReleaseInfo =
+            serde_json::from_value(serde_json::Value::Object(image.custom.clone()))
+                .map_err(|e| format!("release {} metadata: {e}", target.version))?;
+        // The metadata repeats what TUF signed for the image; they must agree.
+        if release.image_target != image.info.name
+            || release.image_len != image.info.length
+            || release.image_sha256.as_bytes() != &image.info.sha256
+            || release.version.to_string() != target.version.to_string()
+        {
+            return Err(format!(
+                "release {} metadata disagrees with its signed image target",
+                target.version
+            ));
+        }
+        Ok(Some(release))
+    }
+}
+
+pub(super) fn slot_index(slot: nusa_ota_core::Slot) -> usize {
+    match slot {
+        nusa_ota_core::Slot::A => 0,
+        nusa_ota_core::Slot::B => 1,
+    }
+}
