@@ -2,6 +2,7 @@
 //! in `nusa-ota` (updates on the box, publishing releases).
 
 mod release;
+mod update;
 
 use clap::{Parser, Subcommand};
 
@@ -18,6 +19,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// The appliance's OTA updates.
+    Update(update::UpdateArgs),
     /// Publish signed releases (a release engineer's machine).
     Release {
         #[command(subcommand)]
@@ -25,7 +28,7 @@ enum Cmd {
     },
 }
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -37,6 +40,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Release { cmd } => release::run(cmd).await,
+        Cmd::Update(args) => update::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -55,6 +55,10 @@ pub enum ReleaseCmd {
         /// Delta granularity in bytes (see nusa-ota-core's README).
         #[arg(long, default_value_t = nusa_ota_core::chunk::DEFAULT_CHUNK_SIZE)]
         chunk_size: u32,
+        /// `NAME=PATH`: a file the boot partition gets for the slot (the
+        /// kernel, the initrd); repeat for each.
+        #[arg(long = "boot-file")]
+        boot_files: Vec<String>,
     },
     /// Re-sign a role (and those above it) with a new expiry.
     Expire {
@@ -166,7 +170,16 @@ pub async fn run(cmd: ReleaseCmd) -> anyhow::Result<()> {
             min_version,
             waves,
             chunk_size,
+            boot_files,
         } => {
+            let extra_files = boot_files
+                .iter()
+                .map(|b| {
+                    b.split_once('=')
+                        .map(|(n, p)| (n.to_string(), PathBuf::from(p)))
+                        .with_context(|| format!("--boot-file {b:?}: expected NAME=PATH"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let now = SystemTime::now();
             let waves = waves
                 .iter()
@@ -183,6 +196,7 @@ pub async fn run(cmd: ReleaseCmd) -> anyhow::Result<()> {
                     min_version: min_version.as_deref(),
                     waves,
                     chunk_size,
+                    extra_files,
                 },
                 &Expiries::standard(),
             )

@@ -29,27 +29,39 @@ pub trait HealthGate: Send + Sync {
 pub struct GatewayGate {
     base: String,
     model: String,
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    ca: Option<PathBuf>,
 }
+
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 impl GatewayGate {
     /// `ca`: the gateway's CA (`data_dir/tls/ca.pem` when it made its own).
+    /// It is read at each check: on a first boot the gateway makes it only
+    /// once it runs.
     pub fn new(base: &str, ca: Option<PathBuf>, model: &str) -> Result<Self, String> {
-        let tls = crate::fetch::client_tls(ca.as_deref()).map_err(|e| e.to_string())?;
+        if !(base.starts_with("https://") || base.starts_with("http://")) {
+            return Err(format!("url {base:?}: expected https://host:port"));
+        }
+        Ok(Self {
+            base: base.trim_end_matches('/').to_string(),
+            model: model.to_string(),
+            ca,
+        })
+    }
+
+    fn client(&self) -> Result<HttpsClient, String> {
+        let tls = crate::fetch::client_tls(self.ca.as_deref()).map_err(|e| e.to_string())?;
         let connector = HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .build();
-        Ok(Self {
-            base: base.trim_end_matches('/').to_string(),
-            model: model.to_string(),
-            client: Client::builder(TokioExecutor::new()).build(connector),
-        })
+        Ok(Client::builder(TokioExecutor::new()).build(connector))
     }
 
     async fn call(
         &self,
+        client: &HttpsClient,
         method: Method,
         path: &str,
         body: Option<Value>,
@@ -65,7 +77,7 @@ impl GatewayGate {
             None => Full::new(Bytes::new()),
         };
         let req = req.body(body).map_err(|e| e.to_string())?;
-        let resp = tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
+        let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
             .await
             .map_err(|_| format!("{path}: no answer in 10 s"))?
             .map_err(|e| format!("{path}: {e}"))?;
@@ -83,12 +95,15 @@ impl GatewayGate {
 
     /// One self-test: ready, metadata, an inference answered locally.
     async fn once(&self) -> Result<(), String> {
-        let (s, _) = self.call(Method::GET, "/v2/health/ready", None).await?;
+        let client = self.client()?;
+        let (s, _) = self
+            .call(&client, Method::GET, "/v2/health/ready", None)
+            .await?;
         if s != StatusCode::OK {
             return Err(format!("/v2/health/ready answered {s}"));
         }
         let meta_path = format!("/v2/models/{}", self.model);
-        let (s, meta) = self.call(Method::GET, &meta_path, None).await?;
+        let (s, meta) = self.call(&client, Method::GET, &meta_path, None).await?;
         if s != StatusCode::OK {
             return Err(format!("{meta_path} answered {s}"));
         }
@@ -96,7 +111,7 @@ impl GatewayGate {
             zero_inputs(&meta).ok_or_else(|| format!("{meta_path}: no usable input metadata"))?;
         let body = json!({"inputs": inputs, "parameters": {"residency": "local"}});
         let infer = format!("/v2/models/{}/infer", self.model);
-        let (s, out) = self.call(Method::POST, &infer, Some(body)).await?;
+        let (s, out) = self.call(&client, Method::POST, &infer, Some(body)).await?;
         let outputs = out
             .get("outputs")
             .and_then(Value::as_array)

@@ -4,6 +4,7 @@
 //! ([`slotdev`]), the health gate ([`health`]), the runner that drives the
 //! core's state machine ([`runner`]), and publishing releases ([`publish`]).
 
+pub mod config;
 pub mod fetch;
 pub mod health;
 pub mod publish;

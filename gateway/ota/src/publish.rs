@@ -34,6 +34,9 @@ pub struct NewRelease<'a> {
     pub min_version: Option<&'a str>,
     pub waves: Waves,
     pub chunk_size: u32,
+    /// More files of the release (the kernel and initrd the boot partition
+    /// gets for the slot): (file name, path).
+    pub extra_files: Vec<(String, PathBuf)>,
 }
 
 /// Hashes the image, cuts its chunk index, and adds both as the release's
@@ -89,12 +92,17 @@ pub async fn add_release(
         Ok(serde_json::Value::Object(map)) => map,
         Ok(_) | Err(_) => return Err(PublishError::Release("not serializable".into())),
     };
+    let mut files: Vec<(&str, &Path)> =
+        vec![(IMAGE_FILE, release.image), (INDEX_FILE, &index_path)];
+    for (name, path) in &release.extra_files {
+        files.push((name.as_str(), path.as_path()));
+    }
     nusa_ota_tuf::add_release(
         repo,
         keys,
         release.variant,
         release.version,
-        &[(IMAGE_FILE, release.image), (INDEX_FILE, &index_path)],
+        &files,
         &custom,
         expiries,
     )

@@ -58,6 +58,9 @@ pub struct Setup {
     pub max_wait: Duration,
     /// Called as bytes move, for the CLI's progress bar.
     pub on_progress: Option<ProgressFn>,
+    /// Release files written to the boot partition for a slot before it is
+    /// armed (systemd-boot loads the slot's kernel from there).
+    pub boot_files: Option<crate::config::BootFiles>,
     /// Tests: stop dead (as at a power cut) when this many bytes of the
     /// slot have been written.
     pub cut_write_at: Option<u64>,
@@ -181,6 +184,13 @@ impl Runner {
         &self.setup
     }
 
+    /// The newest release in the repository for this variant, freshly
+    /// verified (for `nusactl update check`; changes no state).
+    pub async fn latest_release(&mut self) -> Result<Option<nusa_ota_core::ReleaseInfo>, String> {
+        self.tuf = None;
+        self.latest().await
+    }
+
     /// Image bytes fetched by this runner.
     pub fn fetched_bytes(&self) -> u64 {
         self.fetched
@@ -295,7 +305,11 @@ impl Runner {
                 metadata,
                 targets,
                 transport,
-                nusa_ota_tuf::Limits::default(),
+                nusa_ota_tuf::Limits {
+                    // Chunk indexes of large images and initrds are read whole.
+                    max_read_target: 256 << 20,
+                    ..nusa_ota_tuf::Limits::default()
+                },
             )
             .await
             .map_err(|e| e.to_string())?;

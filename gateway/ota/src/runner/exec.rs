@@ -87,6 +87,9 @@ impl Runner {
                     }
                     _ => String::new(),
                 };
+                if let Err(e) = self.install_boot_files(slot, &version).await {
+                    return Ok(Err(e));
+                }
                 match self
                     .setup
                     .backend
@@ -125,6 +128,32 @@ impl Runner {
             Command::Reboot | Command::WakeAt(_) => {}
         }
         Ok(Ok(()))
+    }
+
+    /// The release's boot files (kernel, initrd) into the slot's folder on
+    /// the boot partition, each verified by TUF, written atomically.
+    async fn install_boot_files(
+        &mut self,
+        slot: nusa_ota_core::Slot,
+        version: &str,
+    ) -> Result<(), Fail> {
+        let Some(bf) = self.setup.boot_files.clone() else {
+            return Ok(());
+        };
+        let dir = std::path::PathBuf::from(bf.dir.replace("{slot}", slots_slot(slot).as_str()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let variant = self.setup.variant.as_str().to_string();
+        for file in &bf.files {
+            let name = crate::publish::target_name(&variant, version, file);
+            let bytes = self
+                .tuf()
+                .await?
+                .read_target(&name)
+                .await
+                .map_err(|e| format!("boot file {name}: {e}"))?;
+            crate::store::write_atomic(&dir.join(file), &bytes).map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     /// The newest release for this variant, checked against its signed

@@ -120,6 +120,7 @@ impl Rig {
                 min_version: None,
                 waves: Waves::default(),
                 chunk_size: CHUNK,
+                extra_files: Vec::new(),
             },
             &Expiries::standard(),
         )
@@ -172,6 +173,7 @@ impl Rig {
             },
             max_wait: Duration::from_secs(5),
             on_progress: None,
+            boot_files: None,
             cut_write_at: None,
             cut_after_commands: None,
         }

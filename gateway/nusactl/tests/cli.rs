@@ -1,0 +1,262 @@
+//! `nusactl` as an operator and a release engineer use it: publishing with
+//! `release`, then `update check | download | apply | status | history`
+//! on an appliance made of files (slot images, the file-backed bootloader),
+//! including a `kill -9` of the updater in the middle of writing the slot.
+#![allow(clippy::unwrap_used)] // test helpers: a failure is the test failing
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const IMAGE: usize = 48 << 20;
+const SLOT: usize = 64 << 20;
+
+fn nusactl(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_nusactl"))
+        .args(args)
+        .output()
+        .unwrap();
+    out
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = nusactl(args);
+    assert!(
+        out.status.success(),
+        "nusactl {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn image(version: &str) -> Vec<u8> {
+    let mut img: Vec<u8> = (0..IMAGE)
+        .map(|i| ((i as u64 * 2654435761) >> 11) as u8)
+        .collect();
+    let h = format!("NUSAIMG {version}\n");
+    img[..h.len()].copy_from_slice(h.as_bytes());
+    // A 1 MiB region that differs between versions.
+    let salt = version.len() as u8 + version.as_bytes()[2];
+    for b in &mut img[(8 << 20)..(9 << 20)] {
+        *b ^= salt;
+    }
+    img
+}
+
+struct Box_ {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Box_ {
+    fn new() -> Box_ {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        ok(&["release", "keygen", "--keys", s(&d.join("keys"))]);
+        ok(&[
+            "release",
+            "init",
+            "--repo",
+            s(&d.join("repo")),
+            "--keys",
+            s(&d.join("keys")),
+        ]);
+        let mut a = image("1.0.0");
+        a.resize(SLOT, 0);
+        std::fs::write(d.join("slot-a"), &a).unwrap();
+        std::fs::write(d.join("slot-b"), vec![0u8; SLOT]).unwrap();
+        std::fs::write(d.join("version"), "1.0.0\n").unwrap();
+        std::fs::write(d.join("machine-id"), "0123456789abcdef0123456789abcdef\n").unwrap();
+        std::fs::create_dir_all(d.join("boot")).unwrap();
+        let config = d.join("update.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"variant = "x86_64-rtx"
+repository = "{repo}"
+version_file = "{d}/version"
+trusted_root = "{repo}/metadata/1.root.json"
+state_dir = "{d}/state"
+machine_id = "{d}/machine-id"
+slots = ["{d}/slot-a", "{d}/slot-b"]
+retry_backoff_s = 0
+reboot_command = []
+
+[bootloader]
+kind = "file"
+dir = "{d}/boot"
+"#,
+                repo = d.join("repo").display(),
+                d = d.display()
+            ),
+        )
+        .unwrap();
+        Box_ { dir, config }
+    }
+
+    fn publish(&self, version: &str) {
+        let img = self.dir.path().join(format!("{version}.img"));
+        std::fs::write(&img, image(version)).unwrap();
+        let out = ok(&[
+            "release",
+            "add",
+            "--repo",
+            s(&self.dir.path().join("repo")),
+            "--keys",
+            s(&self.dir.path().join("keys")),
+            "--variant",
+            "x86_64-rtx",
+            "--version",
+            version,
+            "--image",
+            s(&img),
+        ]);
+        assert!(
+            out.contains(&format!("published x86_64-rtx {version}")),
+            "{out}"
+        );
+    }
+
+    fn update(&self, args: &[&str]) -> Output {
+        let mut all = vec!["update", "--config", s(&self.config)];
+        all.extend_from_slice(args);
+        nusactl(&all)
+    }
+
+    fn state(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("state/state.json")).unwrap_or_default()
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn check_download_apply_status_and_history() {
+    let b = Box_::new();
+    let o = b.update(&["check"]);
+    assert!(
+        o.status.success() && text(&o).contains("no release"),
+        "{}",
+        text(&o)
+    );
+    b.publish("1.1.0");
+    let o = b.update(&["check"]);
+    assert!(
+        text(&o).contains("newest release 1.1.0") && text(&o).contains("would install now"),
+        "{}",
+        text(&o)
+    );
+
+    let o = b.update(&["download"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("downloaded"), "{}", text(&o));
+    let o = b.update(&["status"]);
+    assert!(text(&o).contains("writing 1.1.0"), "{}", text(&o));
+
+    let o = b.update(&["apply", "--no-reboot"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("reboot to continue"), "{}", text(&o));
+    let slot_b = std::fs::read(b.dir.path().join("slot-b")).unwrap();
+    assert!(slot_b[..IMAGE] == image("1.1.0")[..], "slot B holds 1.1.0");
+
+    let o = b.update(&["--json", "status"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["running"]["slot"], "A", "{v}");
+    assert_eq!(v["next_boot"], "B", "{v}");
+    assert_eq!(v["state"]["state"], "Rebooting", "{v}");
+    let o = b.update(&["status"]);
+    let t = text(&o);
+    assert!(
+        t.contains("running   1.0.0 on slot A (good)") && t.contains("next boot slot B"),
+        "{t}"
+    );
+    assert!(t.contains("on trial, 3 boot tries left"), "{t}");
+    let o = b.update(&["history"]);
+    assert!(text(&o).contains("1.1.0 started"), "{}", text(&o));
+}
+
+#[test]
+fn a_second_updater_is_refused_while_one_runs() {
+    let b = Box_::new();
+    b.publish("1.1.0");
+    let mut first = Command::new(env!("CARGO_BIN_EXE_nusactl"))
+        .args(["update", "--config", s(&b.config), "apply", "--no-reboot"])
+        .spawn()
+        .unwrap();
+    // Wait until the first holds the lock (its state moves).
+    let t0 = Instant::now();
+    while !b.state().contains("Downloading")
+        && !b.state().contains("Writing")
+        && t0.elapsed() < Duration::from_secs(60)
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let o = b.update(&["apply", "--no-reboot"]);
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("another updater is running"),
+        "{t}"
+    );
+    assert!(first.wait().unwrap().success());
+}
+
+#[test]
+fn kill_9_while_writing_then_apply_again_completes() {
+    for round in 0..3u64 {
+        let b = Box_::new();
+        b.publish("1.1.0");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nusactl"))
+            .args(["update", "--config", s(&b.config), "apply", "--no-reboot"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        while !b.state().contains("\"Writing\"") {
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "never reached Writing: {}",
+                b.state()
+            );
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the updater ended before writing"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // Somewhere in the write (a debug build writes 48 MiB in about a second).
+        std::thread::sleep(Duration::from_millis(20 + round * 150));
+        let killed = child.try_wait().unwrap().is_none();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let state = b.state();
+        println!(
+            "round {round}: killed={killed} in {}",
+            &state[..state.len().min(60)]
+        );
+        // The bootloader still boots A (B was disarmed before the write).
+        let boot = std::fs::read_to_string(b.dir.path().join("boot/slots.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&boot).unwrap();
+        if killed {
+            assert_eq!(v["slots"][1]["bootable"], false, "{boot}");
+        }
+        let o = b.update(&["apply", "--no-reboot"]);
+        assert!(o.status.success(), "{}", text(&o));
+        let slot_b = std::fs::read(b.dir.path().join("slot-b")).unwrap();
+        assert!(
+            slot_b[..IMAGE] == image("1.1.0")[..],
+            "round {round}: slot B holds 1.1.0"
+        );
+        assert!(b.state().contains("\"Rebooting\""), "{}", b.state());
+    }
+}
