@@ -307,6 +307,14 @@ impl Runner {
         if refetched > 0 {
             tracing::info!(chunks = refetched, "chunks fetched again while writing");
         }
+        // What this install cost the link, for operators and benchmarks.
+        let stats = serde_json::json!({
+            "version": release.version.to_string(),
+            "image_bytes": len,
+            "fetched": self.fetched,
+            "refetched_chunks": refetched,
+        });
+        self.setup.store.write_atomic("stats.json", stats.to_string().as_bytes())?;
         self.feed(Event::WriteProgress { bytes_written: len })?;
         Ok(Ok(()))
     }
