@@ -327,3 +327,79 @@ async fn over_https_through_every_fault_the_update_completes() {
     assert_eq!(slot, Slot::B);
     assert!(matches!(state, State::Good { .. }));
 }
+
+/// What the bootloader and slot A look like when nothing may have changed.
+fn assert_untouched(rig: &Rig, a_before: &[u8]) {
+    assert_eq!(
+        rig.slot_bytes(Slot::A, a_before.len()),
+        a_before,
+        "slot A changed"
+    );
+    let status = rig.backend().status().unwrap();
+    assert_eq!(status.next, Slot::A);
+    assert!(!status.slot(Slot::B).bootable, "slot B was armed");
+}
+
+#[tokio::test]
+async fn a_tampered_image_or_forged_metadata_never_reaches_a_bootable_slot() {
+    // Image bytes changed on the server after signing.
+    let rig = Rig::new().await;
+    rig.publish("1.1.0", 1 << 20, 4096).await;
+    let a_before = rig.slot_bytes(Slot::A, IMAGE_BYTES);
+    // Stored as targets/<sha256>.x86_64-rtx/1.1.0/root.img.
+    let image = walk(&rig.repo.join("targets"))
+        .into_iter()
+        .find(|p| p.to_string_lossy().ends_with("root.img"))
+        .unwrap();
+    let mut bytes = std::fs::read(&image).unwrap();
+    bytes[(1 << 20) + 100] ^= 0x55;
+    std::fs::write(&image, &bytes).unwrap();
+    let mut r = rig.runner();
+    r.drive(Some(Event::CheckRequested), Until::Settled)
+        .await
+        .unwrap();
+    match r.state() {
+        State::Failed { reason, .. } => assert!(reason.contains("chunk"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_untouched(&rig, &a_before);
+
+    // targets metadata re-signed by a key the root does not trust.
+    let rig = Rig::new().await;
+    rig.publish("1.1.0", 1 << 20, 4096).await;
+    let a_before = rig.slot_bytes(Slot::A, IMAGE_BYTES);
+    let targets = walk(&rig.repo.join("metadata"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".targets.json"))
+        .max()
+        .unwrap();
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&targets).unwrap()).unwrap();
+    json["signatures"][0]["sig"] = serde_json::Value::String("00".repeat(64));
+    std::fs::write(&targets, serde_json::to_vec(&json).unwrap()).unwrap();
+    let mut r = rig.runner();
+    r.drive(Some(Event::CheckRequested), Until::Settled)
+        .await
+        .unwrap();
+    match r.state() {
+        State::Failed { reason, .. } => assert!(
+            reason.contains("signed") || reason.contains("signature") || reason.contains("hash"),
+            "{reason}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_untouched(&rig, &a_before);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
