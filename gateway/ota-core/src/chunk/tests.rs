@@ -116,12 +116,12 @@ fn every_malformed_index_is_refused_with_its_reason() {
             "above the limit",
         ),
         (
-            header(4096, 8 << 30, 1 << 21),
+            header(4096, 48 << 30, 12 << 20),
             IndexError::TooManyChunks {
-                count: 1 << 21,
+                count: 12 << 20,
                 max: MAX_CHUNKS,
             },
-            "2097152 chunks",
+            "12582912 chunks",
         ),
         (
             with(56, &4u32.to_le_bytes()),

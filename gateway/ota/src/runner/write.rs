@@ -314,7 +314,9 @@ impl Runner {
             "fetched": self.fetched,
             "refetched_chunks": refetched,
         });
-        self.setup.store.write_atomic("stats.json", stats.to_string().as_bytes())?;
+        self.setup
+            .store
+            .write_atomic("stats.json", stats.to_string().as_bytes())?;
         self.feed(Event::WriteProgress { bytes_written: len })?;
         Ok(Ok(()))
     }
