@@ -233,6 +233,8 @@ class NusadServer:
         # What "started" waits for; a server with a broken model is live, not ready.
         self.ready_path = "/v2/health/ready"
         self.proc: subprocess.Popen | None = None
+        # Added to nusad's environment (NOTIFY_SOCKET, WATCHDOG_USEC, ...).
+        self.env: dict[str, str] = {}
         self._ssl: dict[tuple[str, ...], ssl.SSLContext] = {}
 
     # -- paths and URLs
@@ -260,7 +262,8 @@ class NusadServer:
         return self._ssl[alpn]
 
     # -- life cycle
-    def start(self, attempts: int = 3) -> "NusadServer":
+    def start(self, attempts: int = 3, wait: bool = True) -> "NusadServer":
+        """Start nusad; with wait, return once /v2/health/ready answers 200."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         for attempt in range(attempts):
@@ -282,8 +285,10 @@ class NusadServer:
                 log.write(f"\n=== {' '.join(args)}\n".encode())
                 log.flush()
                 attempt_start = log.tell()
-                self.proc = subprocess.Popen(args, env=nusad_env(), stdout=log, stderr=log,
-                                             stdin=subprocess.DEVNULL, cwd=self.workdir)
+                self.proc = subprocess.Popen(args, env={**nusad_env(), **self.env}, stdout=log,
+                                             stderr=log, stdin=subprocess.DEVNULL, cwd=self.workdir)
+            if not wait:
+                return self
             try:
                 self._wait_ready()
                 return self

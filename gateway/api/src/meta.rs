@@ -136,8 +136,10 @@ pub(crate) fn repository_index(repo: &Repository) -> ApiResponse {
             // Ready on some engine; the reason says which and why, e.g.
             // ONNX Runtime while a TensorRT plan builds.
             let e = mv.engine();
-            out.push(json!({"name": m.name, "version": v.to_string(), "state": "READY",
-                "reason": format!("{}: {}", e.engine, e.detail)}));
+            out.push(
+                json!({"name": m.name, "version": v.to_string(), "state": "READY",
+                "reason": format!("{}: {}", e.engine, e.detail)}),
+            );
         }
     }
     ApiResponse::json(200, Value::Array(out).to_string())

@@ -109,7 +109,10 @@ fn dispatcher(
 /// Library candidates come from trt-sys's defaults, each list overridable
 /// with a colon-separated environment variable: `NUSA_TRT_SHIM`,
 /// `NUSA_TRT_NVINFER`, `NUSA_TRT_ONNX_PARSER`, `NUSA_TRT_CUDART`.
-fn tensorrt(config: &Config, data: &std::path::Path) -> Result<Arc<dyn nusa_engine::EngineFactory>, String> {
+fn tensorrt(
+    config: &Config,
+    data: &std::path::Path,
+) -> Result<Arc<dyn nusa_engine::EngineFactory>, String> {
     let mut paths = trt_sys::LibraryPaths::default();
     for (var, list) in [
         ("NUSA_TRT_SHIM", &mut paths.shim),
@@ -135,18 +138,47 @@ fn tensorrt(config: &Config, data: &std::path::Path) -> Result<Arc<dyn nusa_engi
     Ok(Arc::new(factory))
 }
 
-/// Addresses the gateway ended up on (ports may have been 0).
+/// Addresses the gateway ended up on (ports may have been 0), and what it
+/// serves.
 #[derive(Clone, Debug)]
 pub struct Bound {
     pub listen: SocketAddr,
+    /// HTTP/3; `None` with `server.http3` off.
+    pub quic: Option<SocketAddr>,
     pub metrics: SocketAddr,
     pub ca_cert: Option<PathBuf>,
+    /// Models found in the repository, and how many of them loaded.
+    pub models: usize,
+    pub models_ready: usize,
 }
 
-/// Starts everything, reports where it listens through `on_bound`, and
-/// serves until `shutdown` turns true.
+/// Sockets bound by someone else (systemd's socket activation); each one
+/// replaces binding the address the config gives for it.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// HTTPS (HTTP/1.1, HTTP/2) instead of `server.listen` on TCP.
+    pub https: Option<std::net::TcpListener>,
+    /// HTTP/3 instead of `server.listen` on UDP.
+    pub quic: Option<std::net::UdpSocket>,
+    /// Instead of `server.metrics_listen`.
+    pub metrics: Option<std::net::TcpListener>,
+}
+
+/// Starts everything on the addresses of the config, reports where it
+/// listens through `on_bound` (once every listener is bound and the models
+/// are loaded), and serves until `shutdown` turns true.
 pub async fn run(
     config: Config,
+    shutdown: watch::Receiver<bool>,
+    on_bound: impl FnOnce(&Bound),
+) -> Result<(), AppError> {
+    run_with(config, Listeners::default(), shutdown, on_bound).await
+}
+
+/// [`run`], serving on the `listeners` passed and binding only the others.
+pub async fn run_with(
+    config: Config,
+    listeners: Listeners,
     shutdown: watch::Receiver<bool>,
     on_bound: impl FnOnce(&Bound),
 ) -> Result<(), AppError> {
@@ -181,6 +213,8 @@ pub async fn run(
         tensorrt: tensorrt(&config, &data),
     };
     let repo = Arc::new(Repository::load(&models, engines, &metrics).await?);
+    let models_found = repo.models().count();
+    let models_ready = repo.models().filter(|m| m.ready()).count();
     if !repo.ready() {
         tracing::warn!("not every model loaded: /v2/health/ready answers 503 until they do");
     }
@@ -223,14 +257,23 @@ pub async fn run(
         alt_svc_max_age_s: config.server.alt_svc_max_age_s,
         early_data: config.tls.early_data,
     };
-    let ingress = nusa_ingress::Ingress::bind(ingress_config, &tls, api).await?;
-    let (metrics_addr, metrics_serve) =
-        nusa_ingress::serve_metrics(config.server.metrics_listen, metrics, shutdown.clone())
+    let ingress =
+        nusa_ingress::Ingress::bind(ingress_config, &tls, api, listeners.https, listeners.quic)
             .await?;
+    let (metrics_addr, metrics_serve) = nusa_ingress::serve_metrics(
+        config.server.metrics_listen,
+        listeners.metrics,
+        metrics,
+        shutdown.clone(),
+    )
+    .await?;
     let bound = Bound {
         listen: ingress.local_addr(),
+        quic: ingress.quic_addr(),
         metrics: metrics_addr,
         ca_cert: tls.generated_ca.clone(),
+        models: models_found,
+        models_ready,
     };
     on_bound(&bound);
     tokio::join!(ingress.serve(shutdown, DRAIN), metrics_serve, probes);

@@ -60,8 +60,7 @@ impl TrtFactory {
     /// keys need from the GPU. Fails without a usable GPU.
     pub fn new(options: TrtOptions) -> Result<Self, EngineError> {
         let lib = |e: trt_sys::TrtError| EngineError::Library(e.to_string());
-        let trt =
-            Trt::load(&options.libraries).map_err(|e| EngineError::Library(e.to_string()))?;
+        let trt = Trt::load(&options.libraries).map_err(|e| EngineError::Library(e.to_string()))?;
         let version = trt.version().map_err(lib)?;
         let (major, minor) = trt
             .compute_capability(options.device)
@@ -83,7 +82,10 @@ impl TrtFactory {
             ("tensorrt".into(), version.tensorrt_library.to_string()),
             ("onnx_parser".into(), version.onnx_parser.to_string()),
             ("shim_abi".into(), version.abi.to_string()),
-            ("shim_tensorrt".into(), version.tensorrt_compiled.to_string()),
+            (
+                "shim_tensorrt".into(),
+                version.tensorrt_compiled.to_string(),
+            ),
             ("gpu".into(), gpu),
             ("compute_capability".into(), format!("{major}.{minor}")),
         ];

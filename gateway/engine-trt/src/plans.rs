@@ -101,7 +101,10 @@ impl PlanStore {
             "batch".into(),
             format!("{}/{}/{}", batch.0, batch.1, batch.2),
         ));
-        parts.push(("workspace_bytes".into(), settings.workspace_bytes.to_string()));
+        parts.push((
+            "workspace_bytes".into(),
+            settings.workspace_bytes.to_string(),
+        ));
         parts.push(("fp16".into(), settings.fp16.to_string()));
         let text: String = parts.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
         Ok(PlanKey {
@@ -243,7 +246,9 @@ mod tests {
                 },
             )
             .unwrap(),
-            store(dir.path(), "RTX 4000").key(&onnx, (1, 8, 8), &settings).unwrap(),
+            store(dir.path(), "RTX 4000")
+                .key(&onnx, (1, 8, 8), &settings)
+                .unwrap(),
         ];
         for o in &others {
             assert_ne!(o.id, base.id, "{o:?}");
@@ -252,7 +257,9 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(10));
         fs::write(&onnx, b"model two!").unwrap();
         assert_ne!(s.key(&onnx, (1, 8, 8), &settings).unwrap().id, base.id);
-        assert!(s.key(&dir.path().join("missing.onnx"), (1, 8, 8), &settings).is_err());
+        assert!(s
+            .key(&dir.path().join("missing.onnx"), (1, 8, 8), &settings)
+            .is_err());
     }
 
     #[test]
@@ -272,7 +279,9 @@ mod tests {
         s.store_timing_cache(b"T1").unwrap();
         assert_eq!(s.timing_cache().unwrap(), b"T1");
         // Another GPU keeps its own timing cache.
-        assert!(store(&dir.path().join("plans"), "Thor").timing_cache().is_none());
+        assert!(store(&dir.path().join("plans"), "Thor")
+            .timing_cache()
+            .is_none());
         let leftovers: Vec<_> = fs::read_dir(path.parent().unwrap())
             .unwrap()
             .filter_map(Result::ok)

@@ -27,12 +27,14 @@ fn version_dir(root: &Path) -> PathBuf {
 /// ONNX Runtime for the gateway's engine and for the double's executor.
 fn ort() -> OrtFactory {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let configured = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).unwrap_or_else(|| {
-        repo.join(format!(
-            ".cache/onnxruntime/1.31.1-{}/libonnxruntime.so",
-            std::env::consts::ARCH
-        ))
-    });
+    let configured = std::env::var_os("ORT_DYLIB_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            repo.join(format!(
+                ".cache/onnxruntime/1.31.1-{}/libonnxruntime.so",
+                std::env::consts::ARCH
+            ))
+        });
     let lib = init_library(Some(&configured)).unwrap();
     if std::env::var_os("NUSA_TRT_DOUBLE_ONNXRUNTIME").is_none() {
         // Set before the double first opens ONNX Runtime; the value is the
@@ -116,12 +118,34 @@ async fn builds_caches_and_serves_what_onnx_runtime_serves() {
     let built = plans_in(&plans);
     assert_eq!(built.len(), 1, "{built:?}");
     let key = std::fs::read_to_string(built[0].with_extension("toml")).unwrap();
-    for part in ["onnx_sha256", "tensorrt = \"101600\"", "gpu = \"Nusa test double (host memory)\"", "compute_capability = \"8.7\"", "batch = \"1/8/8\"", "fp16 = \"true\"", "shim_abi = \"2\""] {
+    for part in [
+        "onnx_sha256",
+        "tensorrt = \"101600\"",
+        "gpu = \"Nusa test double (host memory)\"",
+        "compute_capability = \"8.7\"",
+        "batch = \"1/8/8\"",
+        "fp16 = \"true\"",
+        "shim_abi = \"2\"",
+    ] {
         assert!(key.contains(part), "{part} missing from {key}");
     }
-    assert_eq!(std::fs::read(plans.join(walk(&plans).iter().find(|p| p.to_string_lossy().contains("timing-")).unwrap())).unwrap(), b"NUSATIMING 1\n");
+    assert_eq!(
+        std::fs::read(
+            plans.join(
+                walk(&plans)
+                    .iter()
+                    .find(|p| p.to_string_lossy().contains("timing-"))
+                    .unwrap()
+            )
+        )
+        .unwrap(),
+        b"NUSATIMING 1\n"
+    );
 
-    let engine = f.load_version(&dir, &hints(8)).unwrap().expect("the cached plan loads");
+    let engine = f
+        .load_version(&dir, &hints(8))
+        .unwrap()
+        .expect("the cached plan loads");
     assert_eq!(engine.metadata().platform, "tensorrt_plan");
     let reference = ort.load(&dir.join("model.onnx")).unwrap();
     assert_eq!(engine.metadata().inputs, reference.metadata().inputs);
@@ -136,7 +160,10 @@ async fn builds_caches_and_serves_what_onnx_runtime_serves() {
     assert!(f.load_version(&dir, &hints(4)).unwrap().is_none());
     f.build_version(&dir, &hints(4)).unwrap();
     assert_eq!(plans_in(&plans).len(), 2);
-    let timing = walk(&plans).into_iter().find(|p| p.to_string_lossy().contains("timing-")).unwrap();
+    let timing = walk(&plans)
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("timing-"))
+        .unwrap();
     assert_eq!(std::fs::read(timing).unwrap(), b"NUSATIMING 2\n");
 }
 
@@ -162,7 +189,10 @@ async fn a_plan_that_does_not_load_is_rebuilt_and_a_shipped_one_is_used() {
     let shipped = tmp.path().join("models/shipped/1");
     std::fs::create_dir_all(&shipped).unwrap();
     std::fs::write(shipped.join("model.plan"), &good).unwrap();
-    let h = LoadHints { model: "shipped".into(), ..hints(2) };
+    let h = LoadHints {
+        model: "shipped".into(),
+        ..hints(2)
+    };
     assert!(f.load_version(&shipped, &h).unwrap().is_some());
     // ...and one that does not load is an error naming why, unless ONNX is
     // there to build from.

@@ -28,7 +28,8 @@ fn factory() -> TrtFactory {
 fn options(libraries: LibraryPaths) -> TrtOptions {
     TrtOptions {
         libraries,
-        plan_dir: std::env::temp_dir().join(format!("nusa-engine-trt-plans-{}", std::process::id())),
+        plan_dir: std::env::temp_dir()
+            .join(format!("nusa-engine-trt-plans-{}", std::process::id())),
         build: Default::default(),
         device: 0,
     }

@@ -57,6 +57,19 @@ pub enum IngressError {
     },
     #[error("TLS configuration: {0}")]
     Tls(String),
+    #[error("passed socket: {0}")]
+    Passed(std::io::Error),
+}
+
+/// A TCP listener someone else bound (socket activation), for tokio.
+pub(crate) fn from_std(
+    listener: std::net::TcpListener,
+) -> Result<tokio::net::TcpListener, IngressError> {
+    // tokio requires non-blocking sockets; systemd passes blocking ones.
+    listener
+        .set_nonblocking(true)
+        .map_err(IngressError::Passed)?;
+    tokio::net::TcpListener::from_std(listener).map_err(IngressError::Passed)
 }
 
 /// Bound listeners, ready to serve.
@@ -66,39 +79,71 @@ pub struct Ingress {
 }
 
 impl Ingress {
-    /// Binds TCP and (with HTTP/3 on) UDP on the same address. With port 0
-    /// the UDP socket takes the port the TCP listener got.
+    /// Binds TCP and (with HTTP/3 on) UDP on the same address, or takes the
+    /// sockets passed in `https` and `quic` (socket activation). With port 0,
+    /// or a passed TCP listener and no passed UDP socket, the UDP socket
+    /// takes the address the TCP listener got. `Alt-Svc` advertises the
+    /// UDP port.
     pub async fn bind(
         config: IngressConfig,
         tls: &TlsMaterial,
         api: Arc<Api>,
+        https: Option<std::net::TcpListener>,
+        quic: Option<std::net::UdpSocket>,
     ) -> Result<Ingress, IngressError> {
         let addr = config.listen;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| IngressError::BindTcp { addr, source })?;
-        let port = listener
+        let listener = match https {
+            Some(passed) => from_std(passed)?,
+            None => tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| IngressError::BindTcp { addr, source })?,
+        };
+        let tcp_addr = listener
             .local_addr()
-            .map_err(|source| IngressError::BindTcp { addr, source })?
-            .port();
+            .map_err(|source| IngressError::BindTcp { addr, source })?;
+        let udp = match (config.http3, quic) {
+            (true, Some(passed)) => Some(passed),
+            (true, None) => Some(std::net::UdpSocket::bind(tcp_addr).map_err(|source| {
+                IngressError::BindUdp {
+                    addr: tcp_addr,
+                    source,
+                }
+            })?),
+            (false, Some(_)) => {
+                tracing::warn!(
+                    "a QUIC socket was passed but server.http3 is off: not serving HTTP/3"
+                );
+                None
+            }
+            (false, None) => None,
+        };
         let mut shared = request::Shared::new(&config, api);
-        if config.http3 {
+        if let Some(udp) = &udp {
+            let port = udp
+                .local_addr()
+                .map_err(|source| IngressError::BindUdp {
+                    addr: tcp_addr,
+                    source,
+                })?
+                .port();
             shared.alt_svc = Some(format!("h3=\":{port}\"; ma={}", config.alt_svc_max_age_s));
         }
         let shared = Arc::new(shared);
         let tcp = tcp::TcpIngress::bind(&config, tls, listener, Arc::clone(&shared)).await?;
-        let quic = if config.http3 {
-            let mut udp = config.listen;
-            udp.set_port(port);
-            Some(quic::QuicIngress::bind(udp, &config, tls, shared)?)
-        } else {
-            None
+        let quic = match udp {
+            Some(udp) => Some(quic::QuicIngress::bind(udp, &config, tls, shared)?),
+            None => None,
         };
         Ok(Ingress { tcp, quic })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.tcp.local_addr()
+    }
+
+    /// Where HTTP/3 is served; `None` with it off.
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.quic.as_ref().and_then(|q| q.local_addr())
     }
 
     /// Serves until `shutdown` turns true, then drains: open requests finish

@@ -15,15 +15,20 @@ use tokio::sync::watch;
 
 use crate::IngressError;
 
-/// Binds the metrics address; the returned future serves until shutdown.
+/// Binds the metrics address, or takes the `passed` listener (socket
+/// activation); the returned future serves until shutdown.
 pub async fn serve_metrics(
     addr: SocketAddr,
+    passed: Option<std::net::TcpListener>,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, impl std::future::Future<Output = ()>), IngressError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| IngressError::BindTcp { addr, source })?;
+    let listener = match passed {
+        Some(l) => crate::from_std(l)?,
+        None => TcpListener::bind(addr)
+            .await
+            .map_err(|source| IngressError::BindTcp { addr, source })?,
+    };
     let local = listener
         .local_addr()
         .map_err(|source| IngressError::BindTcp { addr, source })?;

@@ -26,8 +26,9 @@ pub(crate) struct QuicIngress {
 }
 
 impl QuicIngress {
+    /// Serves QUIC on `socket`, bound here or passed by systemd.
     pub fn bind(
-        addr: SocketAddr,
+        socket: std::net::UdpSocket,
         config: &IngressConfig,
         tls: &TlsMaterial,
         shared: Arc<Shared>,
@@ -57,14 +58,33 @@ impl QuicIngress {
                 .map_err(|e| IngressError::Tls(format!("idle timeout: {e}")))?,
         ));
         server.transport_config(Arc::new(transport));
-        let endpoint = quinn::Endpoint::server(server, addr)
-            .map_err(|source| IngressError::BindUdp { addr, source })?;
+        let addr = socket
+            .local_addr()
+            .map_err(|source| IngressError::BindUdp {
+                addr: config.listen,
+                source,
+            })?;
+        let udp_err = |source| IngressError::BindUdp { addr, source };
+        socket.set_nonblocking(true).map_err(udp_err)?;
+        // What quinn::Endpoint::server does after binding, on a socket that
+        // may have been bound by someone else.
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(udp_err)?;
         Ok(QuicIngress {
             endpoint,
             shared,
             early_data: config.early_data,
             max_header_bytes: l.max_header_bytes.into(),
         })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.endpoint.local_addr().ok()
     }
 
     pub async fn serve(self, mut shutdown: watch::Receiver<bool>, drain: Duration) {

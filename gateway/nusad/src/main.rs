@@ -1,5 +1,6 @@
 //! `nusad`: the Nusa inference gateway. Parses flags, reads the config,
-//! sets up logging and hands over to `nusa-app`.
+//! sets up logging, takes the sockets systemd passed and hands over to
+//! `nusa-app`, telling systemd how it goes (`nusa-systemd`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use nusa_config::Config;
+use nusa_systemd::{notify, Activated};
 use tokio::sync::watch;
 
 /// Exit code for a bad configuration (EX_USAGE in sysexits.h).
@@ -66,6 +68,17 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
+    // Before the runtime starts its threads: taking the sockets edits the
+    // environment.
+    let activated = match Activated::from_env() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("nusad: {e}");
+            notify::status(&format!("failed: {e}"));
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -76,7 +89,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(config, activated)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let mut msg = format!("nusad: {e}");
@@ -86,30 +99,83 @@ fn main() -> ExitCode {
                 source = s.source();
             }
             eprintln!("{msg}");
+            notify::status(&format!("failed: {msg}"));
             ExitCode::FAILURE
         }
     }
 }
 
-async fn serve(config: Config) -> Result<(), nusa_app::AppError> {
+async fn serve(config: Config, activated: Activated) -> Result<(), nusa_app::AppError> {
+    if let Some(every) = notify::watchdog_interval() {
+        tracing::info!(
+            every_ms = every.as_millis() as u64,
+            "pinging the systemd watchdog"
+        );
+        tokio::spawn(notify::watchdog(every));
+    }
+    log_activated(&activated);
+    notify::status("loading models");
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down: draining open requests");
+        notify::stopping("draining open requests");
         let _ = tx.send(true);
     });
-    nusa_app::run(config, rx, |b| {
+    let listeners = nusa_app::Listeners {
+        https: activated.https,
+        quic: activated.quic,
+        metrics: activated.metrics,
+    };
+    nusa_app::run_with(config, listeners, rx, |b| {
+        let h3 = match b.quic {
+            Some(a) => format!("HTTP/3 on UDP {a}"),
+            None => "HTTP/3 off".to_string(),
+        };
         tracing::info!(
             listen = %b.listen,
             metrics = %b.metrics,
-            "serving the Open Inference Protocol on https://{} (HTTP/1.1, HTTP/2 on TCP; HTTP/3 on UDP)",
+            "serving the Open Inference Protocol on https://{} (HTTP/1.1, HTTP/2 on TCP; {h3})",
             b.listen
         );
         if let Some(ca) = &b.ca_cert {
             tracing::info!(ca = %ca.display(), "TLS: generated local CA; clients trust it with e.g. curl --cacert {}", ca.display());
         }
+        notify::ready(&ready_status(b, &h3));
     })
     .await
+}
+
+/// The `systemctl status` line once serving.
+fn ready_status(b: &nusa_app::Bound, h3: &str) -> String {
+    let noun = if b.models == 1 { "model" } else { "models" };
+    let models = if b.models_ready == b.models {
+        format!("{} {noun}", b.models)
+    } else {
+        format!(
+            "{} of {} {noun} ({} failed to load)",
+            b.models_ready,
+            b.models,
+            b.models - b.models_ready
+        )
+    };
+    format!(
+        "serving {models} on https://{} ({h3}); metrics on {}",
+        b.listen, b.metrics
+    )
+}
+
+fn log_activated(a: &Activated) {
+    let addr = |r: std::io::Result<SocketAddr>| r.map_or_else(|e| e.to_string(), |a| a.to_string());
+    if let Some(l) = &a.https {
+        tracing::info!(addr = %addr(l.local_addr()), "socket activation: HTTPS on the passed TCP listener");
+    }
+    if let Some(s) = &a.quic {
+        tracing::info!(addr = %addr(s.local_addr()), "socket activation: HTTP/3 on the passed UDP socket");
+    }
+    if let Some(l) = &a.metrics {
+        tracing::info!(addr = %addr(l.local_addr()), "socket activation: metrics on the passed TCP listener");
+    }
 }
 
 async fn wait_for_signal() {

@@ -96,7 +96,7 @@ mod d {
         "/usr/lib/nusa/root.json".into()
     }
     pub fn state_dir() -> PathBuf {
-        "/var/lib/nusa/update".into()
+        "/var/lib/nusa-update".into()
     }
     pub fn machine_id() -> PathBuf {
         "/etc/machine-id".into()

@@ -18,9 +18,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use nusa_engine::{Engine, EngineFactory, LoadHints, ModelMetadata};
-use parking_lot::Mutex;
 use nusa_sched::Scheduler;
 use nusa_telemetry::Metrics;
+use parking_lot::Mutex;
 
 pub use config::{CachePolicy, EngineChoice, ModelConfig, Placement, Residency, VersionPolicy};
 pub use demo::{materialize_demo, DEMO_MODEL_NAME};
@@ -421,7 +421,10 @@ fn compatible(old: &ModelMetadata, new: &ModelMetadata) -> Result<(), String> {
                 x.name == y.name
                     && x.datatype == y.datatype
                     && x.shape.len() == y.shape.len()
-                    && x.shape.iter().zip(&y.shape).all(|(p, q)| p == q || *p < 0 || *q < 0)
+                    && x.shape
+                        .iter()
+                        .zip(&y.shape)
+                        .all(|(p, q)| p == q || *p < 0 || *q < 0)
             })
     };
     if same(&old.inputs, &new.inputs) && same(&old.outputs, &new.outputs) {

@@ -299,7 +299,10 @@ async fn replaced_engines_take_later_batches_and_nothing_queued_is_lost() {
     let new_batches = Arc::new(Mutex::new(Vec::new()));
     let new = Doubler::new(1, new_batches.clone());
     assert!(s
-        .replace_engines(vec![Arc::new(new), Arc::new(Doubler::new(1, new_batches.clone()))])
+        .replace_engines(vec![
+            Arc::new(new),
+            Arc::new(Doubler::new(1, new_batches.clone()))
+        ])
         .unwrap_err()
         .contains("2 replacement engines for 1 instances"));
     s.replace_engines(vec![Arc::new(Doubler::new(1, new_batches.clone()))])
