@@ -208,6 +208,9 @@ pub async fn run_with(
         }
     };
     let metrics = Metrics::new();
+    for path in &config.server.metrics_textfiles {
+        metrics.add_textfile(path.clone());
+    }
     let engines = Engines {
         onnxruntime: Arc::new(factory),
         tensorrt: tensorrt(&config, &data),

@@ -120,6 +120,9 @@ pub struct Server {
     pub http3: bool,
     /// `ma` of the Alt-Svc advertisement, seconds.
     pub alt_svc_max_age_s: u64,
+    /// Prometheus text files other processes write (the updater's
+    /// progress), exported on the metrics port with the gateway's own.
+    pub metrics_textfiles: Vec<PathBuf>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -200,6 +203,7 @@ impl Default for Server {
             models: None,
             http3: true,
             alt_svc_max_age_s: 86_400,
+            metrics_textfiles: vec![PathBuf::from("/run/nusa-update/metrics.prom")],
         }
     }
 }

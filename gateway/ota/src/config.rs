@@ -55,6 +55,10 @@ pub struct UpdateConfig {
     /// Files of the release that go to the boot partition for the slot
     /// (the kernel and initrd systemd-boot loads), if any.
     pub boot_files: Option<BootFiles>,
+    /// Progress in Prometheus text, for the gateway's metrics port
+    /// (`server.metrics_textfiles` there).
+    #[serde(default = "d::metrics_file")]
+    pub metrics_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -121,6 +125,9 @@ mod d {
     }
     pub fn max_wait_s() -> u64 {
         600
+    }
+    pub fn metrics_file() -> Option<PathBuf> {
+        Some("/run/nusa-update/metrics.prom".into())
     }
     pub fn reboot_command() -> Vec<String> {
         vec!["systemctl".into(), "reboot".into()]
@@ -209,6 +216,7 @@ impl UpdateConfig {
             max_wait: Duration::from_secs(self.max_wait_s),
             on_progress: None,
             boot_files: self.boot_files.clone(),
+            metrics_file: self.metrics_file.clone(),
             cut_write_at: None,
             cut_after_commands: None,
         })

@@ -58,6 +58,8 @@ pub struct Setup {
     pub max_wait: Duration,
     /// Called as bytes move, for the CLI's progress bar.
     pub on_progress: Option<ProgressFn>,
+    /// Where progress goes in Prometheus text for the gateway to export.
+    pub metrics_file: Option<PathBuf>,
     /// Release files written to the boot partition for a slot before it is
     /// armed (systemd-boot loads the slot's kernel from there).
     pub boot_files: Option<crate::config::BootFiles>,
@@ -289,10 +291,20 @@ impl Runner {
             if let Some(f) = &self.setup.on_progress {
                 f(&report);
             }
-            let _ = self.setup.store.write_atomic(
-                "metrics.prom",
-                metrics_text(&report, self.updater.state()).as_bytes(),
-            );
+            self.write_metrics(&metrics_text(&report, self.updater.state()));
+        }
+    }
+
+    /// The Prometheus text the gateway passes on (`metrics_file`); a
+    /// failure to write it never fails the update.
+    pub(crate) fn write_metrics(&self, text: &str) {
+        if let Some(path) = &self.setup.metrics_file {
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            if let Err(e) = crate::store::write_atomic(path, text.as_bytes()) {
+                tracing::debug!(error = %e, "writing the update metrics");
+            }
         }
     }
 

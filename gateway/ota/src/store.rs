@@ -5,8 +5,8 @@
 //! `state.json` (the core's `State`), `history.json`, `plan.json` (which
 //! chunks the active slot supplies), `download.img` (fetched chunks at their
 //! image offsets, sparse), `wake_at` (when the timer should run us next),
-//! `tuf/` (the TUF client's datastore) and `metrics.prom` (progress for the
-//! gateway's metrics port).
+//! and `tuf/` (the TUF client's datastore). Progress for the gateway's
+//! metrics port goes to `metrics_file` (in /run).
 
 use std::fs;
 use std::io::{Read, Write};
@@ -63,10 +63,6 @@ impl Store {
 
     pub fn tuf_dir(&self) -> PathBuf {
         self.dir.join("tuf")
-    }
-
-    pub fn metrics_path(&self) -> PathBuf {
-        self.dir.join("metrics.prom")
     }
 
     pub fn state(&self) -> Result<Option<State>, StoreError> {

@@ -80,12 +80,22 @@ async fn a_good_release_is_installed_booted_and_marked_good() {
         status.slot(Slot::A).is_good(),
         "A stays good until B proves itself"
     );
+    let metrics = std::fs::read_to_string(rig.state.join("metrics.prom")).unwrap();
+    assert!(
+        metrics.contains(r#"nusa_update_state{state="Rebooting"} 1"#),
+        "{metrics}"
+    );
 
     let (slot, state) = boot_and_settle(&rig).await;
     assert_eq!(slot, Slot::B);
     assert!(matches!(state, State::Good { .. }), "{state:?}");
     assert!(rig.backend().status().unwrap().slot(Slot::B).is_good());
     assert_eq!(rig.running().to_string(), "1.1.0");
+    let metrics = std::fs::read_to_string(rig.state.join("metrics.prom")).unwrap();
+    assert!(
+        metrics.contains(r#"nusa_update_state{state="Good"} 1"#),
+        "{metrics}"
+    );
     // Already running the newest: nothing to do.
     let mut r = rig.runner();
     r.drive(Some(Event::CheckRequested), Until::Settled)

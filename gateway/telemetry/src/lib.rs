@@ -64,6 +64,31 @@ pub struct Metrics {
     batch_size: Family<ModelLabels, Histogram, Buckets>,
     queue_depth: Family<ModelLabels, Gauge>,
     engine: Family<EngineLabels, Gauge>,
+    textfiles: Mutex<Vec<std::path::PathBuf>>,
+}
+
+/// A textfile's samples and comments, at most 64 KiB of them; anything
+/// that is not a metric or comment line (or an `# EOF`) is left out.
+fn textfile(path: &std::path::Path) -> Option<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(64 << 10)
+        .read_to_string(&mut text)
+        .ok()?;
+    let mut out = String::new();
+    for line in text.lines() {
+        let metric = line
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+        if (metric || line.starts_with("# ")) && !line.starts_with("# EOF") {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    Some(out)
 }
 
 impl Metrics {
@@ -106,6 +131,7 @@ impl Metrics {
             batch_size,
             queue_depth,
             engine,
+            textfiles: Mutex::new(Vec::new()),
         })
     }
 
@@ -116,11 +142,28 @@ impl Metrics {
         f(&mut self.registry.lock());
     }
 
+    /// Also exports the families another process writes to `path` in
+    /// Prometheus text (the updater's progress), read at each scrape.
+    pub fn add_textfile(&self, path: std::path::PathBuf) {
+        self.textfiles.lock().push(path);
+    }
+
     /// The exposition text.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry.lock());
+        let extra: String = self
+            .textfiles
+            .lock()
+            .iter()
+            .filter_map(|p| textfile(p))
+            .collect();
+        if !extra.is_empty() {
+            // Before OpenMetrics' closing line, which must stay last.
+            let at = out.rfind("# EOF").unwrap_or(out.len());
+            out.insert_str(at, &extra);
+        }
         out
     }
 
@@ -245,5 +288,28 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn textfiles_join_the_text_before_eof_and_only_metric_lines_pass() {
+        let dir = std::env::temp_dir().join(format!("nusa-telemetry-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("update.prom");
+        std::fs::write(
+            &file,
+            "# TYPE nusa_update_bytes gauge\nnusa_update_bytes{kind=\"done\"} 42\n<html>oops\n# EOF\n",
+        )
+        .unwrap();
+        let m = Metrics::new();
+        m.add_textfile(file.clone());
+        m.add_textfile(dir.join("missing.prom"));
+        let text = m.encode();
+        let at = text
+            .find(r#"nusa_update_bytes{kind="done"} 42"#)
+            .expect(&text);
+        assert!(!text.contains("<html>"), "{text}");
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+        assert!(text.rfind("# EOF").unwrap() > at, "{text}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

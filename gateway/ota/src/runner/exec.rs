@@ -16,14 +16,10 @@ impl Runner {
         match cmd {
             Command::Persist(state) => {
                 self.setup.store.save_state(&state)?;
-                let _ = self.setup.store.write_atomic(
-                    "metrics.prom",
-                    format!(
-                        "# HELP nusa_update_state The updater's state (1 for the current one).\n# TYPE nusa_update_state gauge\nnusa_update_state{{state=\"{}\"}} 1\n",
-                        state.name()
-                    )
-                    .as_bytes(),
-                );
+                self.write_metrics(&format!(
+                    "# HELP nusa_update_state The updater's state (1 for the current one).\n# TYPE nusa_update_state gauge\nnusa_update_state{{state=\"{}\"}} 1\n",
+                    state.name()
+                ));
             }
             Command::PersistHistory(h) => self.setup.store.save_history(&h)?,
             Command::Refused(r) => {

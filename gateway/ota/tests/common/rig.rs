@@ -174,6 +174,7 @@ impl Rig {
             max_wait: Duration::from_secs(5),
             on_progress: None,
             boot_files: None,
+            metrics_file: Some(self.state.join("metrics.prom")),
             cut_write_at: None,
             cut_after_commands: None,
         }
