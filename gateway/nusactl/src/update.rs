@@ -107,10 +107,12 @@ pub async fn run(args: UpdateArgs) -> anyhow::Result<()> {
             finish(&runner, stop, Some(&reboot), args.json)
         }
         UpdateCmd::MarkGood => {
+            runner.skip_health_gate();
             let stop = runner.drive(Some(Event::MarkGood), Until::Settled).await?;
             finish(&runner, stop, None, args.json)
         }
         UpdateCmd::Rollback { force, no_reboot } => {
+            runner.skip_health_gate();
             let stop = runner
                 .drive(Some(Event::Rollback { force }), Until::Settled)
                 .await?;

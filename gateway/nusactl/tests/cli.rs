@@ -85,7 +85,9 @@ state_dir = "{d}/state"
 machine_id = "{d}/machine-id"
 slots = ["{d}/slot-a", "{d}/slot-b"]
 retry_backoff_s = 0
+health_timeout_s = 3
 reboot_command = []
+metrics_file = "{d}/metrics.prom"
 
 [bootloader]
 kind = "file"
@@ -259,4 +261,70 @@ fn kill_9_while_writing_then_apply_again_completes() {
         );
         assert!(b.state().contains("\"Rebooting\""), "{}", b.state());
     }
+}
+
+/// Power-on of the appliance made of files: the file bootloader picks a
+/// slot, and the version file follows the booted slot's image.
+fn power_on(b: &Box_) -> nusa_ota_slots::Slot {
+    use nusa_ota_slots::SlotBackend;
+    let backend = nusa_ota_slots::FileBackend::new(&b.dir.path().join("boot")).unwrap();
+    let slot = backend.simulate_boot().unwrap();
+    let file = if slot == nusa_ota_slots::Slot::A {
+        "slot-a"
+    } else {
+        "slot-b"
+    };
+    let head = std::fs::read(b.dir.path().join(file)).unwrap();
+    let version = String::from_utf8_lossy(&head[8..13]).to_string();
+    std::fs::write(b.dir.path().join("version"), format!("{version}\n")).unwrap();
+    let _ = backend.status().unwrap();
+    slot
+}
+
+#[test]
+fn mark_good_accepts_the_new_slot_and_a_failing_gate_rolls_back_for_good() {
+    use nusa_ota_slots::Slot;
+    let b = Box_::new();
+    b.publish("1.1.0");
+    assert!(b.update(&["apply", "--no-reboot"]).status.success());
+    assert_eq!(power_on(&b), Slot::B);
+    // No gateway runs here: the operator accepts the slot by hand.
+    let o = b.update(&["mark-good"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&b.update(&["status"]));
+    assert!(t.contains("running   1.1.0 on slot B (good)"), "{t}");
+    assert!(t.contains("1.1.0 good in slot B"), "{t}");
+
+    // 1.2.0: the health gate finds no gateway within its 3 s.
+    b.publish("1.2.0");
+    assert!(b.update(&["apply", "--no-reboot"]).status.success());
+    assert_eq!(power_on(&b), Slot::A);
+    let o = b.update(&["boot"]);
+    let t = text(&o);
+    assert!(
+        t.contains("rolling back") && t.contains("reboot to continue"),
+        "{t}"
+    );
+    assert_eq!(
+        power_on(&b),
+        Slot::B,
+        "the rollback boots the previous good slot"
+    );
+    let o = b.update(&["boot"]);
+    let t = text(&o);
+    assert!(!o.status.success() && t.contains("update failed"), "{t}");
+    let t = text(&b.update(&["status"]));
+    assert!(t.contains("running   1.1.0 on slot B (good)"), "{t}");
+    assert!(t.contains("bad       1.2.0"), "{t}");
+    // Not retried.
+    let o = b.update(&["apply", "--no-reboot"]);
+    let t = text(&o);
+    assert!(
+        o.status.success() && !t.contains("reboot to continue"),
+        "{t}"
+    );
+    let t = text(&b.update(&["check"]));
+    assert!(t.contains("recorded bad"), "{t}");
+    let metrics = std::fs::read_to_string(b.dir.path().join("metrics.prom")).unwrap();
+    assert!(metrics.contains("nusa_update_state"), "{metrics}");
 }

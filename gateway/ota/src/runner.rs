@@ -186,6 +186,13 @@ impl Runner {
         &self.setup
     }
 
+    /// An operator's mark-good or rollback decides instead of the health
+    /// gate that resuming after the boot queued: drop it.
+    pub fn skip_health_gate(&mut self) {
+        self.queue
+            .retain(|c| !matches!(c, Command::RunHealthGate { .. }));
+    }
+
     /// The newest release in the repository for this variant, freshly
     /// verified (for `nusactl update check`; changes no state).
     pub async fn latest_release(&mut self) -> Result<Option<nusa_ota_core::ReleaseInfo>, String> {
