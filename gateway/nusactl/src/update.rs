@@ -15,10 +15,11 @@ use serde_json::json;
 
 #[derive(Debug, Args)]
 pub struct UpdateArgs {
-    #[arg(long, default_value = "/etc/nusa/update.toml")]
+    /// Accepted before or after the subcommand (the units write it after).
+    #[arg(long, global = true, default_value = "/etc/nusa/update.toml")]
     config: PathBuf,
     /// Machine-readable output.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
     cmd: UpdateCmd,

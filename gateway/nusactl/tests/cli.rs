@@ -184,6 +184,11 @@ fn check_download_apply_status_and_history() {
         "{t}"
     );
     assert!(t.contains("on trial, 3 boot tries left"), "{t}");
+    // As the systemd units write it: options after the subcommand.
+    let o = nusactl(&["update", "status", "--config", s(&b.config), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["state"]["state"], "Rebooting", "{v}");
     let o = b.update(&["history"]);
     assert!(text(&o).contains("1.1.0 started"), "{}", text(&o));
 }

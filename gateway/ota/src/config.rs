@@ -136,7 +136,8 @@ mod d {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {path}: {source}")]
+    // The source is printed by the caller's error chain.
+    #[error("reading {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
