@@ -208,10 +208,12 @@ def main() -> int:
     sh(["dd", f"if={images['1.2.0']}", f"of={target}", "bs=4M", "conv=notrunc,fsync", "status=none"])
     t_dd = time.monotonic() - t0
 
+    # The command as a reader would type it: no path of this machine.
+    shown = os.path.relpath(nusactl, ROOT) if nusactl.is_relative_to(ROOT) else nusactl.name
     lines = [
         f"# OTA install benchmark, {dt.date.today().isoformat()}",
         "",
-        f"Command: `.venv/bin/python bench/ota.py --nusactl {args.nusactl} --mb {args.mb}`",
+        f"Command: `.venv/bin/python bench/ota.py --nusactl {shown} --mb {args.mb}`",
         f"Image: ext4 from `mke2fs -d`, {size >> 20} MiB, {len(files)} files copied from /usr "
         f"({sum((v1 / f).stat().st_size for f in files) >> 20} MiB of file data). Folder repository "
         "(no network), slot files and the dd target on the same disk, release build.",

@@ -106,7 +106,7 @@ async fn infer(
     if served_by == nusa_dispatch::ServedBy::Local {
         // The engine serving the version as the answer left (a TensorRT
         // plan may replace ONNX Runtime between two requests).
-        headers.push(("nusa-engine", mv.engine().engine.to_string()));
+        headers.push(("nusa-engine", mv.engine_name().to_string()));
     }
     headers.push(("nusa-served-by", served_by.header()));
     Ok(ApiResponse {

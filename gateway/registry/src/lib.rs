@@ -39,6 +39,12 @@ impl ModelVersion {
     pub fn engine(&self) -> EngineState {
         self.engine.lock().clone()
     }
+
+    /// Just the engine's name: what each local answer's header carries,
+    /// without cloning the state's text per request.
+    pub fn engine_name(&self) -> &'static str {
+        self.engine.lock().engine
+    }
 }
 
 /// Which engine serves a version, and why.
