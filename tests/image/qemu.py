@@ -155,14 +155,18 @@ def make_tls(dest: Path) -> dict[str, Path]:
 # Building the image
 
 
-def build_image(out: Path, tls: dict[str, Path], version: str, log: Path) -> float:
-    """Runs image/build with the test's TLS material; returns its wall time."""
+def build_image(out: Path, tls: dict[str, Path] | None, version: str, log: Path,
+                extra: list[str] = ()) -> float:
+    """Runs image/build (with the test's TLS material, if given, and more
+    arguments); returns its wall time."""
     cmd = [*sudo(), "env", f"PATH={os.environ['PATH']}"]
     for var in ("CARGO_TARGET_DIR", "CARGO_HOME", "RUSTUP_HOME", "SOURCE_DATE_EPOCH"):
         if var in os.environ:
             cmd.append(f"{var}={os.environ[var]}")
-    cmd += [str(REPO_ROOT / "image" / "build"), "--version", version, "--out", str(out),
-            "--tls-cert", str(tls["cert"]), "--tls-key", str(tls["key"]), "--tls-ca", str(tls["ca"])]
+    cmd += [str(REPO_ROOT / "image" / "build"), "--version", version, "--out", str(out)]
+    if tls:
+        cmd += ["--tls-cert", str(tls["cert"]), "--tls-key", str(tls["key"]), "--tls-ca", str(tls["ca"])]
+    cmd += [str(a) for a in extra]
     if os.environ.get("NUSA_IMAGE_BIN_DIR"):
         cmd += ["--bin-dir", os.environ["NUSA_IMAGE_BIN_DIR"]]
     cmd += shlex.split(os.environ.get("NUSA_IMAGE_BUILD_ARGS", ""))
@@ -219,6 +223,39 @@ def fat_list(disk: Path, part: Partition, path: str) -> list[str]:
     return sorted(Path(line.strip()).name for line in proc.stdout.splitlines() if line.strip())
 
 
+def replay_journal(disk: Path, part: Partition) -> None:
+    """Replays the ext4 journal of a partition left by a power cut (QEMU
+    killed), as the next mount would, so that debugfs (which reads the file
+    system in place and ignores the journal) sees what the guest had
+    fsynced. A no-op after a clean shutdown. Needs root (a loop device)."""
+    loop = subprocess.run([*sudo(), "losetup", "--find", "--show", "--offset", str(part.start),
+                           "--sizelimit", str(part.size), str(disk)],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    try:
+        proc = subprocess.run([*sudo(), "e2fsck", "-y", "-E", "journal_only", loop],
+                              capture_output=True, text=True)
+        if proc.returncode not in (0, 1):
+            raise AssertionError(f"e2fsck -E journal_only on {part.name}: {proc.returncode}: "
+                                 f"{proc.stdout}{proc.stderr}")
+    finally:
+        subprocess.run([*sudo(), "losetup", "-d", loop], check=True)
+
+
+def update_state(disk: Path, data: Partition) -> tuple[str, dict]:
+    """The updater's persisted state (/data/nusa-update/state.json): its
+    name ("Writing", "Good", ...) and fields."""
+    text = ext4_read(disk, data, "/nusa-update/state.json")
+    if text is None:
+        return "none", {}
+    fields = json.loads(text)  # {"state": "Writing", "release": {...}, ...}
+    return fields.pop("state"), fields
+
+
+def update_history(disk: Path, data: Partition) -> dict:
+    text = ext4_read(disk, data, "/nusa-update/history.json")
+    return json.loads(text) if text else {}
+
+
 def sparse_copy(src: Path, dst: Path, grow_by: int = 0) -> None:
     subprocess.run(["cp", "--sparse=always", str(src), str(dst)], check=True)
     if grow_by:
@@ -262,6 +299,9 @@ class Vm:
     memory_mib: int = 2048
     cpus: int = 2
     proc: subprocess.Popen | None = None
+    # Boots so far: every start of QEMU is one (-no-reboot turns a guest's
+    # reboot into QEMU's exit; the test starts it again, as the reset).
+    boot: int = 0
     started: float = 0.0
     phases: list[tuple[float, str]] = field(default_factory=list)
     _seen: set[str] = field(default_factory=set)
@@ -270,7 +310,8 @@ class Vm:
 
     @property
     def serial_log(self) -> Path:
-        return self.workdir / "serial.log"
+        """This boot's console (serial-1.log, serial-2.log, ...)."""
+        return self.workdir / f"serial-{max(self.boot, 1)}.log"
 
     @property
     def phase_log(self) -> Path:
@@ -290,20 +331,25 @@ class Vm:
             "-netdev", f"user,id=n0,hostfwd={fwd}", "-device", "virtio-net-pci,netdev=n0",
             "-serial", f"file:{self.serial_log}", "-display", "none", "-monitor", "none",
             "-qmp", f"unix:{self.workdir / 'qmp.sock'},server=on,wait=off",
-            # A reboot (panic=10 after a failed root mount, say) ends QEMU:
-            # the test sees it at once instead of boot-looping.
+            # A reboot (the updater's, or panic=10 after a failed root
+            # mount) ends QEMU: the test sees it at once, can read the disk
+            # between boots, and starts the next boot itself (wait_exit,
+            # start), instead of a boot loop going on unseen.
             "-no-reboot",
         ]
 
     def start(self) -> None:
+        """Powers on (the next boot: its console goes to serial-<boot>.log)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.boot += 1
         self.serial_log.unlink(missing_ok=True)
         cmd = self.command()
-        self.phase(f"qemu start ({accel()}): " + " ".join(cmd))
+        self.started = 0.0
+        self.phase(f"boot {self.boot}: qemu start ({accel()}): " + " ".join(cmd))
         self.started = time.monotonic()
         self.phases = [(0.0, "qemu started")]
         self._seen = set()
-        self.proc = subprocess.Popen(cmd, stdout=(self.workdir / "qemu.log").open("wb"),
+        self.proc = subprocess.Popen(cmd, stdout=(self.workdir / f"qemu-{self.boot}.log").open("wb"),
                                      stderr=subprocess.STDOUT)
         # Milestones are timed by polling the console file every 0.2 s.
         self._watcher = threading.Thread(target=self._watch, daemon=True)
@@ -322,8 +368,9 @@ class Vm:
         with self._lock:
             t = self.elapsed() if self.started else 0.0
             self.phases.append((t, what))
+            self.workdir.mkdir(parents=True, exist_ok=True)
             with self.phase_log.open("a") as f:
-                f.write(f"{t:8.2f}s  {what}\n")
+                f.write(f"boot {self.boot} {t:8.2f}s  {what}\n")
 
     def serial(self) -> str:
         """The console so far, without terminal escapes (systemd colours its
@@ -341,17 +388,36 @@ class Vm:
                 self._seen.add(name)
                 self.phase(f"serial: {name}")
 
-    def wait_serial(self, needle: str, timeout: float) -> str:
-        """Waits for a line containing needle on the console; returns it."""
+    def wait_serial(self, needle: str, timeout: float, regex: bool = False) -> str:
+        """Waits for a line of this boot's console containing needle (or
+        matching the regular expression); returns it."""
+        pattern = re.compile(needle if regex else re.escape(needle))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for line in self.serial().splitlines():
-                if needle in line:
+                if pattern.search(line):
                     return line
             if not self.alive():
                 break
-            time.sleep(0.5)
-        raise AssertionError(f"no {needle!r} on the console within {timeout:.0f} s")
+            time.sleep(0.25)
+        for line in self.serial().splitlines():
+            if pattern.search(line):
+                return line
+        state = "running" if self.alive() else f"QEMU exited ({self.proc.returncode if self.proc else '-'})"
+        raise AssertionError(f"boot {self.boot}: no {needle!r} on the console within {timeout:.0f} s ({state})")
+
+    def wait_exit(self, timeout: float, why: str = "reboot") -> int:
+        """Waits for the guest to reboot or power off (QEMU ends: -no-reboot);
+        returns QEMU's exit status."""
+        if self.proc is None:
+            raise AssertionError("QEMU was never started")
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"boot {self.boot}: no {why} within {timeout:.0f} s "
+                                 f"(see {self.serial_log.name})") from None
+        self.phase(f"guest ended the boot ({why}; QEMU exit {rc})")
+        return rc
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -414,6 +480,7 @@ class Vm:
 
     def save_artifacts(self, dest: Path) -> None:
         dest.mkdir(parents=True, exist_ok=True)
-        for f in (self.serial_log, self.phase_log, self.workdir / "qemu.log"):
+        for f in [self.phase_log, *sorted(self.workdir.glob("serial-*.log")),
+                  *sorted(self.workdir.glob("qemu-*.log"))]:
             if f.exists():
                 shutil.copyfile(f, dest / f.name)

@@ -81,6 +81,11 @@ pub async fn run(args: UpdateArgs) -> anyhow::Result<()> {
     };
     if std::io::stderr().is_terminal() && !args.json {
         setup.on_progress = Some(Box::new(progress_bar));
+    } else {
+        // Under systemd (nusa-update.service): a line per tenth of each
+        // step in the journal instead of a redrawn bar.
+        let last = parking_lot::Mutex::new(None::<(&'static str, u64)>);
+        setup.on_progress = Some(Box::new(move |r: &Report| progress_lines(r, &last)));
     }
     let reboot = config.reboot_command.clone();
     let mut runner = Runner::open(setup)?;
@@ -104,7 +109,44 @@ pub async fn run(args: UpdateArgs) -> anyhow::Result<()> {
             finish(&runner, stop, Some(&reboot), args.json)
         }
         UpdateCmd::Boot => {
+            if matches!(
+                runner.state(),
+                State::Checking
+                    | State::Downloading { .. }
+                    | State::Writing { .. }
+                    | State::Staged { .. }
+            ) {
+                // A transfer a power cut interrupted: the timer's
+                // `update auto` resumes it (niced, idle I/O, with network),
+                // not the gate, which would hold boot-complete.target for
+                // the length of a slot write.
+                println!(
+                    "{}: left to nusa-update.service (nusactl update auto); this boot is good",
+                    describe(runner.state())
+                );
+                return Ok(());
+            }
             let stop = runner.drive(None, Until::Settled).await?;
+            if stop != Stopped::Reboot
+                && runner.facts().booted_good
+                && matches!(runner.state(), State::Failed { rollback: None, .. })
+            {
+                // Back on a good slot after an update failed (rolled back,
+                // or never armed): the failure is the update's and stays
+                // reported (status, metrics, history); this boot is not
+                // the one that failed, so the gate, and with it
+                // boot-complete.target, passes.
+                let what = format!("{}; this boot is good", describe(runner.state()));
+                if args.json {
+                    println!(
+                        "{}",
+                        json!({"stopped": what, "state": state_json(runner.state())})
+                    );
+                } else {
+                    println!("{what}");
+                }
+                return Ok(());
+            }
             finish(&runner, stop, Some(&reboot), args.json)
         }
         UpdateCmd::MarkGood => {
@@ -357,6 +399,26 @@ fn describe(state: &State) -> String {
 
 fn state_json(state: &State) -> serde_json::Value {
     serde_json::to_value(state).unwrap_or(serde_json::Value::Null)
+}
+
+/// "writing: 40% (..)" when a step starts, crosses a tenth, or ends.
+fn progress_lines(r: &Report, last: &parking_lot::Mutex<Option<(&'static str, u64)>>) {
+    let tenth = r.done.saturating_mul(10).checked_div(r.total).unwrap_or(10);
+    let mut last = last.lock();
+    if *last == Some((r.step, tenth)) {
+        return;
+    }
+    *last = Some((r.step, tenth));
+    let rate = r.rate.map_or(String::new(), |b| {
+        format!(", {:.1} MiB/s", b / (1 << 20) as f64)
+    });
+    eprintln!(
+        "{}: {}% ({} of {} bytes{rate})",
+        r.step,
+        tenth * 10,
+        r.done,
+        r.total
+    );
 }
 
 fn progress_bar(r: &Report) {

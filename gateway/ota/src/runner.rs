@@ -266,7 +266,14 @@ impl Runner {
             state = self.updater.state().name(),
             "update event"
         );
+        let before = self.updater.state().name();
         let cmds = self.updater.handle(event, unix_now())?;
+        let after = self.updater.state().name();
+        if before != after {
+            // Each step of an update in the journal, for whoever reads a
+            // box's log after the fact (the units run with NUSA_LOG=info).
+            tracing::info!(from = %before, to = %after, "update state");
+        }
         self.queue.extend(cmds);
         Ok(())
     }
