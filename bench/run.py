@@ -459,8 +459,10 @@ def main() -> int:
         inference(report, tmp, quick, seconds, rounds)
         if oha_bin:
             proxy_overhead(report, tmp, oha_bin, quick, seconds, rounds)
-        if oha_bin:
             overload(report, tmp, oha_bin, quick, seconds, rounds)
+        else:
+            report.lines += ["oha not found: the proxy-overhead and overload sections (open loop) skipped "
+                             "(scripts/bench without --quick installs it).", ""]
         ready = start_to_ready(tmp, 2 if quick else 5)
         report.lines += [
             "### 5. Footprint", "",
