@@ -147,6 +147,11 @@ def fleet(tmp_path_factory):
             secs = qemu.build_image(out, tls_arg, version, work / f"build-{version}.log", common + extra)
             print(f"\nimage/build --version {version}: {secs:.0f} s")
             f.releases[version] = out
+            if version != BASE:
+                # A release is root.img and the boot files; the rest of the
+                # build (disk, ESP and data images) is a gigabyte of disk.
+                for name in ("disk.img", "disk.img.bmap", "esp.img", "data.img"):
+                    (out / name).unlink(missing_ok=True)
         f.tls = tls
         yield f
 
