@@ -8,6 +8,7 @@ the way a fleet sees an appliance.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import http.client
@@ -484,3 +485,20 @@ class Vm:
                   *sorted(self.workdir.glob("qemu-*.log"))]:
             if f.exists():
                 shutil.copyfile(f, dest / f.name)
+
+
+@contextlib.contextmanager
+def in_order(request, subject, artifacts: Path):
+    """One test of a story told on one machine (`subject` has `failed_step`
+    and `vm`): it starts from the state its predecessor left, so after a
+    failure the rest are skipped, and every failure keeps the consoles so
+    far under artifacts/<test>/."""
+    import pytest
+
+    if subject.failed_step:
+        pytest.skip(f"{subject.failed_step} failed; the machine is not where this test starts")
+    yield
+    rep = getattr(request.node, "rep_call", None)
+    if rep is None or rep.failed:
+        subject.failed_step = request.node.name
+        subject.vm.save_artifacts(artifacts / request.node.name)

@@ -219,15 +219,8 @@ def box(fleet, tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _in_order(request, box):
-    """A test starts from the state its predecessor left: after a failure the
-    rest are skipped, and every failure keeps the consoles so far."""
-    if box.failed_step:
-        pytest.skip(f"{box.failed_step} failed; the appliance is not where this test starts")
-    yield
-    rep = getattr(request.node, "rep_call", None)
-    if rep is None or rep.failed:
-        box.failed_step = request.node.name
-        box.vm.save_artifacts(ARTIFACTS / request.node.name)
+    with qemu.in_order(request, box, ARTIFACTS):
+        yield
 
 
 # --------------------------------------------------------------------------

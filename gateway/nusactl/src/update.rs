@@ -119,7 +119,12 @@ pub async fn run(args: UpdateArgs) -> anyhow::Result<()> {
                 // A transfer a power cut interrupted: the timer's
                 // `update auto` resumes it (niced, idle I/O, with network),
                 // not the gate, which would hold boot-complete.target for
-                // the length of a slot write.
+                // the length of a slot write. The transfer targets the
+                // other slot: this one is the accepted one, and a
+                // bootloader that counts every boot must hear so, or a
+                // download spread over several boots would spend the
+                // working slot's retries.
+                runner.confirm_boot()?;
                 println!(
                     "{}: left to nusa-update.service (nusactl update auto); this boot is good",
                     describe(runner.state())
@@ -127,8 +132,25 @@ pub async fn run(args: UpdateArgs) -> anyhow::Result<()> {
                 return Ok(());
             }
             let stop = runner.drive(None, Until::Settled).await?;
+            // A boot the updater accepts is confirmed to a bootloader that
+            // counts every boot (Jetson's UEFI), or a working slot would
+            // run out of retries: nothing on trial, or back on the old
+            // release after an update failed (never on the failed one).
+            let running = &runner.facts().running.version;
+            let accepted = stop != Stopped::Reboot
+                && match runner.state() {
+                    State::Idle => true,
+                    State::Good { slot, .. } => *slot == runner.facts().booted,
+                    State::Failed {
+                        release,
+                        rollback: None,
+                        ..
+                    } => release.as_ref().is_none_or(|r| &r.version != running),
+                    _ => false,
+                };
+            let confirmed = accepted && runner.confirm_boot()?;
             if stop != Stopped::Reboot
-                && runner.facts().booted_good
+                && (runner.facts().booted_good || confirmed)
                 && matches!(runner.state(), State::Failed { rollback: None, .. })
             {
                 // Back on a good slot after an update failed (rolled back,

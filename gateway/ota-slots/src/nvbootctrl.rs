@@ -257,6 +257,30 @@ impl SlotBackend for NvBootCtrlBackend {
         self.set_active(slot, &st)?;
         self.verify("prefer", slot, |now| now.next == slot)
     }
+
+    /// UEFI takes one retry from the booted slot at every boot, and
+    /// `set-active-boot-slot` (a rollback's) puts the target on trial
+    /// again; only `mark-boot-successful` restores the count. An accepted
+    /// boot that is not marked, or whose count is below the firmware's,
+    /// is marked here, or a working slot would run out of retries.
+    fn confirm_boot(&self, slot: Slot) -> Result<bool, SlotError> {
+        let _l = self.lock.lock();
+        let st = self.read_status()?;
+        if st.booted != slot {
+            return Err(SlotError::NotApplied {
+                op: "confirm boot",
+                slot,
+                detail: format!("slot {} is the booted one", st.booted),
+            });
+        }
+        let info = st.slot(slot);
+        if info.successful && info.tries_left.is_none_or(|t| t >= self.cfg.retry_max) {
+            return Ok(false);
+        }
+        self.tool.check(&["mark-boot-successful"])?;
+        self.verify("confirm boot", slot, |now| now.slot(slot).is_good())?;
+        Ok(true)
+    }
 }
 
 fn slot_arg(slot: Slot) -> &'static str {

@@ -235,6 +235,41 @@ fn a_slot_that_passes_its_health_gate_is_marked_and_verified() {
 }
 
 #[test]
+fn accepted_boots_are_confirmed_so_a_working_slot_keeps_its_retries() {
+    let j = jetson();
+    // Booting A again and again: UEFI takes a retry each time; the
+    // confirmation gives it back, and writes only when something is owed.
+    for _ in 0..5 {
+        assert_eq!(j.power_cycle(), A);
+        assert_eq!(j.state()["retry0"], "2");
+        j.calls();
+        assert!(j.backend.confirm_boot(A).unwrap());
+        assert!(j
+            .calls()
+            .contains(&"-t rootfs mark-boot-successful".to_owned()));
+        assert_eq!(j.state()["retry0"], "3");
+        assert!(!j.backend.confirm_boot(A).unwrap());
+        assert!(!j.calls().iter().any(|c| c.contains("mark-boot")));
+    }
+    // Back on A after a rollback: set-active-boot-slot put A on trial.
+    j.backend.arm(B, 3, "1.5.0").unwrap();
+    assert_eq!(j.power_cycle(), B);
+    j.backend.prefer(A).unwrap();
+    assert_eq!(j.power_cycle(), A);
+    assert!(!j.backend.status().unwrap().slot(A).successful);
+    assert!(j.backend.confirm_boot(A).unwrap());
+    assert!(j.backend.status().unwrap().slot(A).is_good());
+    // Only the booted slot.
+    assert!(matches!(
+        j.backend.confirm_boot(B),
+        Err(SlotError::NotApplied {
+            op: "confirm boot",
+            ..
+        })
+    ));
+}
+
+#[test]
 fn a_mark_that_does_not_stick_is_an_error() {
     let j = jetson();
     j.backend.arm(B, 3, "1.5.0").unwrap();

@@ -186,6 +186,26 @@ impl Runner {
         &self.setup
     }
 
+    /// Confirms the booted slot's boot to the bootloader
+    /// ([`nusa_ota_slots::SlotBackend::confirm_boot`]); the caller decides
+    /// that the boot is an accepted one. Returns whether anything was
+    /// written.
+    pub fn confirm_boot(&self) -> Result<bool, RunError> {
+        let booted = slots_slot(self.updater.facts().booted);
+        let wrote = self
+            .setup
+            .backend
+            .confirm_boot(booted)
+            .map_err(|source| RunError::Slots {
+                backend: self.setup.backend.name(),
+                source,
+            })?;
+        if wrote {
+            tracing::info!(slot = %booted, backend = self.setup.backend.name(), "boot confirmed to the bootloader");
+        }
+        Ok(wrote)
+    }
+
     /// An operator's mark-good or rollback decides instead of the health
     /// gate that resuming after the boot queued: drop it.
     pub fn skip_health_gate(&mut self) {
