@@ -26,6 +26,10 @@ cannot reach) or cannot run (a Jetson module):
   GPT disk (NVIDIA's l4t_initrd_flash.sh with ROOTFS_AB=1 writes both
   slots and leaves UDA empty).
 
+Every release carries overlays/test/ (the update timer every 10 s) and
+jetson/overlay/ (the journal on the serial console, which L4T does not
+forward), and health_timeout_s = 60.
+
 QEMU's aarch64 "virt" machine runs under TCG (emulated on x86): boots take
 minutes. Environment: NUSA_JETSON_BIN_DIR takes prebuilt aarch64 binaries
 (default: scripts/build-aarch64 builds them), NUSA_IMAGE_BIN_DIR host
