@@ -165,8 +165,9 @@ pub trait SlotBackend: Send + Sync {
     /// Operator rollback: boot `slot` next. It must be bootable and good.
     fn prefer(&self, slot: Slot) -> Result<(), SlotError>;
 
-    /// A boot the updater accepts (nothing on trial, or back on the good
-    /// slot after an update failed): tell a bootloader that counts every
+    /// A boot the updater accepts (nothing on trial, a transfer to the
+    /// other slot in progress, or back on the good slot after an update
+    /// failed): tell a bootloader that counts every
     /// boot that this one succeeded, so that its counter does not run out
     /// on a slot that works. Returns whether anything was written. The
     /// default does nothing: systemd-boot's entries without a counter are
