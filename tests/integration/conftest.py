@@ -24,11 +24,7 @@ def _serve(tmp_path_factory: pytest.TempPathFactory, name: str,
     try:
         yield server
     finally:
-        crashed = not server.alive()
-        code = server.stop()
-        if crashed:
-            pytest.fail(f"nusad ({name}) exited with code {code} while the tests ran; "
-                        f"log {server.log_path}:\n{server.log_tail()}")
+        server.stop_checked(name)
 
 
 @pytest.fixture(scope="session")

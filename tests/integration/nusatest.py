@@ -342,6 +342,15 @@ class NusadServer:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def stop_checked(self, what: str | None = None) -> None:
+        """Stops the server at the end of a fixture; fails (with its log) if it
+        had exited by itself while the tests ran."""
+        crashed = not self.alive()
+        code = self.stop()
+        if crashed:
+            raise AssertionError(f"nusad ({what or self.name}) exited with code {code} while the "
+                                 f"tests ran; log {self.log_path}:\n{self.log_tail()}")
+
     def log_tail(self, max_bytes: int = 20000) -> str:
         try:
             data = self.log_path.read_bytes()

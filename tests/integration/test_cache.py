@@ -57,10 +57,7 @@ def cache_server(tmp_path_factory, slow, sf_model):
     try:
         yield server
     finally:
-        crashed = not server.alive()
-        code = server.stop()
-        if crashed:
-            pytest.fail(f"nusad (cache) exited with code {code}; log:\n{server.log_tail()}")
+        server.stop_checked("cache")
 
 
 # --------------------------------------------------------------------------
@@ -374,5 +371,56 @@ def test_damaged_cache_file_at_start(tmp_path, slow, damage):
         assert warned, f"no warning about the damaged cache file in the log:\n{log[-3000:]}"
         print(f"\n[{damage}] {warned[0].strip()}")
         assert server.alive()
+    finally:
+        server.stop()
+
+
+# --------------------------------------------------------------------------
+# 8. Retrained weights put in place under the same version number
+
+
+def test_new_weights_under_the_same_version_never_get_old_answers(tmp_path, slow):
+    """Regression (issue 19, probe finding 2): the persistent tier was keyed
+    by model name and version only, so after `1/model.onnx` was replaced with
+    retrained weights and nusad restarted, the old weights' answers were
+    served from the cache until their TTL. The key now includes a digest of
+    the version's files."""
+    xs = sm.rows(2, seed=801)
+    path = nt.infer_path(SLOW)
+    # Same interface and size, other weights (another seed).
+    retrained = sm.build(slow.depth, slow.width, seed=20240612)
+    assert retrained != slow.model
+    old_expected, new_expected = slow.expected(xs), sm.expected_outputs(retrained, xs)
+    assert not np.allclose(old_expected, new_expected, rtol=sm.RTOL, atol=sm.ATOL)
+
+    server = cache_only_server(tmp_path, slow)
+    try:
+        for i in range(2):
+            expect_served(post(server, path, slow_request(xs[i:i + 1])), "local", f"row {i}, old weights")
+        r = post(server, path, slow_request(xs[0:1]))
+        expect_served(r, "cache", "row 0 again, old weights")
+        assert server.stop() == 0
+        assert (server.data_dir / "cache.redb").exists()
+
+        (server.models_dir / SLOW / "1" / "model.onnx").write_bytes(retrained)
+        server.start()
+        wait_disk_loaded(server)
+        for i in range(2):
+            r = post(server, path, slow_request(xs[i:i + 1]))
+            expect_served(r, "local", f"row {i} after the weights changed (must not be the old cached answer)")
+            sm.assert_close(slow_output(r), new_expected[i:i + 1], f"row {i}, new weights")
+        # The new weights' answers are cached in their turn.
+        r = post(server, path, slow_request(xs[1:2]))
+        expect_served(r, "cache", "row 1 again, new weights")
+        sm.assert_close(slow_output(r), new_expected[1:2], "row 1 from the cache, new weights")
+
+        # Back to the old file: its answers (still in the file) are its own again.
+        assert server.stop() == 0
+        (server.models_dir / SLOW / "1" / "model.onnx").write_bytes(slow.model)
+        server.start()
+        wait_disk_loaded(server)
+        r = post(server, path, slow_request(xs[0:1]))
+        expect_served(r, "cache", "row 0 with the old weights back")
+        sm.assert_close(slow_output(r), old_expected[0:1], "row 0, old weights back")
     finally:
         server.stop()

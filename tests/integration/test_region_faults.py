@@ -49,10 +49,7 @@ def fenv(tmp_path_factory):
     finally:
         flaky.stop()
         steady.stop()
-        crashed = not region.alive()
-        code = region.stop()
-        if crashed:
-            pytest.fail(f"region nusad exited with code {code}; log:\n{region.log_tail()}")
+        region.stop_checked("region")
 
 
 @pytest.fixture

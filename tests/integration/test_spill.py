@@ -42,10 +42,7 @@ def env(tmp_path_factory):
               f"(client side); slo_ms = {slo_ms}; {st.LOAD_CLIENTS} clients")
         yield Env(slow, region, work, row_s, slo_ms)
     finally:
-        crashed = not region.alive()
-        code = region.stop()
-        if crashed:
-            pytest.fail(f"region nusad exited with code {code}; log:\n{region.log_tail()}")
+        region.stop_checked("region")
 
 
 @pytest.fixture

@@ -116,8 +116,9 @@ async fn infer(
     })
 }
 
-/// Puts the inputs in the model's order and checks names, datatypes and
-/// shapes. Returns the inputs and the request's rows.
+/// Puts the inputs in the model's order and checks names, datatypes,
+/// shapes and the elements of BYTES inputs against what the engine takes.
+/// Returns the inputs and the request's rows.
 fn check_inputs(
     meta: &ModelMetadata,
     mut given: Vec<Tensor>,
@@ -167,6 +168,11 @@ fn check_inputs(
                 t.name, t.shape, spec.shape
             )));
         }
+        // What the engine cannot take fails here, alone, with a 400: in a
+        // batch it would fail every other request with it.
+        meta.bytes_elements
+            .check(&t)
+            .map_err(ProtoError::bad_request)?;
         if batching {
             let r = t.shape[0] as usize;
             if r == 0 {

@@ -8,8 +8,10 @@ use ring::digest::{Context, SHA256};
 #[cfg(test)]
 mod tests;
 
-/// Identifies one answer: model, resolved version, requested outputs and the
-/// inputs' datatype, shape and bytes.
+/// Identifies one answer: model, resolved version, the digest of that
+/// version's files, requested outputs and the inputs' datatype, shape and
+/// bytes. The digest keeps apart the answers of two sets of weights served
+/// under one version number (a retrained `1/model.onnx` put in place).
 ///
 /// Every variable-length field is preceded by its length and every list by its
 /// count, so the hashed byte stream decodes back to exactly one request: two
@@ -19,7 +21,9 @@ mod tests;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CacheKey([u8; 32]);
 
-const DOMAIN: &[u8] = b"nusa-cache-key/1";
+/// `/2`: the version's file digest joined the key. Records stored under
+/// `/1` keys are never found again and age out of the disk tier.
+const DOMAIN: &[u8] = b"nusa-cache-key/2";
 
 impl CacheKey {
     /// `outputs: None` asks for every output and hashes differently from any
@@ -31,6 +35,7 @@ impl CacheKey {
     pub fn compute(
         model: &str,
         version: u64,
+        contents: &[u8; 32],
         outputs: Option<&[&str]>,
         inputs: &[Tensor],
     ) -> CacheKey {
@@ -38,6 +43,7 @@ impl CacheKey {
         h.bytes(DOMAIN);
         h.bytes(model.as_bytes());
         h.u64(version);
+        h.0.update(contents);
         match outputs {
             None => h.0.update(&[0]),
             Some(names) => {

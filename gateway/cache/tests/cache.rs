@@ -17,6 +17,9 @@ use nusa_tensor::{DataType, Tensor, TensorData};
 use parking_lot::Mutex;
 use redb::ReadableTable;
 
+/// A version's file digest (any fixed value).
+const W: [u8; 32] = [7; 32];
+
 fn input(v: u8) -> Tensor {
     Tensor {
         name: "x".into(),
@@ -27,7 +30,7 @@ fn input(v: u8) -> Tensor {
 }
 
 fn key(v: u8) -> CacheKey {
-    CacheKey::compute("m", 1, None, &[input(v)])
+    CacheKey::compute("m", 1, &W, None, &[input(v)])
 }
 
 fn answer(v: u8) -> Vec<Tensor> {
@@ -250,12 +253,12 @@ async fn ttl_expiry_is_stored_with_the_entry_and_survives_a_restart() {
 async fn a_different_request_is_a_different_entry() {
     let cache = memory_only();
     let inputs = [input(1)];
-    let base = CacheKey::compute("m", 1, None, &inputs);
+    let base = CacheKey::compute("m", 1, &W, None, &inputs);
     get(&cache, base, Mode::Normal, 1).await;
     let others = [
-        CacheKey::compute("m", 2, None, &inputs),
-        CacheKey::compute("m", 1, Some(&["y"]), &inputs),
-        CacheKey::compute("m", 1, None, &[input(2)]),
+        CacheKey::compute("m", 2, &W, None, &inputs),
+        CacheKey::compute("m", 1, &W, Some(&["y"]), &inputs),
+        CacheKey::compute("m", 1, &W, None, &[input(2)]),
     ];
     for k in others {
         assert_eq!(get(&cache, k, Mode::Normal, 5).await.1, Served::Computed);
@@ -268,7 +271,7 @@ async fn a_different_request_is_a_different_entry() {
         ]),
         ..input(1)
     };
-    let same = CacheKey::compute("m", 1, None, &[split]);
+    let same = CacheKey::compute("m", 1, &W, None, &[split]);
     assert_eq!(same, base);
     assert_eq!(
         get(&cache, same, Mode::Normal, 5).await,

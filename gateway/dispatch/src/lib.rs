@@ -121,6 +121,7 @@ impl Dispatcher {
         let key = CacheKey::compute(
             job.model,
             job.version.version,
+            &job.version.digest.0,
             names.as_deref(),
             &job.inputs,
         );

@@ -14,7 +14,8 @@ use std::sync::mpsc;
 use std::thread;
 
 use nusa_engine::{
-    BatchInput, Engine, EngineError, EngineFactory, Health, ModelMetadata, RunFuture, TensorSpec,
+    BatchInput, BytesElements, Engine, EngineError, EngineFactory, Health, ModelMetadata,
+    RunFuture, TensorSpec,
 };
 use nusa_tensor::Tensor;
 use ort::session::Session;
@@ -151,9 +152,13 @@ fn run_batch(
     for input in &inputs {
         values.push((input.name.clone(), convert::to_value(input)?));
     }
-    let mut result = session
-        .run(values)
-        .map_err(|e| EngineError::Run(e.to_string()))?;
+    let mut result = session.run(values).map_err(|e| match e.code() {
+        // A kernel refusing the data (Gather's indices out of range, a
+        // Reshape to a size the data cannot fill): the request's fault, a
+        // 400 once the batch has been run apart to find it.
+        ort::error::ErrorCode::InvalidArgument => EngineError::Input(e.to_string()),
+        _ => EngineError::Run(e.to_string()),
+    })?;
     outputs
         .iter()
         .map(|spec| {
@@ -193,6 +198,8 @@ fn metadata(session: &Session) -> Result<ModelMetadata, String> {
             .iter()
             .map(spec)
             .collect::<Result<_, _>>()?,
+        // Strings go in as C strings (see convert::to_value).
+        bytes_elements: BytesElements::Utf8NoNul,
     })
 }
 

@@ -93,6 +93,7 @@ mod tests {
                     shape: vec![-1],
                 },
             ],
+            bytes_elements: Default::default(),
         }
     }
 

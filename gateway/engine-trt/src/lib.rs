@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use nusa_engine::{
-    BatchInput, Engine, EngineError, EngineFactory, Health, LoadHints, ModelMetadata, RunFuture,
-    TensorSpec,
+    BatchInput, BytesElements, Engine, EngineError, EngineFactory, Health, LoadHints,
+    ModelMetadata, RunFuture, TensorSpec,
 };
 use nusa_tensor::Tensor;
 use parking_lot::Mutex;
@@ -284,6 +284,8 @@ fn metadata(instance: &Instance) -> Result<ModelMetadata, String> {
             .filter(|t| t.mode == IoMode::Output)
             .map(spec)
             .collect::<Result<_, _>>()?,
+        // TensorRT has no string tensors: no input is BYTES.
+        bytes_elements: BytesElements::Any,
     })
 }
 

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 
-use nusa_tensor::{DataType, Tensor, TensorData};
+use nusa_tensor::{bytes_elements, DataType, Tensor, TensorData};
 
 /// A tensor the model takes or gives: name, datatype, and shape with -1 for
 /// every variable dimension.
@@ -28,6 +28,60 @@ pub struct ModelMetadata {
     pub platform: String,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
+    /// What the engine takes as the elements of a BYTES input. The API
+    /// checks every element against it before a request is queued, so that
+    /// one request the engine cannot run never reaches a batch with others.
+    pub bytes_elements: BytesElements,
+}
+
+/// The elements of BYTES inputs an engine can run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BytesElements {
+    /// Any bytes (the protocol's own rule).
+    #[default]
+    Any,
+    /// UTF-8 text without NUL: ONNX Runtime's string tensors are C strings
+    /// (`FillStringTensor` takes `const char*`), built from Rust `String`s.
+    Utf8NoNul,
+}
+
+impl BytesElements {
+    /// Checks every element of a BYTES tensor (others pass). The error names
+    /// the tensor and the element: its flat index and its position in the
+    /// shape.
+    pub fn check(self, t: &Tensor) -> Result<(), String> {
+        if self == BytesElements::Any || t.datatype != DataType::Bytes {
+            return Ok(());
+        }
+        let elements = bytes_elements(&t.data.contiguous())
+            .map_err(|d| format!("input '{}': bad BYTES data: {d}", t.name))?;
+        for (i, e) in elements.iter().enumerate() {
+            let why = match std::str::from_utf8(e) {
+                Err(u) => format!("is not valid UTF-8 (at byte {})", u.valid_up_to()),
+                Ok(s) => match s.find('\0') {
+                    Some(at) => format!("contains a NUL byte (at byte {at})"),
+                    None => continue,
+                },
+            };
+            return Err(format!(
+                "input '{}': element {i} {} {why}; this model's engine takes BYTES elements as UTF-8 text without NUL",
+                t.name,
+                position(&t.shape, i),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[r, c, ...]`: where flat element `i` sits in `shape`.
+fn position(shape: &[i64], mut i: usize) -> String {
+    let mut at = vec![0usize; shape.len()];
+    for (k, &d) in shape.iter().enumerate().rev() {
+        let d = d.max(1) as usize;
+        at[k] = i % d;
+        i /= d;
+    }
+    format!("{at:?}")
 }
 
 impl ModelMetadata {
@@ -46,6 +100,57 @@ impl ModelMetadata {
 
     pub fn output(&self, name: &str) -> Option<&TensorSpec> {
         self.outputs.iter().find(|t| t.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nusa_tensor::encode_bytes_elements;
+
+    use super::*;
+
+    fn strings(shape: Vec<i64>, elements: &[&[u8]]) -> Tensor {
+        Tensor {
+            name: "text".into(),
+            datatype: DataType::Bytes,
+            shape,
+            data: TensorData::from(encode_bytes_elements(elements.iter().copied())),
+        }
+    }
+
+    #[test]
+    fn utf8_without_nul_names_the_tensor_and_element() {
+        let rule = BytesElements::Utf8NoNul;
+        let good = strings(vec![2, 2], &[b"a", b"", b"nusa", "h\u{e9}llo".as_bytes()]);
+        assert_eq!(rule.check(&good), Ok(()));
+
+        let nul = strings(vec![2, 2], &[b"a", b"b", b"ok", b"x\0y"]);
+        let e = rule.check(&nul).unwrap_err();
+        assert!(
+            e.contains("input 'text'") && e.contains("element 3 [1, 1]"),
+            "{e}"
+        );
+        assert!(e.contains("NUL byte (at byte 1)"), "{e}");
+
+        let latin1 = strings(vec![1, 3], &[b"a", b"caf\xe9", b"c"]);
+        let e = rule.check(&latin1).unwrap_err();
+        assert!(
+            e.contains("element 1 [0, 1]") && e.contains("not valid UTF-8 (at byte 3)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn any_and_other_datatypes_pass() {
+        let nul = strings(vec![1], &[b"\0\xff"]);
+        assert_eq!(BytesElements::Any.check(&nul), Ok(()));
+        let floats = Tensor {
+            name: "x".into(),
+            datatype: DataType::Fp32,
+            shape: vec![1],
+            data: TensorData::from(vec![0u8, 0, 0, 0]),
+        };
+        assert_eq!(BytesElements::Utf8NoNul.check(&floats), Ok(()));
     }
 }
 

@@ -12,6 +12,7 @@
 
 mod config;
 mod demo;
+mod digest;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,10 +25,14 @@ use parking_lot::Mutex;
 
 pub use config::{CachePolicy, EngineChoice, ModelConfig, Placement, Residency, VersionPolicy};
 pub use demo::{materialize_demo, DEMO_MODEL_NAME};
+pub use digest::VersionDigest;
 
 /// One loaded version of a model.
 pub struct ModelVersion {
     pub version: u64,
+    /// The version directory's files as loaded: what the cache keys the
+    /// version's answers by.
+    pub digest: VersionDigest,
     pub metadata: ModelMetadata,
     pub scheduler: Scheduler,
     pub max_batch_size: usize,
@@ -194,7 +199,12 @@ impl Repository {
         let model = self.model(name)?;
         let found = match version {
             None | Some("") => model.latest(),
-            Some(v) => v.parse::<u64>().ok().and_then(|n| model.versions.get(&n)),
+            // Canonical decimal only: `01` and `+1` name no version.
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|n| n.to_string() == v)
+                .and_then(|n| model.versions.get(&n)),
         };
         match found {
             Some(v) => Ok(Arc::clone(v)),
@@ -335,6 +345,13 @@ async fn load_model(dir: &Path, name: &str, engines: &Engines, metrics: &Arc<Met
     model
 }
 
+async fn version_digest(dir: &Path) -> Result<VersionDigest, String> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || VersionDigest::of_dir(&dir))
+        .await
+        .map_err(|e| format!("hashing the version's files panicked: {e}"))?
+}
+
 /// Loads every instance of one version on one factory: `Ok(None)` when a
 /// build must run first (known from the first instance).
 async fn instances(
@@ -459,6 +476,9 @@ async fn load_version(
         version,
         max_batch_size: policy.max_batch_size,
     };
+    // Hashed before and after the engines load: files replaced in between
+    // would leave the digest naming other weights than the ones served.
+    let digest = version_digest(dir).await?;
     let (engines, state, pending) = match instances(&selected.factory, dir, &hints, count).await? {
         Some(engines) => (
             engines,
@@ -500,6 +520,13 @@ async fn load_version(
             )
         }
     };
+    if version_digest(dir).await? != digest {
+        return Err(format!(
+            "the files under {} changed while the version loaded; it was not loaded",
+            dir.display()
+        ));
+    }
+    tracing::info!(model = %name, version, digest = %digest, "version files hashed");
     let metadata = engines[0].metadata().clone();
     if policy.max_batch_size > 0 && !metadata.batchable() {
         return Err(format!(
@@ -513,6 +540,7 @@ async fn load_version(
     Ok((
         ModelVersion {
             version,
+            digest,
             metadata,
             scheduler,
             max_batch_size,

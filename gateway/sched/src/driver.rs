@@ -347,39 +347,104 @@ impl Driver {
             })
             .collect();
         tokio::spawn(async move {
-            let inputs = batch_inputs(&metadata, &queued, rows, batching);
             let started = Instant::now();
-            let result = engine.run(inputs).await;
-            let compute = started.elapsed();
-            metrics.compute.observe(compute.as_secs_f64());
+            let (results, first_ok) =
+                run_isolating(&*engine, &metadata, &queued, batching, &metrics).await;
             if let Some(tx) = done.upgrade() {
                 let _ = tx.send(Msg::Done {
                     instance,
                     rows,
-                    ok: result.is_ok(),
+                    ok: first_ok,
                 });
             }
-            match result.and_then(|outs| split_outputs(outs, &queued, rows, batching)) {
-                Ok(per_request) => {
-                    for ((job, waited), outputs) in queued.into_iter().zip(per_request) {
-                        let timing = Timing {
+            for ((job, waited), (result, compute)) in queued.into_iter().zip(results) {
+                let reply = result
+                    .map(|outputs| InferOutcome {
+                        outputs,
+                        timing: Timing {
                             queue: waited,
-                            compute,
+                            compute: compute.duration_since(started),
                             batch_rows: rows,
-                        };
-                        let _ = job.reply.send(Ok(InferOutcome { outputs, timing }));
-                    }
-                }
-                Err(e) => {
-                    let msg = e.to_string();
-                    for (job, _) in queued {
-                        let _ = job
-                            .reply
-                            .send(Err(SchedError::Engine(EngineError::Run(msg.clone()))));
-                    }
-                }
+                        },
+                    })
+                    .map_err(SchedError::Engine);
+                let _ = job.reply.send(reply);
             }
         });
+    }
+}
+
+/// One request's outputs, or why it has none.
+type RequestResult = Result<Vec<Tensor>, EngineError>;
+
+/// Runs a batch; when a batch of several requests fails, runs its halves
+/// apart, and so on, so that a request the engine cannot run fails alone
+/// and every other request is answered. `k` requests of which one fails
+/// take about `2 log2 k` extra runs; an engine that fails everything takes
+/// `2k - 1` in all, bounded by the batch size. An engine that stopped is not
+/// retried. Returns each request's result with the time it was known, and
+/// whether the first run succeeded (its time is then a batch cost sample).
+async fn run_isolating(
+    engine: &dyn Engine,
+    metadata: &ModelMetadata,
+    jobs: &[(Job, Duration)],
+    batching: bool,
+    metrics: &ModelMetrics,
+) -> (Vec<(RequestResult, Instant)>, bool) {
+    let mut results: Vec<Option<(RequestResult, Instant)>> = jobs.iter().map(|_| None).collect();
+    // Ranges of `jobs` still to run, the next one last.
+    let mut todo: Vec<std::ops::Range<usize>> = Vec::with_capacity(8);
+    todo.push(0..jobs.len());
+    let mut first_ok = None;
+    while let Some(range) = todo.pop() {
+        let part = &jobs[range.clone()];
+        let rows = part.iter().map(|(j, _)| j.rows).sum();
+        if first_ok.is_some() {
+            metrics.isolation_runs.inc();
+        }
+        let inputs = batch_inputs(metadata, part, rows, batching);
+        let started = Instant::now();
+        let result = engine
+            .run(inputs)
+            .await
+            .and_then(|outs| split_outputs(outs, part, rows, batching));
+        metrics.compute.observe(started.elapsed().as_secs_f64());
+        first_ok.get_or_insert(result.is_ok());
+        let at = Instant::now();
+        match result {
+            Ok(per_request) => {
+                for (slot, outputs) in results[range].iter_mut().zip(per_request) {
+                    *slot = Some((Ok(outputs), at));
+                }
+            }
+            Err(e) if range.len() > 1 && !matches!(e, EngineError::Stopped) => {
+                tracing::debug!(error = %e, requests = range.len(), "batch failed: running its halves apart");
+                let mid = range.start + range.len() / 2;
+                todo.push(mid..range.end);
+                todo.push(range.start..mid);
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for slot in &mut results[range] {
+                    *slot = Some((Err(same_error(&e, &msg)), at));
+                }
+            }
+        }
+    }
+    let at = Instant::now();
+    let results = results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| (Err(EngineError::Stopped), at)))
+        .collect();
+    (results, first_ok.unwrap_or(false))
+}
+
+/// One engine error for each of several requests (errors are not `Clone`).
+fn same_error(e: &EngineError, msg: &str) -> EngineError {
+    match e {
+        EngineError::Input(m) => EngineError::Input(m.clone()),
+        EngineError::Stopped => EngineError::Stopped,
+        _ => EngineError::Run(msg.to_string()),
     }
 }
 

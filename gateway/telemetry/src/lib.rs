@@ -63,6 +63,7 @@ pub struct Metrics {
     duration: Family<PhaseLabels, Histogram, Buckets>,
     batch_size: Family<ModelLabels, Histogram, Buckets>,
     queue_depth: Family<ModelLabels, Gauge>,
+    isolation_runs: Family<ModelLabels, Counter>,
     engine: Family<EngineLabels, Gauge>,
     textfiles: Mutex<Vec<std::path::PathBuf>>,
 }
@@ -98,6 +99,7 @@ impl Metrics {
         let duration = Family::new_with_constructor(Buckets(latency_buckets));
         let batch_size = Family::new_with_constructor(Buckets(batch_buckets));
         let queue_depth = Family::<ModelLabels, Gauge>::default();
+        let isolation_runs = Family::<ModelLabels, Counter>::default();
         let engine = Family::<EngineLabels, Gauge>::default();
         registry.register(
             "requests",
@@ -120,6 +122,11 @@ impl Metrics {
             queue_depth.clone(),
         );
         registry.register(
+            "batch_isolation_runs",
+            "Engine runs made after a batch of several requests failed, to find the requests that fail alone and answer the others (the batch is halved until each failing request runs by itself)",
+            isolation_runs.clone(),
+        );
+        registry.register(
             "model_engine",
             "1 for the engine each model version runs on now, with why: configured, auto_plan (TensorRT, a plan was there or built), auto_no_tensorrt, auto_no_plan, building (ONNX Runtime serves while the TensorRT plan builds), build_failed",
             engine.clone(),
@@ -130,6 +137,7 @@ impl Metrics {
             duration,
             batch_size,
             queue_depth,
+            isolation_runs,
             engine,
             textfiles: Mutex::new(Vec::new()),
         })
@@ -221,6 +229,7 @@ impl Metrics {
             compute: phase("compute"),
             batch_size: self.batch_size.get_or_create(&m).clone(),
             queue_depth: self.queue_depth.get_or_create(&m).clone(),
+            isolation_runs: self.isolation_runs.get_or_create(&m).clone(),
         }
     }
 
@@ -241,6 +250,8 @@ pub struct ModelMetrics {
     pub compute: Histogram,
     pub batch_size: Histogram,
     pub queue_depth: Gauge,
+    /// Engine runs made to isolate the failing requests of a failed batch.
+    pub isolation_runs: Counter,
 }
 
 impl ModelMetrics {
@@ -251,6 +262,7 @@ impl ModelMetrics {
             compute: latency_buckets(),
             batch_size: batch_buckets(),
             queue_depth: Gauge::default(),
+            isolation_runs: Counter::default(),
         }
     }
 }

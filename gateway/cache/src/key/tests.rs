@@ -3,6 +3,9 @@ use nusa_tensor::{DataType, Tensor, TensorData};
 
 use super::*;
 
+/// A version's file digest (any fixed value).
+const W: [u8; 32] = [7; 32];
+
 fn t(name: &str, data: &[u8]) -> Tensor {
     Tensor {
         name: name.into(),
@@ -13,7 +16,7 @@ fn t(name: &str, data: &[u8]) -> Tensor {
 }
 
 fn key(inputs: &[Tensor]) -> CacheKey {
-    CacheKey::compute("m", 1, None, inputs)
+    CacheKey::compute("m", 1, &W, None, inputs)
 }
 
 #[test]
@@ -31,19 +34,31 @@ fn same_request_same_key_and_hex_display() {
 #[test]
 fn model_and_version_are_part_of_the_key() {
     let i = [t("x", b"abc")];
-    let base = CacheKey::compute("m", 1, None, &i);
-    assert_ne!(base, CacheKey::compute("m", 2, None, &i));
-    assert_ne!(base, CacheKey::compute("n", 1, None, &i));
+    let base = CacheKey::compute("m", 1, &W, None, &i);
+    assert_ne!(base, CacheKey::compute("m", 2, &W, None, &i));
+    assert_ne!(base, CacheKey::compute("n", 1, &W, None, &i));
+}
+
+/// Retrained weights under the same version number: another key.
+#[test]
+fn the_version_files_digest_is_part_of_the_key() {
+    let i = [t("x", b"abc")];
+    let mut other = W;
+    other[31] ^= 1;
+    assert_ne!(
+        CacheKey::compute("m", 1, &W, None, &i),
+        CacheKey::compute("m", 1, &other, None, &i)
+    );
 }
 
 #[test]
 fn all_outputs_differs_from_every_explicit_list() {
     let i = [t("x", b"abc")];
-    let all = CacheKey::compute("m", 1, None, &i);
-    let empty = CacheKey::compute("m", 1, Some(&[]), &i);
-    let y = CacheKey::compute("m", 1, Some(&["y"]), &i);
-    let yz = CacheKey::compute("m", 1, Some(&["y", "z"]), &i);
-    let zy = CacheKey::compute("m", 1, Some(&["z", "y"]), &i);
+    let all = CacheKey::compute("m", 1, &W, None, &i);
+    let empty = CacheKey::compute("m", 1, &W, Some(&[]), &i);
+    let y = CacheKey::compute("m", 1, &W, Some(&["y"]), &i);
+    let yz = CacheKey::compute("m", 1, &W, Some(&["y", "z"]), &i);
+    let zy = CacheKey::compute("m", 1, &W, Some(&["z", "y"]), &i);
     assert_ne!(all, empty);
     assert_ne!(all, y);
     assert_ne!(empty, y);
@@ -89,12 +104,12 @@ fn bytes_cannot_move_between_fields() {
     // Without length prefixes each pair would hash the same byte stream.
     assert_ne!(key(&[t("ab", b"c")]), key(&[t("a", b"bc")]));
     assert_ne!(
-        CacheKey::compute("ab", 1, Some(&["c"]), &[]),
-        CacheKey::compute("a", 1, Some(&["bc"]), &[])
+        CacheKey::compute("ab", 1, &W, Some(&["c"]), &[]),
+        CacheKey::compute("a", 1, &W, Some(&["bc"]), &[])
     );
     assert_ne!(
-        CacheKey::compute("m", 1, Some(&["a", "b"]), &[]),
-        CacheKey::compute("m", 1, Some(&["ab"]), &[])
+        CacheKey::compute("m", 1, &W, Some(&["a", "b"]), &[]),
+        CacheKey::compute("m", 1, &W, Some(&["ab"]), &[])
     );
     let mut s1 = t("x", &[0; 8]);
     s1.shape = vec![1, 8];

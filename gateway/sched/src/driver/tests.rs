@@ -17,6 +17,9 @@ struct Doubler {
     delay: Duration,
     batches: Arc<Mutex<Vec<usize>>>,
     fail: bool,
+    /// A batch holding this value fails whole, as ONNX Runtime fails a
+    /// batch for one element it cannot take.
+    poison: Option<f32>,
 }
 
 impl Doubler {
@@ -31,10 +34,12 @@ impl Doubler {
                 platform: "test-double".into(),
                 inputs: vec![spec("x")],
                 outputs: vec![spec("y")],
+                bytes_elements: Default::default(),
             },
             delay: Duration::from_millis(delay_ms),
             batches,
             fail: false,
+            poison: None,
         }
     }
 }
@@ -49,6 +54,7 @@ impl Engine for Doubler {
         self.batches.lock().push(input.shape[0] as usize);
         let delay = self.delay;
         let fail = self.fail;
+        let poison = self.poison;
         Box::pin(async move {
             tokio::time::sleep(delay).await;
             if fail {
@@ -56,6 +62,12 @@ impl Engine for Doubler {
             }
             let mut buf = vec![0u8; input.len()];
             input.gather_into(&mut buf);
+            let poisoned = buf
+                .chunks_exact(4)
+                .any(|c| Some(f32::from_le_bytes([c[0], c[1], c[2], c[3]])) == poison);
+            if poisoned {
+                return Err(EngineError::Input("poisoned element".into()));
+            }
             let out: Vec<u8> = buf
                 .chunks_exact(4)
                 .flat_map(|c| (f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * 2.0).to_le_bytes())
@@ -203,7 +215,67 @@ async fn engine_failure_reaches_every_request_and_the_queue_goes_on() {
         matches!(c, Err(SchedError::Engine(_))),
         "next batch still runs"
     );
-    assert_eq!(*batches.lock(), vec![2, 1]);
+    // The failed pair was run apart (each failed alone too), then c.
+    assert_eq!(*batches.lock(), vec![2, 1, 1, 1]);
+}
+
+/// One request the engine cannot run, in a batch with others: it fails
+/// alone (with the engine's input error, a 400), and every other request of
+/// the batch gets its own answer.
+#[tokio::test(start_paused = true)]
+async fn a_failing_request_fails_alone_and_its_batch_is_answered() {
+    let batches = Arc::new(Mutex::new(Vec::new()));
+    let mut engine = Doubler::new(1, batches.clone());
+    engine.poison = Some(-1.0);
+    let metadata = engine.metadata.clone();
+    let metrics = ModelMetrics::detached();
+    let s = Scheduler::spawn_with(
+        Policy {
+            max_batch_size: 16,
+            max_queue_delay_us: 1_000,
+            ..Policy::default()
+        },
+        vec![Arc::new(engine)],
+        metadata,
+        metrics.clone(),
+        TimerKind::Tokio,
+    );
+    // Eight requests of 1 or 2 rows; the third and the sixth are poisoned.
+    let poisoned = [2usize, 5];
+    let mut tasks = Vec::new();
+    for i in 0..8usize {
+        let s = s.clone();
+        let n = 1 + i % 2;
+        let mut vals: Vec<f32> = (0..n * 2).map(|k| (i * 10 + k) as f32).collect();
+        if poisoned.contains(&i) {
+            vals[n * 2 - 1] = -1.0;
+        }
+        tasks.push(tokio::spawn(async move {
+            (vals.clone(), s.infer(vec![rows(&vals)], n, 0, 0).await)
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let (vals, out) = t.await.unwrap();
+        if poisoned.contains(&i) {
+            assert!(
+                matches!(out, Err(SchedError::Engine(EngineError::Input(_)))),
+                "request {i}: {out:?}"
+            );
+        } else {
+            let out = out.unwrap_or_else(|e| panic!("request {i}: {e}"));
+            let want: Vec<f32> = vals.iter().map(|v| v * 2.0).collect();
+            assert_eq!(floats(&out.outputs[0]), want, "request {i}");
+            assert_eq!(out.outputs[0].shape, vec![(vals.len() / 2) as i64, 2]);
+        }
+    }
+    // Rows per run: all 8 requests (12 rows) fail; [0..4) fails; [0..2)
+    // ok; [2..4) fails; [2] fails alone; [3] ok; [4..8) fails; [4..6)
+    // fails; [4] ok; [5] fails alone; [6..8) ok.
+    assert_eq!(*batches.lock(), vec![12, 6, 3, 3, 1, 2, 6, 3, 1, 2, 3]);
+    assert_eq!(metrics.isolation_runs.get(), 10);
+    // The queue goes on, and a batch without the poison runs whole.
+    let out = s.infer(vec![rows(&[1.0, 2.0])], 1, 0, 0).await.unwrap();
+    assert_eq!(floats(&out.outputs[0]), vec![2.0, 4.0]);
 }
 
 /// The production timer on the real clock: a lone request in a batching
