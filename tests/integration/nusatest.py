@@ -173,14 +173,22 @@ def make_model_repo(root: Path, models: Mapping[str, tuple[Iterable[int], Mappin
 
 
 def nusad_binary() -> Path:
-    override = os.environ.get("NUSAD_BIN")
-    path = Path(override) if override else REPO_ROOT / "target" / "debug" / "nusad"
+    return _binary("nusad", "NUSAD_BIN")
+
+
+def nusactl_binary() -> Path:
+    return _binary("nusactl", "NUSACTL_BIN")
+
+
+def _binary(name: str, env: str) -> Path:
+    override = os.environ.get(env)
+    path = Path(override) if override else REPO_ROOT / "target" / "debug" / name
     if not path.is_absolute():
         path = REPO_ROOT / path
     if not (path.is_file() and os.access(path, os.X_OK)):
         raise RuntimeError(
-            f"nusad binary not found at {path}: build it with `cargo build` "
-            "or point NUSAD_BIN at one")
+            f"{name} binary not found at {path}: build it with `cargo build -p {name}` "
+            f"or point {env} at one")
     return path
 
 
@@ -230,6 +238,7 @@ class NusadServer:
             self.config_path.write_text(toml_dumps(config))
         self.port = 0
         self.metrics_port = 0
+        self.admin_port = 0
         # What "started" waits for; a server with a broken model is live, not ready.
         self.ready_path = "/v2/health/ready"
         self.proc: subprocess.Popen | None = None
@@ -245,6 +254,19 @@ class NusadServer:
     @property
     def host(self) -> str:
         return "127.0.0.1"
+
+    @property
+    def admin_socket(self) -> Path:
+        return self.data_dir / "admin.sock"
+
+    @property
+    def admin_token(self) -> str:
+        """The token nusad generated for its admin listener."""
+        return (self.data_dir / "admin.token").read_text().strip()
+
+    @property
+    def admin_authority(self) -> str:
+        return f"{self.host}:{self.admin_port}"
 
     @property
     def authority(self) -> str:
@@ -267,13 +289,14 @@ class NusadServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         for attempt in range(attempts):
-            self.port, self.metrics_port = free_port(), free_port()
-            while self.metrics_port == self.port:
-                self.metrics_port = free_port()
+            self.port, self.metrics_port, self.admin_port = free_port(), free_port(), free_port()
+            while len({self.port, self.metrics_port, self.admin_port}) < 3:
+                self.metrics_port, self.admin_port = free_port(), free_port()
             args = [str(nusad_binary()),
                     "--listen", f"127.0.0.1:{self.port}",
                     "--data", str(self.data_dir),
-                    "--metrics-listen", f"127.0.0.1:{self.metrics_port}"]
+                    "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
+                    "--admin-listen", f"127.0.0.1:{self.admin_port}"]
             if self.models_dir is not None:  # None: the bundled demo model
                 args += ["--models", str(self.models_dir)]
             if self.config_path is not None:
@@ -402,7 +425,8 @@ def join_headers(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
 
 
 def https1(server: NusadServer, method: str, path: str, body: bytes | None = None,
-           headers: Mapping[str, str] | None = None, timeout: float = 30) -> Response:
+           headers: Mapping[str, str] | None = None, timeout: float = 30,
+           port: int | None = None) -> Response:
     """One request over a fresh HTTP/1.1 TLS connection (ALPN http/1.1), CA-verified.
 
     Full control over headers and body, so it is also the client for malformed
@@ -410,7 +434,7 @@ def https1(server: NusadServer, method: str, path: str, body: bytes | None = Non
     If the server answers and closes before the whole body is sent (413), the
     response is still read.
     """
-    conn = http.client.HTTPSConnection(server.host, server.port, timeout=timeout,
+    conn = http.client.HTTPSConnection(server.host, port or server.port, timeout=timeout,
                                        context=server.ssl_context())
     try:
         hdrs = dict(headers or {})
@@ -423,6 +447,13 @@ def https1(server: NusadServer, method: str, path: str, body: bytes | None = Non
         return _read_response(conn)
     finally:
         conn.close()
+
+
+def admin(server: NusadServer, method: str, path: str, body: bytes | None = None,
+          headers: Mapping[str, str] | None = None, timeout: float = 120) -> Response:
+    """A request to the admin listener with the admin token (loads wait for warm-up)."""
+    hdrs = {"Authorization": f"Bearer {server.admin_token}", **dict(headers or {})}
+    return https1(server, method, path, body, hdrs, timeout=timeout, port=server.admin_port)
 
 
 def _read_response(conn: http.client.HTTPConnection) -> Response:

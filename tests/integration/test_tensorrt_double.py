@@ -111,7 +111,7 @@ def test_onnx_is_served_on_the_cpu_while_its_plan_builds_then_on_tensorrt(tmp_pa
     try:
         assert infer_tiny_cnn(s) == "onnxruntime"
         assert engine_series(s) == {("onnxruntime", "building"): 1.0}
-        index = nt.https1(s, "POST", "/v2/repository/index", b"{}").json()
+        index = nt.admin(s, "POST", "/v2/repository/index", b"{}").json()
         entry = next(m for m in index if m["name"] == nt.MODEL)
         assert entry["state"] == "READY" and "builds" in entry["reason"], entry
         deadline = time.monotonic() + 60

@@ -2,6 +2,7 @@
 //! types: routing, checking requests against the model, calling the
 //! scheduler, encoding answers. HTTP itself is the ingress's business.
 
+mod admin;
 mod infer;
 mod meta;
 
@@ -108,13 +109,34 @@ impl Api {
         self.repo.ready()
     }
 
+    /// A request on the public port: inference, health and metadata. The
+    /// admin paths answer 404 here.
     pub async fn handle(&self, req: ApiRequest) -> ApiResponse {
+        self.handle_on(req, false).await
+    }
+
+    /// A request on the admin listener or socket, whose caller the ingress
+    /// has checked: the admin paths, and everything the public port serves.
+    pub async fn handle_admin(&self, req: ApiRequest) -> ApiResponse {
+        self.handle_on(req, true).await
+    }
+
+    async fn handle_on(&self, req: ApiRequest, admin: bool) -> ApiResponse {
         let Some(route) = parse_route(&req.path) else {
             return ApiResponse::error(&ProtoError::not_found(format!(
                 "no endpoint at {}",
                 req.path
             )));
         };
+        if route.is_admin() {
+            if !admin {
+                return ApiResponse::error(&ProtoError::not_found(format!(
+                    "{} is an admin endpoint: it is served on the admin listener (server.admin_listen) and socket (server.admin_socket), not here",
+                    req.path
+                )));
+            }
+            return admin::handle(&self.repo, route, req).await;
+        }
         let read_only = matches!(req.method, Method::Get | Method::Head);
         let result = match route {
             Route::Infer { model, version } => {
@@ -124,8 +146,6 @@ impl Api {
                     return infer::handle(self, &model, version.as_deref(), req).await;
                 }
             }
-            Route::RepositoryIndex if matches!(req.method, Method::Post | Method::Get) => Ok(meta::repository_index(&self.repo)),
-            Route::RepositoryIndex => Err(method_not_allowed("POST", &req.path)),
             _ if !read_only => Err(method_not_allowed("GET", &req.path)),
             Route::Live => Ok(ApiResponse::json(200, r#"{"live":true}"#.into())),
             Route::Ready => Ok(if self.ready() {
@@ -140,6 +160,8 @@ impl Api {
             Route::ModelStats { .. } => Err(ProtoError::not_found(
                 "the statistics extension is not served; per-model statistics are on the metrics endpoint",
             )),
+            // Answered above.
+            _ => Err(ProtoError::not_found(format!("no endpoint at {}", req.path))),
         };
         let mut resp = result.unwrap_or_else(|e| ApiResponse::error(&e));
         if req.method == Method::Head {
@@ -149,7 +171,7 @@ impl Api {
     }
 }
 
-fn method_not_allowed(allowed: &str, path: &str) -> ProtoError {
+pub(crate) fn method_not_allowed(allowed: &str, path: &str) -> ProtoError {
     ProtoError::new(
         ErrorKind::MethodNotAllowed,
         format!("{path} accepts {allowed} only"),

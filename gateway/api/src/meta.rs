@@ -9,9 +9,9 @@ use crate::ApiResponse;
 
 pub(crate) fn lookup_error(e: LookupError) -> ProtoError {
     match e {
-        LookupError::UnknownModel(_) | LookupError::UnknownVersion { .. } => {
-            ProtoError::not_found(e.to_string())
-        }
+        LookupError::UnknownModel(_)
+        | LookupError::UnknownVersion { .. }
+        | LookupError::Unloaded(_) => ProtoError::not_found(e.to_string()),
         LookupError::NotReady { .. } => {
             ProtoError::new(nusa_proto::ErrorKind::Unavailable, e.to_string())
         }
@@ -65,9 +65,11 @@ pub(crate) fn model_ready(repo: &Repository, name: &str, version: Option<&str>) 
         repo.resolve(name, version).is_ok() && repo.model(name).is_ok_and(|m| m.error.is_none());
     let body = json!({"name": name, "ready": ready}).to_string();
     match repo.resolve(name, version) {
-        Err(e @ (LookupError::UnknownModel(_) | LookupError::UnknownVersion { .. })) => {
-            ApiResponse::error(&lookup_error(e))
-        }
+        Err(
+            e @ (LookupError::UnknownModel(_)
+            | LookupError::UnknownVersion { .. }
+            | LookupError::Unloaded(_)),
+        ) => ApiResponse::error(&lookup_error(e)),
         _ => ApiResponse::json(if ready { 200 } else { 400 }, body),
     }
 }
@@ -124,23 +126,4 @@ fn triton_type(dt: &str) -> &str {
         "BYTES" => "STRING",
         other => other,
     }
-}
-
-pub(crate) fn repository_index(repo: &Repository) -> ApiResponse {
-    let mut out = Vec::new();
-    for m in repo.models() {
-        if m.versions.is_empty() {
-            out.push(json!({"name": m.name, "state": "UNAVAILABLE", "reason": m.error.clone().unwrap_or_default()}));
-        }
-        for (v, mv) in &m.versions {
-            // Ready on some engine; the reason says which and why, e.g.
-            // ONNX Runtime while a TensorRT plan builds.
-            let e = mv.engine();
-            out.push(
-                json!({"name": m.name, "version": v.to_string(), "state": "READY",
-                "reason": format!("{}: {}", e.engine, e.detail)}),
-            );
-        }
-    }
-    ApiResponse::json(200, Value::Array(out).to_string())
 }

@@ -11,7 +11,7 @@ use nusa_config::Config;
 use nusa_dispatch::{DispatchConfig, DispatchMetrics, Dispatcher};
 use nusa_engine_ort::{init_library, OrtFactory, OrtOptions};
 use nusa_engine_remote::{RegionClient, RegionConfig};
-use nusa_ingress::{load_or_generate, IngressConfig, Limits};
+use nusa_ingress::{load_or_generate, AdminConfig, AdminIngress, IngressConfig, Limits};
 use nusa_registry::{materialize_demo, Engines, Repository};
 use nusa_spill::{Region, RegionLimits, Spill};
 use nusa_telemetry::Metrics;
@@ -37,6 +37,8 @@ pub enum AppError {
     Tls(#[from] nusa_ingress::TlsError),
     #[error(transparent)]
     Ingress(#[from] nusa_ingress::IngressError),
+    #[error("admin API: {0}")]
+    Admin(String),
     #[error("region {name}: {message}")]
     Region { name: String, message: String },
 }
@@ -146,6 +148,9 @@ pub struct Bound {
     /// HTTP/3; `None` with `server.http3` off.
     pub quic: Option<SocketAddr>,
     pub metrics: SocketAddr,
+    /// The admin listener (`None`: off) and socket.
+    pub admin: Option<SocketAddr>,
+    pub admin_socket: PathBuf,
     pub ca_cert: Option<PathBuf>,
     /// Models found in the repository, and how many of them loaded.
     pub models: usize,
@@ -215,9 +220,13 @@ pub async fn run_with(
         onnxruntime: Arc::new(factory),
         tensorrt: tensorrt(&config, &data),
     };
-    let repo = Arc::new(Repository::load(&models, engines, &metrics).await?);
-    let models_found = repo.models().count();
-    let models_ready = repo.models().filter(|m| m.ready()).count();
+    // Pins and the model history live on the data partition, so they
+    // survive restarts and OS updates.
+    let repo = Arc::new(
+        Repository::load(&models, Some(data.join("model-state")), engines, &metrics).await?,
+    );
+    let models_found = repo.models().len();
+    let models_ready = repo.models().iter().filter(|m| m.ready()).count();
     if !repo.ready() {
         tracing::warn!("not every model loaded: /v2/health/ready answers 503 until they do");
     }
@@ -260,6 +269,18 @@ pub async fn run_with(
         alt_svc_max_age_s: config.server.alt_svc_max_age_s,
         early_data: config.tls.early_data,
     };
+    let admin_config = AdminConfig {
+        listen: config
+            .server
+            .admin_addr()
+            .map_err(|e| AppError::Admin(e.to_string()))?,
+        socket: Some(config.server.admin_socket_path()),
+        uids: config.server.admin_uids.clone(),
+        token: nusa_ingress::load_or_generate_token(&config.server.admin_token_path())
+            .map_err(|e| AppError::Admin(e.to_string()))?,
+        limits: ingress_config.limits.clone(),
+    };
+    let admin = AdminIngress::bind(admin_config, &tls, Arc::clone(&api), None).await?;
     let ingress =
         nusa_ingress::Ingress::bind(ingress_config, &tls, api, listeners.https, listeners.quic)
             .await?;
@@ -274,12 +295,19 @@ pub async fn run_with(
         listen: ingress.local_addr(),
         quic: ingress.quic_addr(),
         metrics: metrics_addr,
+        admin: admin.local_addr(),
+        admin_socket: config.server.admin_socket_path(),
         ca_cert: tls.generated_ca.clone(),
         models: models_found,
         models_ready,
     };
     on_bound(&bound);
-    tokio::join!(ingress.serve(shutdown, DRAIN), metrics_serve, probes);
+    tokio::join!(
+        ingress.serve(shutdown.clone(), DRAIN),
+        admin.serve(shutdown, DRAIN),
+        metrics_serve,
+        probes
+    );
     dispatch.flush().await;
     tracing::info!("stopped");
     Ok(())

@@ -11,6 +11,7 @@ use serde::Deserialize;
 /// Default listen address: loopback only until an operator says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9465";
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -123,6 +124,43 @@ pub struct Server {
     /// Prometheus text files other processes write (the updater's
     /// progress), exported on the metrics port with the gateway's own.
     pub metrics_textfiles: Vec<PathBuf>,
+    /// The admin listener (model repository API, pins, history): TLS with
+    /// the gateway's certificate, every request with the admin token.
+    /// `"off"` turns it off.
+    pub admin_listen: String,
+    /// The admin Unix socket `nusactl` uses (caller checked by uid).
+    /// Unset: `<data_dir>/admin.sock`.
+    pub admin_socket: Option<PathBuf>,
+    /// Uids allowed on the admin socket besides root and nusad's own.
+    pub admin_uids: Vec<u32>,
+    /// The admin listener's bearer token. Unset: `<data_dir>/admin.token`,
+    /// generated (256 random bits, mode 0600) at the first start.
+    pub admin_token_file: Option<PathBuf>,
+}
+
+impl Server {
+    /// The admin listener's address; `None` when it is `"off"`.
+    pub fn admin_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        match self.admin_listen.trim() {
+            "off" => Ok(None),
+            a => a.parse().map(Some).map_err(|_| ConfigError::Invalid {
+                key: "server.admin_listen",
+                message: format!("{a:?} is not an address (like \"127.0.0.1:9465\") or \"off\""),
+            }),
+        }
+    }
+
+    pub fn admin_socket_path(&self) -> PathBuf {
+        self.admin_socket
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("admin.sock"))
+    }
+
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.admin_token_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("admin.token"))
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -204,6 +242,10 @@ impl Default for Server {
             http3: true,
             alt_svc_max_age_s: 86_400,
             metrics_textfiles: vec![PathBuf::from("/run/nusa-update/metrics.prom")],
+            admin_listen: DEFAULT_ADMIN_LISTEN.into(),
+            admin_socket: None,
+            admin_uids: Vec::new(),
+            admin_token_file: None,
         }
     }
 }
@@ -332,6 +374,7 @@ impl Config {
 
     /// Checks that hold across keys or need more than a type.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.server.admin_addr()?;
         let l = &self.limits;
         let positive = [
             ("limits.max_body_bytes", l.max_body_bytes),

@@ -3,6 +3,7 @@
 //! metrics listener, limits and timeouts. Requests become
 //! [`nusa_api::ApiRequest`]s; answers come back as [`nusa_api::ApiResponse`]s.
 
+mod admin;
 mod body;
 mod metrics_http;
 mod quic;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use nusa_api::Api;
 use tokio::sync::watch;
 
+pub use admin::{load_or_generate_token, AdminConfig, AdminIngress};
 pub use metrics_http::serve_metrics;
 pub use tls::{load_or_generate, TlsError, TlsMaterial};
 
@@ -48,6 +50,11 @@ pub enum IngressError {
     #[error("binding TCP {addr}: {source}")]
     BindTcp {
         addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("binding the admin socket {path}: {source}")]
+    BindUnix {
+        path: std::path::PathBuf,
         source: std::io::Error,
     },
     #[error("binding UDP {addr}: {source}")]

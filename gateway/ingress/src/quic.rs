@@ -284,7 +284,7 @@ async fn serve_request(
                     peer,
                 );
                 let left = limits.request_timeout.saturating_sub(received.elapsed());
-                match tokio::time::timeout(left, shared.api.handle(api_req)).await {
+                match tokio::time::timeout(left, shared.serve(api_req)).await {
                     Ok(r) => r,
                     Err(_) => request::timed_out_serving(limits),
                 }

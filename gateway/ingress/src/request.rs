@@ -16,6 +16,18 @@ pub(crate) struct Shared {
     pub limits: Limits,
     /// `Alt-Svc` value for TCP responses, when HTTP/3 is on.
     pub alt_svc: Option<String>,
+    /// The admin surface (with its caller check) instead of the public one.
+    pub admin: Option<AdminCheck>,
+}
+
+/// How callers of the admin surface are checked over TCP.
+pub(crate) enum AdminCheck {
+    /// `Authorization: Bearer <token>`: the token's SHA-256 (compared as
+    /// digests, so the comparison's time says nothing of the token).
+    Token([u8; 32]),
+    /// Checked before the connection was served (the Unix socket's peer
+    /// credentials).
+    Checked,
 }
 
 impl Shared {
@@ -24,7 +36,39 @@ impl Shared {
             api,
             limits: config.limits.clone(),
             alt_svc: None,
+            admin: None,
         }
+    }
+
+    /// The API for a request whose head passed the checks.
+    pub async fn serve(&self, req: ApiRequest) -> ApiResponse {
+        match self.admin {
+            None => self.api.handle(req).await,
+            Some(_) => self.api.handle_admin(req).await,
+        }
+    }
+
+    /// On the admin TCP listener: 401 unless the request carries the token.
+    pub fn refuse_caller(&self, headers: &HeaderMap) -> Option<ApiResponse> {
+        let Some(AdminCheck::Token(want)) = &self.admin else {
+            return None;
+        };
+        let given = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| ring::digest::digest(&ring::digest::SHA256, t.trim().as_bytes()));
+        if given.is_some_and(|d| d.as_ref() == want) {
+            return None;
+        }
+        let e = ProtoError::new(
+            ErrorKind::Unauthorized,
+            "the admin listener needs 'Authorization: Bearer <token>' with the token in server.admin_token_file",
+        );
+        let mut r = ApiResponse::error(&e);
+        r.headers
+            .push(("www-authenticate", "Bearer realm=\"nusad-admin\"".into()));
+        Some(r)
     }
 }
 

@@ -179,7 +179,7 @@ impl Connection {
     }
 }
 
-async fn handle(
+pub(crate) async fn handle(
     shared: &Shared,
     req: Request<Incoming>,
     peer: std::net::IpAddr,
@@ -191,6 +191,9 @@ async fn handle(
         Protocol::Http1
     };
     let limits = &shared.limits;
+    if let Some(refused) = shared.refuse_caller(req.headers()) {
+        return into_hyper(refused, None);
+    }
     let resp = match request::check_declared_length(req.headers(), limits) {
         Err(e) => ApiResponse::error(&e),
         Ok(()) => {
@@ -217,7 +220,7 @@ async fn handle(
                         peer,
                     );
                     let left = limits.request_timeout.saturating_sub(received.elapsed());
-                    match tokio::time::timeout(left, shared.api.handle(api_req)).await {
+                    match tokio::time::timeout(left, shared.serve(api_req)).await {
                         Ok(r) => r,
                         Err(_) => request::timed_out_serving(limits),
                     }
@@ -228,7 +231,7 @@ async fn handle(
     into_hyper(resp, shared.alt_svc.as_deref())
 }
 
-fn into_hyper(resp: ApiResponse, alt_svc: Option<&str>) -> Response<FramesBody> {
+pub(crate) fn into_hyper(resp: ApiResponse, alt_svc: Option<&str>) -> Response<FramesBody> {
     let head = request::response_head(&resp, alt_svc);
     match head.body(FramesBody::new(resp.body)) {
         Ok(r) => r,

@@ -1,6 +1,7 @@
 //! `nusactl`: the appliance's admin CLI. Argument parsing only; the work is
 //! in `nusa-ota` (updates on the box, publishing releases).
 
+mod models;
 mod release;
 mod update;
 
@@ -10,7 +11,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "nusactl",
     version,
-    about = "Nusa appliance admin: updates and releases"
+    about = "Nusa appliance admin: updates, releases and models"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -21,6 +22,8 @@ struct Cli {
 enum Cmd {
     /// The appliance's OTA updates.
     Update(update::UpdateArgs),
+    /// The models nusad serves (over its admin socket).
+    Models(models::ModelsArgs),
     /// Publish signed releases (a release engineer's machine).
     Release {
         #[command(subcommand)]
@@ -43,6 +46,7 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.cmd {
         Cmd::Release { cmd } => release::run(cmd).await,
         Cmd::Update(args) => update::run(args).await,
+        Cmd::Models(args) => models::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -33,6 +33,12 @@ struct Args {
     /// Prometheus metrics address; overrides server.metrics_listen.
     #[arg(long, value_name = "ADDR:PORT")]
     metrics_listen: Option<SocketAddr>,
+    /// Admin listener address, or "off"; overrides server.admin_listen.
+    #[arg(long, value_name = "ADDR:PORT")]
+    admin_listen: Option<String>,
+    /// Admin Unix socket; overrides server.admin_socket.
+    #[arg(long, value_name = "PATH")]
+    admin_socket: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -58,6 +64,16 @@ fn main() -> ExitCode {
     }
     if let Some(v) = args.metrics_listen {
         config.server.metrics_listen = v;
+    }
+    if let Some(v) = args.admin_listen {
+        config.server.admin_listen = v;
+    }
+    if let Some(v) = args.admin_socket {
+        config.server.admin_socket = Some(v);
+    }
+    if let Err(e) = config.validate() {
+        eprintln!("nusad: config error: {e}");
+        return ExitCode::from(EXIT_CONFIG);
     }
 
     tracing_subscriber::fmt()
@@ -138,6 +154,10 @@ async fn serve(config: Config, activated: Activated) -> Result<(), nusa_app::App
             "serving the Open Inference Protocol on https://{} (HTTP/1.1, HTTP/2 on TCP; {h3})",
             b.listen
         );
+        match b.admin {
+            Some(a) => tracing::info!(admin = %a, socket = %b.admin_socket.display(), "admin API (model repository, pins, history) on https://{a} (bearer token) and the socket"),
+            None => tracing::info!(socket = %b.admin_socket.display(), "admin API on the socket only (server.admin_listen = \"off\")"),
+        }
         if let Some(ca) = &b.ca_cert {
             tracing::info!(ca = %ca.display(), "TLS: generated local CA; clients trust it with e.g. curl --cacert {}", ca.display());
         }

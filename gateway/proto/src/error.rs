@@ -19,6 +19,10 @@ pub enum ErrorKind {
     Unavailable,
     /// The engine failed (500).
     Internal,
+    /// An admin call without valid credentials (401).
+    Unauthorized,
+    /// A caller known not to have the right (403).
+    Forbidden,
 }
 
 impl ErrorKind {
@@ -31,6 +35,8 @@ impl ErrorKind {
             ErrorKind::QueueFull | ErrorKind::Unavailable => 503,
             ErrorKind::Timeout => 504,
             ErrorKind::Internal => 500,
+            ErrorKind::Unauthorized => 401,
+            ErrorKind::Forbidden => 403,
         }
     }
 
@@ -45,6 +51,8 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Internal => "engine_error",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::Forbidden => "forbidden",
         }
     }
 }

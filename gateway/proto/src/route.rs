@@ -24,7 +24,39 @@ pub enum Route {
         model: String,
         version: Option<String>,
     },
+    /// The model repository extension (admin listener only).
     RepositoryIndex,
+    RepositoryLoad {
+        model: String,
+    },
+    RepositoryUnload {
+        model: String,
+    },
+    /// `/v2/nusa/models`: every model's state (admin).
+    AdminModels,
+    /// `/v2/nusa/models/{m}/pin` (admin).
+    AdminPin {
+        model: String,
+    },
+    /// `/v2/nusa/history` and `/v2/nusa/models/{m}/history` (admin).
+    AdminHistory {
+        model: Option<String>,
+    },
+}
+
+impl Route {
+    /// Routes served on the admin listener and socket only.
+    pub fn is_admin(&self) -> bool {
+        matches!(
+            self,
+            Route::RepositoryIndex
+                | Route::RepositoryLoad { .. }
+                | Route::RepositoryUnload { .. }
+                | Route::AdminModels
+                | Route::AdminPin { .. }
+                | Route::AdminHistory { .. }
+        )
+    }
 }
 
 /// Parses a path (without query). `None` means no such endpoint.
@@ -42,6 +74,14 @@ pub fn parse_route(path: &str) -> Option<Route> {
         ["health", "live"] => Route::Live,
         ["health", "ready"] => Route::Ready,
         ["repository", "index"] => Route::RepositoryIndex,
+        ["repository", "models", m, "load"] => Route::RepositoryLoad { model: owned(m)? },
+        ["repository", "models", m, "unload"] => Route::RepositoryUnload { model: owned(m)? },
+        ["nusa", "models"] => Route::AdminModels,
+        ["nusa", "history"] => Route::AdminHistory { model: None },
+        ["nusa", "models", m, "pin"] => Route::AdminPin { model: owned(m)? },
+        ["nusa", "models", m, "history"] => Route::AdminHistory {
+            model: Some(owned(m)?),
+        },
         ["models", "stats"] => Route::ModelStats {
             model: None,
             version: None,
@@ -115,5 +155,19 @@ mod tests {
         assert_eq!(parse_route("/v2/models/m/versions/1/bogus"), None);
         assert_eq!(parse_route("/v1/models"), None);
         assert_eq!(parse_route("/v2/models/%zz"), None);
+        assert_eq!(
+            parse_route("/v2/repository/models/tiny-cnn/load"),
+            Some(Route::RepositoryLoad {
+                model: "tiny-cnn".into()
+            })
+        );
+        assert_eq!(
+            parse_route("/v2/nusa/models/a%2Fb/pin"),
+            Some(Route::AdminPin {
+                model: "a/b".into()
+            })
+        );
+        assert!(parse_route("/v2/repository/index").unwrap().is_admin());
+        assert!(!parse_route("/v2/models/m/infer").unwrap().is_admin());
     }
 }

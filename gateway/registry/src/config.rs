@@ -23,6 +23,21 @@ pub struct ModelConfig {
     pub placement: Placement,
     pub cache: CachePolicy,
     pub engine: EngineChoice,
+    /// The inference a version runs before it takes traffic.
+    pub warmup: Warmup,
+}
+
+/// What a newly loaded version runs before it takes traffic (a load whose
+/// warm-up fails is refused and the serving version stays).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Warmup {
+    /// One inference of zeros (empty strings for BYTES), every variable
+    /// dimension 1.
+    #[default]
+    Zeros,
+    /// None: for a model whose zeros are not a valid input.
+    None,
 }
 
 /// Which engine runs the model here.

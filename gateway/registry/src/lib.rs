@@ -13,6 +13,8 @@
 mod config;
 mod demo;
 mod digest;
+mod lifecycle;
+mod state;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,11 +23,15 @@ use std::sync::Arc;
 use nusa_engine::{Engine, EngineFactory, LoadHints, ModelMetadata};
 use nusa_sched::Scheduler;
 use nusa_telemetry::Metrics;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
-pub use config::{CachePolicy, EngineChoice, ModelConfig, Placement, Residency, VersionPolicy};
+pub use config::{
+    CachePolicy, EngineChoice, ModelConfig, Placement, Residency, VersionPolicy, Warmup,
+};
 pub use demo::{materialize_demo, DEMO_MODEL_NAME};
 pub use digest::VersionDigest;
+pub use lifecycle::ChangeReport;
+pub use state::{Event, MAX_HISTORY_EVENTS};
 
 /// One loaded version of a model.
 pub struct ModelVersion {
@@ -80,7 +86,9 @@ struct Selected {
     reason: String,
 }
 
-/// A model: its versions, or why it could not be loaded.
+/// A model as it serves now: an immutable snapshot. A load builds a new
+/// snapshot beside it and swaps it in; requests that already resolved a
+/// version keep it until they are answered.
 pub struct Model {
     pub name: String,
     pub config: ModelConfig,
@@ -89,15 +97,29 @@ pub struct Model {
     pub versions: BTreeMap<u64, Arc<ModelVersion>>,
     /// Set when the model or one of its versions failed to load.
     pub error: Option<String>,
+    /// The version requests without one get (`None`: the latest loaded).
+    pub pinned: Option<u64>,
+    /// Unloaded through the repository API: serves nothing, and does not
+    /// hold the server's readiness.
+    pub unloaded: bool,
 }
 
 impl Model {
     pub fn ready(&self) -> bool {
-        self.error.is_none() && !self.versions.is_empty()
+        !self.unloaded && self.error.is_none() && !self.versions.is_empty()
     }
 
     pub fn latest(&self) -> Option<&Arc<ModelVersion>> {
         self.versions.values().next_back()
+    }
+
+    /// The version a request without one gets: the pinned one, else the
+    /// latest loaded.
+    pub fn serving(&self) -> Option<&Arc<ModelVersion>> {
+        match self.pinned {
+            Some(v) => self.versions.get(&v),
+            None => self.latest(),
+        }
     }
 }
 
@@ -114,6 +136,8 @@ pub enum LookupError {
     },
     #[error("model '{model}' is not ready: {reason}")]
     NotReady { model: String, reason: String },
+    #[error("model '{0}' is unloaded (POST /v2/repository/models/{0}/load loads it)")]
+    Unloaded(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,18 +147,48 @@ pub enum RegistryError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("model state: {0}")]
+    State(String),
 }
 
+/// Why a load, unload or pin was refused; the models serve as before.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChangeError {
+    #[error("unknown model '{0}': no such folder in the model repository")]
+    UnknownModel(String),
+    #[error("model '{model}' has no version {version} in the repository (available: {available})")]
+    UnknownVersion {
+        model: String,
+        version: u64,
+        available: String,
+    },
+    #[error("{0}")]
+    BadName(String),
+    #[error("model '{model}' was not changed: {reason}")]
+    Refused { model: String, reason: String },
+    #[error("model state: {0}")]
+    State(String),
+}
+
+/// The model repository: a folder of models, each served from an
+/// immutable [`Model`] snapshot that loads, unloads and pins replace.
 pub struct Repository {
     root: PathBuf,
-    models: BTreeMap<String, Model>,
+    engines: Engines,
+    metrics: Arc<Metrics>,
+    models: RwLock<BTreeMap<String, Arc<Model>>>,
+    /// One change at a time; requests never wait on it.
+    changes: tokio::sync::Mutex<state::StateDir>,
 }
 
 impl Repository {
-    /// Scans `root` and loads every model found. A model that fails to load
-    /// is kept, not ready, with its error; the others serve.
+    /// Scans `root` and loads every model found (with its pinned version,
+    /// from `state_dir`, the folder that keeps pins and history across
+    /// restarts; `None` keeps them in memory). A model that fails to load is
+    /// kept, not ready, with its error; the others serve.
     pub async fn load(
         root: &Path,
+        state_dir: Option<PathBuf>,
         engines: Engines,
         metrics: &Arc<Metrics>,
     ) -> Result<Repository, RegistryError> {
@@ -154,40 +208,50 @@ impl Repository {
             }
         }
         names.sort();
-        let mut models = BTreeMap::new();
+        let state = state::StateDir::new(state_dir).map_err(RegistryError::State)?;
+        let pins = state.pins().map_err(RegistryError::State)?;
+        let repo = Repository {
+            root: root.to_path_buf(),
+            engines,
+            metrics: Arc::clone(metrics),
+            models: RwLock::new(BTreeMap::new()),
+            changes: tokio::sync::Mutex::new(state),
+        };
         for name in names {
-            let model = load_model(&root.join(&name), &name, &engines, metrics).await;
+            let model = repo
+                .build_model(&name, pins.get(&name).copied(), None)
+                .await;
             match &model.error {
                 None => {
-                    tracing::info!(model = %name, versions = ?model.versions.keys().collect::<Vec<_>>(), "model loaded")
+                    tracing::info!(model = %name, versions = ?model.versions.keys().collect::<Vec<_>>(), pinned = ?model.pinned, "model loaded")
                 }
                 Some(e) => tracing::error!(model = %name, error = %e, "model failed to load"),
             }
-            models.insert(name, model);
+            repo.models.write().insert(name, Arc::new(model));
         }
-        Ok(Repository {
-            root: root.to_path_buf(),
-            models,
-        })
+        Ok(repo)
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    pub fn models(&self) -> impl Iterator<Item = &Model> {
-        self.models.values()
+    /// The models as they serve now.
+    pub fn models(&self) -> Vec<Arc<Model>> {
+        self.models.read().values().cloned().collect()
     }
 
-    pub fn model(&self, name: &str) -> Result<&Model, LookupError> {
+    pub fn model(&self, name: &str) -> Result<Arc<Model>, LookupError> {
         self.models
+            .read()
             .get(name)
+            .cloned()
             .ok_or_else(|| LookupError::UnknownModel(name.to_string()))
     }
 
-    /// Every model found is ready (Triton's strict readiness).
+    /// Every model that is not unloaded is ready (Triton's strict readiness).
     pub fn ready(&self) -> bool {
-        self.models.values().all(Model::ready)
+        self.models.read().values().all(|m| m.unloaded || m.ready())
     }
 
     /// The version a request names, or the latest.
@@ -197,8 +261,11 @@ impl Repository {
         version: Option<&str>,
     ) -> Result<Arc<ModelVersion>, LookupError> {
         let model = self.model(name)?;
+        if model.unloaded {
+            return Err(LookupError::Unloaded(name.to_string()));
+        }
         let found = match version {
-            None | Some("") => model.latest(),
+            None | Some("") => model.serving(),
             // Canonical decimal only: `01` and `+1` name no version.
             Some(v) => v
                 .parse::<u64>()
@@ -276,73 +343,6 @@ fn select(choice: EngineChoice, engines: &Engines, dir: &Path) -> Result<Selecte
             }
         }
     }
-}
-
-async fn load_model(dir: &Path, name: &str, engines: &Engines, metrics: &Arc<Metrics>) -> Model {
-    let mut model = Model {
-        name: name.to_string(),
-        config: ModelConfig::default(),
-        engine: "",
-        versions: BTreeMap::new(),
-        error: None,
-    };
-    match ModelConfig::load(&dir.join("config.toml")) {
-        Ok(c) => model.config = c,
-        Err(e) => {
-            model.error = Some(e);
-            return model;
-        }
-    }
-    let selected = match select(model.config.engine, engines, dir) {
-        Ok(s) => s,
-        Err(e) => {
-            model.error = Some(e);
-            return model;
-        }
-    };
-    tracing::info!(model = %name, engine = selected.engine, reason = %selected.reason, "engine selected");
-    model.engine = selected.engine;
-    let factory = &selected.factory;
-    let mut versions: Vec<u64> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .filter_map(Result::ok)
-            .filter(|e| factory.has_model(&e.path()))
-            .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u64>().ok()))
-            .filter(|&v| v > 0)
-            .collect(),
-        Err(e) => {
-            model.error = Some(format!("reading {}: {e}", dir.display()));
-            return model;
-        }
-    };
-    versions.sort_unstable();
-    if versions.is_empty() {
-        model.error = Some(format!(
-            "no version directory with {} under {}",
-            factory.model_file(),
-            dir.display()
-        ));
-        return model;
-    }
-    if model.config.versions == VersionPolicy::Latest {
-        versions.drain(..versions.len() - 1);
-    }
-    for v in versions {
-        let vdir = dir.join(v.to_string());
-        match load_version(&vdir, v, name, &model.config, &selected, engines, metrics).await {
-            Ok((mv, pending)) => {
-                let mv = Arc::new(mv);
-                if let Some(pending) = pending {
-                    tokio::spawn(pending.run(Arc::clone(&mv), Arc::clone(metrics)));
-                }
-                model.versions.insert(v, mv);
-            }
-            Err(e) => {
-                model.error = Some(format!("version {v}: {e}"));
-            }
-        }
-    }
-    model
 }
 
 async fn version_digest(dir: &Path) -> Result<VersionDigest, String> {
@@ -460,9 +460,11 @@ fn compatible(old: &ModelMetadata, new: &ModelMetadata) -> Result<(), String> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn load_version(
     dir: &Path,
     version: u64,
+    digest: VersionDigest,
     name: &str,
     config: &ModelConfig,
     selected: &Selected,
@@ -476,9 +478,9 @@ async fn load_version(
         version,
         max_batch_size: policy.max_batch_size,
     };
-    // Hashed before and after the engines load: files replaced in between
-    // would leave the digest naming other weights than the ones served.
-    let digest = version_digest(dir).await?;
+    // `digest` was hashed before the engines load, and is checked again
+    // after: files replaced in between would leave it naming other weights
+    // than the ones served.
     let (engines, state, pending) = match instances(&selected.factory, dir, &hints, count).await? {
         Some(engines) => (
             engines,

@@ -197,6 +197,22 @@ impl Metrics {
         self.engine.get_or_create(&labels(engine, reason)).set(1);
     }
 
+    /// Removes a version's engine series (the version was unloaded).
+    pub fn forget_model_engine(
+        &self,
+        model: &str,
+        version: u64,
+        engine: &'static str,
+        reason: &'static str,
+    ) {
+        self.engine.remove(&EngineLabels {
+            model: model.to_string(),
+            version: version.to_string(),
+            engine,
+            reason,
+        });
+    }
+
     pub fn request(&self, model: &str, outcome: &str, protocol: &str) {
         self.requests
             .get_or_create(&RequestLabels {

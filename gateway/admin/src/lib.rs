@@ -1,0 +1,161 @@
+//! The admin API that `nusad` serves on its admin listener and Unix socket
+//! and `nusactl` calls: the paths, the JSON bodies both sides read and
+//! write, and (feature `client`) the client over the socket.
+//!
+//! Triton's model repository extension is part of it unchanged
+//! (`POST /v2/repository/index`, `.../models/{m}/load`, `.../unload`, as
+//! `tritonclient` calls them); the rest is ours, under `/v2/nusa/`.
+
+use serde::{Deserialize, Serialize};
+
+#[cfg(feature = "client")]
+mod client;
+#[cfg(feature = "client")]
+pub use client::{AdminError, Client};
+
+/// Triton's repository index.
+pub const REPOSITORY_INDEX: &str = "/v2/repository/index";
+/// Every model's state, versions and pin ([`Status`]).
+pub const MODELS: &str = "/v2/nusa/models";
+/// Every model's history ([`History`]).
+pub const HISTORY: &str = "/v2/nusa/history";
+
+/// Triton's `POST /v2/repository/models/{m}/load`.
+pub fn load_path(model: &str) -> String {
+    format!("/v2/repository/models/{}/load", escape(model))
+}
+
+/// Triton's `POST /v2/repository/models/{m}/unload`.
+pub fn unload_path(model: &str) -> String {
+    format!("/v2/repository/models/{}/unload", escape(model))
+}
+
+/// `POST` a [`PinRequest`].
+pub fn pin_path(model: &str) -> String {
+    format!("{MODELS}/{}/pin", escape(model))
+}
+
+/// One model's history.
+pub fn history_path(model: &str) -> String {
+    format!("{MODELS}/{}/history", escape(model))
+}
+
+/// Percent-escapes what is not unreserved in a path segment.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `GET /v2/nusa/models`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Where models come from and whether they are verified: `directory`
+    /// (a plain local folder, not verified: development and the demo).
+    pub mode: String,
+    pub models: Vec<ModelStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelStatus {
+    pub name: String,
+    /// `READY`, `UNAVAILABLE` (failed to load: see `error`) or `UNLOADED`.
+    pub state: String,
+    /// The version requests without one get now.
+    pub serving: Option<u64>,
+    /// Set when an operator pinned the serving version.
+    pub pinned: Option<u64>,
+    /// `onnxruntime` or `tensorrt`.
+    pub engine: String,
+    pub error: Option<String>,
+    pub versions: Vec<VersionStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionStatus {
+    pub version: u64,
+    /// SHA-256 of the version's files, hex: what the cache keys by.
+    pub digest: String,
+    pub engine: String,
+    /// Why this engine (e.g. ONNX Runtime while a TensorRT plan builds).
+    pub engine_detail: String,
+}
+
+/// The answer to a load, an unload or a pin.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeReply {
+    pub model: String,
+    /// Versions loaded (new or changed) and warmed up.
+    pub loaded: Vec<u64>,
+    /// Versions that kept serving as they were.
+    pub kept: Vec<u64>,
+    /// Versions no longer served.
+    pub dropped: Vec<u64>,
+    pub serving_before: Option<u64>,
+    pub serving: Option<u64>,
+}
+
+/// `POST /v2/nusa/models/{m}/pin`: `{"version": 3}`, or `{"version": null}`
+/// to serve the latest again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinRequest {
+    pub version: Option<u64>,
+}
+
+/// One thing that happened to a model; also the line format of the history
+/// file nusad keeps on the data partition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEvent {
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// `load`, `swap`, `unload`, `refused`, `pin`, `unpin`.
+    pub event: String,
+    /// What changed, or why it was refused.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    pub events: Vec<HistoryEvent>,
+}
+
+/// Every error body: `{"error": "..."}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_escape_the_model_name() {
+        assert_eq!(load_path("tiny-cnn"), "/v2/repository/models/tiny-cnn/load");
+        assert_eq!(pin_path("a b/c"), "/v2/nusa/models/a%20b%2Fc/pin");
+    }
+
+    #[test]
+    fn history_lines_round_trip_and_skip_empty_fields() {
+        let e = HistoryEvent {
+            at: 1,
+            model: "m".into(),
+            version: None,
+            event: "unload".into(),
+            detail: String::new(),
+        };
+        let line = serde_json::to_string(&e).unwrap();
+        assert_eq!(line, r#"{"at":1,"model":"m","event":"unload"}"#);
+        assert_eq!(serde_json::from_str::<HistoryEvent>(&line).unwrap(), e);
+    }
+}

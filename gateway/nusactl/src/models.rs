@@ -1,0 +1,186 @@
+//! `nusactl models ...`: the models nusad serves, over its admin socket
+//! (nusad checks this process's uid; no credential is passed).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use nusa_admin::{ChangeReply, Client, History, PinRequest, Status};
+
+/// The appliance's socket (`server.admin_socket`, by default in its
+/// `data_dir`, /var/lib/nusa).
+const DEFAULT_SOCKET: &str = "/var/lib/nusa/admin.sock";
+
+#[derive(Debug, Args)]
+pub struct ModelsArgs {
+    /// nusad's admin socket.
+    #[arg(long, global = true, env = "NUSA_ADMIN_SOCKET", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// How long to wait for nusad (a load waits for the new version's
+    /// warm-up), seconds.
+    #[arg(long, global = true, default_value_t = 300)]
+    timeout: u64,
+    #[command(subcommand)]
+    cmd: ModelsCmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelsCmd {
+    /// Each model: state, the version serving, its pin, its engine.
+    Status,
+    /// Each loaded version with the digest of its files and its engine.
+    List,
+    /// Load a model or reload it: new and changed versions are loaded and
+    /// warmed up beside the serving ones, then swapped in.
+    Load { model: String },
+    /// Stop serving a model (requests already queued are answered).
+    Unload { model: String },
+    /// Pin the version requests without one get (persisted), or unpin.
+    Pin {
+        model: String,
+        /// The version to serve.
+        #[arg(long, conflicts_with = "latest", required_unless_present = "latest")]
+        version: Option<u64>,
+        /// Serve the latest loaded version again.
+        #[arg(long)]
+        latest: bool,
+    },
+    /// Loads, swaps, unloads, pins and refusals, oldest first.
+    History { model: Option<String> },
+}
+
+pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.socket, Duration::from_secs(args.timeout));
+    match args.cmd {
+        ModelsCmd::Status => {
+            let s: Status = client.get(nusa_admin::MODELS).await?;
+            if args.json {
+                return print_json(&s);
+            }
+            println!("mode: {}", describe_mode(&s.mode));
+            println!(
+                "{:<24} {:<12} {:>8} {:>7} {:<12} error",
+                "MODEL", "STATE", "SERVING", "PINNED", "ENGINE"
+            );
+            for m in &s.models {
+                println!(
+                    "{:<24} {:<12} {:>8} {:>7} {:<12} {}",
+                    m.name,
+                    m.state,
+                    opt(m.serving),
+                    opt(m.pinned),
+                    m.engine,
+                    m.error.as_deref().unwrap_or("")
+                );
+            }
+        }
+        ModelsCmd::List => {
+            let s: Status = client.get(nusa_admin::MODELS).await?;
+            if args.json {
+                return print_json(&s.models);
+            }
+            println!(
+                "{:<24} {:>8} {:<16} {:<12} ENGINE DETAIL",
+                "MODEL", "VERSION", "DIGEST", "ENGINE"
+            );
+            for m in &s.models {
+                for v in &m.versions {
+                    println!(
+                        "{:<24} {:>8} {:<16} {:<12} {}",
+                        m.name,
+                        v.version,
+                        v.digest.get(..16).unwrap_or(&v.digest),
+                        v.engine,
+                        v.engine_detail
+                    );
+                }
+            }
+        }
+        ModelsCmd::Load { model } => {
+            let r: ChangeReply = client
+                .post(&nusa_admin::load_path(&model), &serde_json::json!({}))
+                .await
+                .with_context(|| format!("loading model '{model}'"))?;
+            print_change(&r, args.json)?;
+        }
+        ModelsCmd::Unload { model } => {
+            let r: ChangeReply = client
+                .post(&nusa_admin::unload_path(&model), &serde_json::json!({}))
+                .await
+                .with_context(|| format!("unloading model '{model}'"))?;
+            print_change(&r, args.json)?;
+        }
+        ModelsCmd::Pin {
+            model,
+            version,
+            latest,
+        } => {
+            let version = if latest { None } else { version };
+            let r: ChangeReply = client
+                .post(&nusa_admin::pin_path(&model), &PinRequest { version })
+                .await
+                .with_context(|| format!("pinning model '{model}'"))?;
+            print_change(&r, args.json)?;
+        }
+        ModelsCmd::History { model } => {
+            let path = match &model {
+                Some(m) => nusa_admin::history_path(m),
+                None => nusa_admin::HISTORY.to_string(),
+            };
+            let h: History = client.get(&path).await?;
+            if args.json {
+                return print_json(&h);
+            }
+            for e in &h.events {
+                println!(
+                    "{} {:<24} {:>8} {:<8} {}",
+                    e.at,
+                    e.model,
+                    opt(e.version),
+                    e.event,
+                    e.detail
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn describe_mode(mode: &str) -> String {
+    match mode {
+        "directory" => {
+            "directory (a local model folder, not signature-checked: development and the demo)"
+                .into()
+        }
+        other => other.into(),
+    }
+}
+
+fn print_change(r: &ChangeReply, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(r);
+    }
+    println!(
+        "{}: serving version {} (was {}); loaded {:?}, kept {:?}, dropped {:?}",
+        r.model,
+        opt(r.serving),
+        opt(r.serving_before),
+        r.loaded,
+        r.kept,
+        r.dropped
+    );
+    Ok(())
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map_or_else(|| "-".into(), |v| v.to_string())
+}

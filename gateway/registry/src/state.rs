@@ -1,0 +1,203 @@
+//! What the model repository keeps across restarts and OS updates, on the
+//! data partition: each model's pinned serving version (`pins.json`) and
+//! the history of loads, swaps, unloads, pins and refusals
+//! (`history.jsonl`, bounded).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// `pins.json` is a small map; anything larger is not ours.
+const MAX_PINS_BYTES: u64 = 1 << 20;
+/// The history file is cut to its newer half past this size.
+const MAX_HISTORY_BYTES: u64 = 4 << 20;
+/// At most this many events are read back for one answer.
+pub const MAX_HISTORY_EVENTS: usize = 10_000;
+
+/// One thing that happened to a model (the admin API's type is the file's
+/// line format too).
+pub use nusa_admin::HistoryEvent as Event;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct PinsFile {
+    pins: BTreeMap<String, u64>,
+}
+
+/// The state folder (`<data_dir>/models`), or none (tests, tools): then
+/// pins and history live in memory only.
+pub struct StateDir {
+    dir: Option<PathBuf>,
+    memory: Vec<Event>,
+}
+
+impl StateDir {
+    pub fn new(dir: Option<PathBuf>) -> Result<StateDir, String> {
+        if let Some(d) = &dir {
+            std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+        }
+        Ok(StateDir {
+            dir,
+            memory: Vec::new(),
+        })
+    }
+
+    pub fn pins(&self) -> Result<BTreeMap<String, u64>, String> {
+        let Some(path) = self.dir.as_ref().map(|d| d.join("pins.json")) else {
+            return Ok(BTreeMap::new());
+        };
+        let text = match read_bounded(&path, MAX_PINS_BYTES) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+            Err(e) => return Err(format!("reading {}: {e}", path.display())),
+        };
+        serde_json::from_str::<PinsFile>(&text)
+            .map(|f| f.pins)
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Writes the pins atomically (temporary file, fsync, rename, fsync of
+    /// the folder): a power cut leaves the old file or the new one.
+    pub fn save_pins(&self, pins: &BTreeMap<String, u64>) -> Result<(), String> {
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        let body = serde_json::to_vec_pretty(&PinsFile { pins: pins.clone() })
+            .map_err(|e| e.to_string())?;
+        let path = dir.join("pins.json");
+        let tmp = dir.join(".pins.json.tmp");
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&body)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(dir)?.sync_all()
+        };
+        write().map_err(|e| format!("writing {}: {e}", path.display()))
+    }
+
+    /// Appends an event; a history that cannot be written is logged, never
+    /// a reason to refuse the change it records.
+    pub fn record(&mut self, event: Event) {
+        tracing::info!(model = %event.model, version = ?event.version, event = %event.event, detail = %event.detail, "model history");
+        let Some(dir) = &self.dir else {
+            self.memory.push(event);
+            if self.memory.len() > MAX_HISTORY_EVENTS {
+                self.memory.drain(..MAX_HISTORY_EVENTS / 2);
+            }
+            return;
+        };
+        let path = dir.join("history.jsonl");
+        if let Err(e) = append(&path, &event) {
+            tracing::warn!(path = %path.display(), error = %e, "writing the model history");
+        }
+    }
+
+    /// The newest `limit` events (oldest first), of one model or of all.
+    pub fn history(&self, model: Option<&str>, limit: usize) -> Result<Vec<Event>, String> {
+        let limit = limit.min(MAX_HISTORY_EVENTS);
+        let all: Vec<Event> = match &self.dir {
+            None => self.memory.clone(),
+            Some(dir) => {
+                let path = dir.join("history.jsonl");
+                match read_bounded(&path, MAX_HISTORY_BYTES) {
+                    Ok(text) => text
+                        .lines()
+                        .filter_map(|l| serde_json::from_str(l).ok())
+                        .collect(),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                    Err(e) => return Err(format!("reading {}: {e}", path.display())),
+                }
+            }
+        };
+        let mut picked: Vec<Event> = all
+            .into_iter()
+            .filter(|e| model.is_none_or(|m| e.model == m))
+            .collect();
+        let skip = picked.len().saturating_sub(limit);
+        picked.drain(..skip);
+        Ok(picked)
+    }
+}
+
+fn append(path: &Path, event: &Event) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(event)?;
+    line.push(b'\n');
+    if std::fs::metadata(path).is_ok_and(|m| m.len() + line.len() as u64 > MAX_HISTORY_BYTES) {
+        // Keep the newer half, from a line start.
+        let text = read_bounded(path, MAX_HISTORY_BYTES)?;
+        let half = text.len() / 2;
+        let cut = text[half..].find('\n').map_or(text.len(), |i| half + i + 1);
+        let tmp = path.with_extension("jsonl.tmp");
+        std::fs::write(&tmp, &text.as_bytes()[cut..])?;
+        std::fs::rename(&tmp, path)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    f.write_all(&line)
+}
+
+fn read_bounded(path: &Path, max: u64) -> std::io::Result<String> {
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(max)
+        .read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// Seconds since the Unix epoch, for history events.
+pub fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(model: &str, n: u64) -> Event {
+        Event {
+            at: n,
+            model: model.into(),
+            version: Some(n),
+            event: "load".into(),
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn pins_and_history_survive_a_new_state_dir() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = StateDir::new(Some(d.path().join("models"))).unwrap();
+        assert!(s.pins().unwrap().is_empty());
+        s.save_pins(&BTreeMap::from([("a".to_string(), 3)]))
+            .unwrap();
+        for n in 0..5 {
+            s.record(event(if n % 2 == 0 { "a" } else { "b" }, n));
+        }
+        let s = StateDir::new(Some(d.path().join("models"))).unwrap();
+        assert_eq!(s.pins().unwrap(), BTreeMap::from([("a".to_string(), 3)]));
+        let a: Vec<u64> = s
+            .history(Some("a"), 100)
+            .unwrap()
+            .iter()
+            .map(|e| e.at)
+            .collect();
+        assert_eq!(a, vec![0, 2, 4]);
+        let newest: Vec<u64> = s.history(None, 2).unwrap().iter().map(|e| e.at).collect();
+        assert_eq!(newest, vec![3, 4]);
+    }
+
+    #[test]
+    fn a_damaged_pins_file_is_an_error_naming_it() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("pins.json"), b"{not json").unwrap();
+        let s = StateDir::new(Some(d.path().to_path_buf())).unwrap();
+        let e = s.pins().unwrap_err();
+        assert!(e.contains("pins.json"), "{e}");
+    }
+}
