@@ -51,11 +51,41 @@ enum ModelsCmd {
     },
     /// Loads, swaps, unloads, pins and refusals, oldest first.
     History { model: Option<String> },
+    /// Create a model repository and its signing keys (a release
+    /// engineer's machine; a repository of its own, apart from the OS one).
+    Init {
+        /// The model repository folder to create.
+        #[arg(long)]
+        repo: PathBuf,
+        /// Folder for the new signing keys (must hold none).
+        #[arg(long)]
+        keys: PathBuf,
+    },
+    /// Publish a model version, signed and immutable, with its provenance.
+    Publish(nusa_model_dist::PublishArgs),
 }
 
 pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.socket, Duration::from_secs(args.timeout));
     match args.cmd {
+        ModelsCmd::Init { repo, keys } => {
+            nusa_model_dist::init_repo(&repo, &keys)
+                .await
+                .with_context(|| format!("creating the model repository {}", repo.display()))?;
+            println!(
+                "model repository {} created; keys in {} (keep them off the appliances); ship {}/metadata/root.json to the boxes",
+                repo.display(),
+                keys.display(),
+                repo.display()
+            );
+        }
+        ModelsCmd::Publish(p) => {
+            let report = nusa_model_dist::run_publish(&p).await?;
+            if args.json {
+                return print_json(&report.manifest);
+            }
+            print!("{report}");
+        }
         ModelsCmd::Status => {
             let s: Status = client.get(nusa_admin::MODELS).await?;
             if args.json {

@@ -219,6 +219,21 @@ impl Client {
         })
     }
 
+    /// Every signed target, sorted by name, for repositories whose names
+    /// are not releases (the model repository groups its own way).
+    pub fn targets(&self) -> Result<Vec<TargetInfo>, TufError> {
+        self.check_fresh()?;
+        let mut all = self
+            .repo
+            .targets()
+            .signed
+            .targets_iter()
+            .map(|(name, target)| self.info(name.raw(), target))
+            .collect::<Result<Vec<_>, _>>()?;
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(all)
+    }
+
     /// Length, sha256 and URL of a signed target, for a ranged download.
     pub fn target_info(&self, name: &str) -> Result<TargetInfo, TufError> {
         self.check_fresh()?;

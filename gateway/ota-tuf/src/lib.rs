@@ -30,9 +30,10 @@ use std::path::Path;
 pub use client::{Client, Limits, MetadataVersions, ReleaseFile, ReleaseTarget, TargetInfo};
 pub use error::TufError;
 pub use keys::{create_keys, KeyCounts, SigningKeys};
-pub use names::NameError;
+pub use names::{check_component, NameError};
 pub use publish::{
-    add_release, init_repo, rotate_root, set_expiry, Expiries, PublishError, Thresholds,
+    add_release, add_targets, init_repo, rotate_root, set_expiry, Expiries, NewTarget,
+    PublishError, Thresholds,
 };
 pub use semver::Version;
 pub use tough::{

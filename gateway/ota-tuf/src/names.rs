@@ -30,7 +30,7 @@ const MAX_COMPONENT: usize = 128;
 /// name): non-empty, not `.` or `..`, only `[A-Za-z0-9._+-]`.
 ///
 /// `what` names the component in the error ("variant", "file name").
-pub(crate) fn check_component(what: &'static str, value: &str) -> Result<(), NameError> {
+pub fn check_component(what: &'static str, value: &str) -> Result<(), NameError> {
     let why = if value.is_empty() {
         Some("is empty")
     } else if value == "." || value == ".." {

@@ -22,7 +22,7 @@ use tough::TargetName;
 
 pub use maintain::{rotate_root, set_expiry};
 
-use crate::names::{check_component, parse_version, target_name};
+use crate::names::{check_component, check_signed_name, parse_version, target_name};
 use crate::{NameError, Role, SigningKeys, TufError};
 
 /// Why a publishing operation failed. Nothing was committed.
@@ -54,6 +54,9 @@ pub enum PublishError {
     RepoExists { path: PathBuf },
     #[error("release {variant}/{version} is already published; releases are immutable")]
     ReleaseExists { variant: String, version: String },
+    /// `add_targets`: targets under this prefix are already signed.
+    #[error("targets under {prefix} are already published; they are immutable")]
+    GroupExists { prefix: String },
     #[error("{detail}")]
     Conflict { detail: String },
     #[error("expiry {detail}")]
@@ -248,35 +251,94 @@ pub async fn add_release(
 ) -> Result<Vec<String>, PublishError> {
     check_component("variant", variant)?;
     parse_version(version)?;
-    if files.is_empty() {
-        return Err(PublishError::Conflict {
-            detail: format!("release {variant}/{version} has no files"),
+    let mut targets = Vec::with_capacity(files.len());
+    for (file, path) in files {
+        check_component("file name", file)?;
+        targets.push(NewTarget {
+            name: target_name(variant, version, file),
+            path,
+            custom: custom.clone(),
         });
     }
-    let mut names = Vec::with_capacity(files.len());
-    for (file, _) in files {
-        check_component("file name", file)?;
-        let name = target_name(variant, version, file);
-        if names.contains(&name) {
+    let prefix = format!("{variant}/{version}/");
+    add_targets(repo_dir, keys, &prefix, &targets, expiries)
+        .await
+        .map_err(|e| match e {
+            PublishError::GroupExists { .. } => PublishError::ReleaseExists {
+                variant: variant.to_owned(),
+                version: version.to_owned(),
+            },
+            other => other,
+        })
+}
+
+/// One file to add as a target.
+#[derive(Debug, Clone)]
+pub struct NewTarget<'a> {
+    /// The full target name, as signed.
+    pub name: String,
+    /// Where its bytes are now.
+    pub path: &'a Path,
+    /// Its TUF custom metadata.
+    pub custom: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Adds `targets` as one immutable group: every name must start with
+/// `prefix` (ending in `/`), and the group is refused (`GroupExists`) if
+/// any signed target already starts with it. Targets, snapshot and
+/// timestamp are re-signed with versions bumped. Returns the names added.
+///
+/// `add_release` is this with `<variant>/<version>/`; other repositories
+/// (models) name their groups their own way.
+pub async fn add_targets(
+    repo_dir: &Path,
+    keys: &SigningKeys,
+    prefix: &str,
+    targets: &[NewTarget<'_>],
+    expiries: &Expiries,
+) -> Result<Vec<String>, PublishError> {
+    if !prefix.ends_with('/') || check_signed_name(prefix.trim_end_matches('/')).is_err() {
+        return Err(NameError {
+            what: "target group",
+            value: prefix.to_owned(),
+            why: "is not a safe target name followed by '/'",
+        }
+        .into());
+    }
+    if targets.is_empty() {
+        return Err(PublishError::Conflict {
+            detail: format!("{prefix} has no files"),
+        });
+    }
+    let mut names: Vec<String> = Vec::with_capacity(targets.len());
+    for target in targets {
+        let name = &target.name;
+        if !name.starts_with(prefix) || check_signed_name(name).is_err() {
+            return Err(NameError {
+                what: "target name",
+                value: name.clone(),
+                why: "is outside its group or not a safe path",
+            }
+            .into());
+        }
+        if names.contains(name) {
             return Err(PublishError::Conflict {
-                detail: format!("file name {file:?} given twice"),
+                detail: format!("target {name:?} given twice"),
             });
         }
-        names.push(name);
+        names.push(name.clone());
     }
 
     let dirs = store::Dirs::new(repo_dir);
     let repo = store::load(&dirs).await?;
-    let prefix = format!("{variant}/{version}/");
     if repo
         .targets()
         .signed
         .targets_iter()
-        .any(|(name, _)| name.raw().starts_with(&prefix))
+        .any(|(name, _)| name.raw().starts_with(prefix))
     {
-        return Err(PublishError::ReleaseExists {
-            variant: variant.to_owned(),
-            version: version.to_owned(),
+        return Err(PublishError::GroupExists {
+            prefix: prefix.to_owned(),
         });
     }
     let targets_version = next(repo.targets().signed.version)?;
@@ -287,15 +349,15 @@ pub async fn add_release(
     let mut editor = RepositoryEditor::from_repo(&root_path, repo)
         .await
         .map_err(tough_err("opening the repository in the editor"))?;
-    for ((_, path), name) in files.iter().zip(&names) {
-        let mut target = Target::from_path(path)
+    for new in targets {
+        let mut target = Target::from_path(new.path)
             .await
             .map_err(|e| PublishError::Conflict {
-                detail: format!("{}: {e}", path.display()),
+                detail: format!("{}: {e}", new.path.display()),
             })?;
-        target.custom = custom.clone().into_iter().collect();
+        target.custom = new.custom.clone().into_iter().collect();
         editor
-            .add_target(name.as_str(), target)
+            .add_target(new.name.as_str(), target)
             .map_err(tough_err("adding a target"))?;
     }
     let versions = [targets_version, snapshot_version, timestamp_version];
@@ -308,10 +370,10 @@ pub async fn add_release(
         path: dirs.targets.clone(),
         source,
     })?;
-    for ((_, path), name) in files.iter().zip(&names) {
-        let name = TargetName::new(name.as_str()).map_err(tough_err("target name"))?;
+    for new in targets {
+        let name = TargetName::new(new.name.as_str()).map_err(tough_err("target name"))?;
         signed
-            .copy_target(path, &dirs.targets, PathExists::Replace, Some(&name))
+            .copy_target(new.path, &dirs.targets, PathExists::Replace, Some(&name))
             .await
             .map_err(tough_err("copying a target into the repository"))?;
     }

@@ -1,0 +1,62 @@
+//! Signed model distribution: model versions published to a TUF
+//! repository of their own (its own root and keys, apart from the OS
+//! release repository), and the device's client that lists them and
+//! installs one after verifying every byte. See README.md.
+//!
+//! - **Publishing** ([`init_repo`], [`publish_version`], [`run_publish`]):
+//!   a version directory becomes the targets `models/<model>/<version>/<path>`
+//!   plus a signed [`Manifest`] (provenance, file list). Versions are
+//!   immutable.
+//! - **Client** ([`ModelClient`]): [`ModelClient::list_versions`] and
+//!   [`ModelClient::fetch_version`], which stages, verifies, resumes and
+//!   renames into `<dest>/<model>/<version>/`.
+//!
+//! Keys, signing, metadata commits and the verifying TUF client are
+//! nusa-ota-tuf's; ranged, resuming downloads are nusa-ota's.
+
+#![forbid(unsafe_code)]
+
+mod cli;
+mod client;
+mod error;
+mod manifest;
+mod names;
+mod publish;
+
+use std::io::Read;
+use std::path::Path;
+
+use nusa_ota_core::{Sha256Digest, Sha256Hasher};
+
+pub use cli::{run_publish, PublishArgs, PublishReport};
+pub use client::{FetchReport, FileOutcome, ModelClient, Outcome, PublishedVersion, INCOMING_DIR};
+pub use error::ModelError;
+pub use manifest::{
+    Manifest, ManifestFile, Provenance, ProvenanceError, MANIFEST_FORMAT, MAX_MANIFEST_BYTES,
+};
+pub use names::{check_file_path, check_model, parse_version, MANIFEST_FILE, MODELS_DIR};
+pub use publish::{init_repo, publish_version, PublishError};
+// Maintaining the model repository is the same as the release one's.
+pub use nusa_ota_tuf::{rotate_root, set_expiry, Expiries, Limits, Role, SigningKeys, Thresholds};
+
+/// The sha256 and length of a file, read in 1 MiB pieces.
+pub(crate) fn hash_file(path: &Path) -> std::io::Result<(Sha256Digest, u64)> {
+    let mut hasher = Sha256Hasher::new();
+    let length = hash_into(path, &mut hasher)?;
+    Ok((hasher.finish(), length))
+}
+
+/// Feeds a whole file into `hasher`; returns its length.
+pub(crate) fn hash_into(path: &Path, hasher: &mut Sha256Hasher) -> std::io::Result<u64> {
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut length = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(length);
+        }
+        hasher.update(&buf[..n]);
+        length += n as u64;
+    }
+}
