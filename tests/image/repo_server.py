@@ -53,11 +53,17 @@ class Handler(http.server.SimpleHTTPRequestHandler):
 
 
 class RepoServer:
-    """Serves `root` on 127.0.0.1:port until stopped."""
+    """Serves `root` on 127.0.0.1:port until stopped; over TLS with
+    `tls=(certfile, keyfile)`."""
 
-    def __init__(self, root: Path, port: int = 0):
+    def __init__(self, root: Path, port: int = 0, tls: tuple[Path, Path] | None = None):
         handler = lambda *a, **kw: Handler(*a, directory=str(root), **kw)  # noqa: E731
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+        if tls is not None:
+            import ssl
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(tls[0]), str(tls[1]))
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 

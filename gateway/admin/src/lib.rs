@@ -35,6 +35,11 @@ pub fn pin_path(model: &str) -> String {
     format!("{MODELS}/{}/pin", escape(model))
 }
 
+/// `POST` a [`PullBody`]: install a published version now (signed mode).
+pub fn pull_path(model: &str) -> String {
+    format!("{MODELS}/{}/pull", escape(model))
+}
+
 /// One model's history.
 pub fn history_path(model: &str) -> String {
     format!("{MODELS}/{}/history", escape(model))
@@ -106,6 +111,20 @@ pub struct ChangeReply {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PinRequest {
     pub version: Option<u64>,
+}
+
+/// `POST /v2/nusa/models/{m}/pull`: `{"version": 4}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullBody {
+    pub version: u64,
+}
+
+/// What a pull did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullReply {
+    pub model: String,
+    pub version: u64,
+    pub detail: String,
 }
 
 /// One thing that happened to a model; also the line format of the history

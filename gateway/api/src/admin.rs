@@ -3,7 +3,9 @@
 //! on the admin listener and socket, where the ingress has checked the
 //! caller; the public port answers 404 for these paths.
 
-use nusa_admin::{ChangeReply, History, ModelStatus, PinRequest, Status, VersionStatus};
+use nusa_admin::{
+    ChangeReply, History, ModelStatus, PinRequest, PullBody, PullReply, Status, VersionStatus,
+};
 use nusa_proto::{ErrorKind, ProtoError, Route};
 use nusa_registry::{ChangeError, ChangeReport, Model, Repository, MAX_HISTORY_EVENTS};
 use serde_json::{json, Value};
@@ -27,9 +29,24 @@ pub(crate) async fn handle(repo: &Repository, route: Route, req: ApiRequest) -> 
             Ok(pin) => reply(&model, repo.pin(&model, pin.version).await),
             Err(e) => Err(e),
         },
-        Route::RepositoryLoad { .. } | Route::RepositoryUnload { .. } | Route::AdminPin { .. } => {
-            Err(method_not_allowed("POST", &req.path))
-        }
+        Route::AdminPull { model } if post => match parse::<PullBody>(&req) {
+            Ok(p) => match repo.request_pull(&model, p.version).await {
+                Ok(detail) => Ok(ApiResponse::json(
+                    200,
+                    to_json(&PullReply {
+                        model,
+                        version: p.version,
+                        detail,
+                    }),
+                )),
+                Err(e) => Err(change_error(e)),
+            },
+            Err(e) => Err(e),
+        },
+        Route::RepositoryLoad { .. }
+        | Route::RepositoryUnload { .. }
+        | Route::AdminPin { .. }
+        | Route::AdminPull { .. } => Err(method_not_allowed("POST", &req.path)),
         Route::AdminModels if req.method == Method::Get => Ok(status(repo)),
         Route::AdminHistory { model } if req.method == Method::Get => {
             match repo
@@ -80,7 +97,7 @@ fn index(repo: &Repository) -> ApiResponse {
 fn status(repo: &Repository) -> ApiResponse {
     let models = repo.models().iter().map(|m| model_status(m)).collect();
     let status = Status {
-        mode: "directory".into(),
+        mode: repo.mode().into(),
         models,
     };
     ApiResponse::json(200, to_json(&status))

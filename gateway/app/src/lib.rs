@@ -39,6 +39,8 @@ pub enum AppError {
     Ingress(#[from] nusa_ingress::IngressError),
     #[error("admin API: {0}")]
     Admin(String),
+    #[error("signed models: {0}")]
+    Models(String),
     #[error("region {name}: {message}")]
     Region { name: String, message: String },
 }
@@ -102,6 +104,49 @@ fn dispatcher(
         },
         DispatchMetrics::new(metrics),
     ))
+}
+
+/// Signed mode's puller settings and admission, when `models.repository`
+/// is set.
+fn signed_models(
+    config: &Config,
+    data: &std::path::Path,
+) -> Result<
+    Option<(
+        nusa_model_pull::PullConfig,
+        Arc<nusa_model_pull::SignedAdmission>,
+    )>,
+    AppError,
+> {
+    let m = &config.models;
+    let (Some(repository), Some(trusted_root)) = (&m.repository, &m.trusted_root) else {
+        return Ok(None);
+    };
+    let window = m
+        .pull_window
+        .as_deref()
+        .map(str::parse::<nusa_model_pull::core::Window>)
+        .transpose()
+        .map_err(|e| AppError::Models(format!("models.pull_window: {e}")))?;
+    let pull = nusa_model_pull::PullConfig {
+        repository: repository.clone(),
+        trusted_root: trusted_root.clone(),
+        ca: m.ca.clone(),
+        datastore: data.join("model-state").join("tuf"),
+        store: data.join("models"),
+        poll_interval: Duration::from_secs(m.poll_interval_s),
+        max_bytes_per_second: m.max_bytes_per_second,
+        policy: nusa_model_pull::core::Policy {
+            window,
+            keep_versions: m.keep_versions,
+            reserve_bytes: m.reserve_bytes,
+            models: m.names.iter().cloned().collect(),
+        },
+    };
+    Ok(Some((
+        pull,
+        Arc::new(nusa_model_pull::SignedAdmission::new()),
+    )))
 }
 
 /// The TensorRT engine when its libraries and a GPU are here; otherwise why
@@ -201,9 +246,18 @@ pub async fn run_with(
     })
     .map_err(nusa_engine_ort::EngineErrorWrap)?;
 
-    let models = match &config.server.models {
-        Some(dir) => dir.clone(),
-        None => {
+    let signed = signed_models(&config, &data)?;
+    let models = match (&signed, &config.server.models) {
+        (Some((pull, _)), _) => {
+            std::fs::create_dir_all(&pull.store).map_err(|source| AppError::DataDir {
+                path: pull.store.clone(),
+                source,
+            })?;
+            tracing::info!(repository = %pull.repository, store = %pull.store.display(), "signed models: serving only versions pulled from the model repository and verified");
+            pull.store.clone()
+        }
+        (None, Some(dir)) => dir.clone(),
+        (None, None) => {
             let dir = materialize_demo(&data).map_err(|source| AppError::DataDir {
                 path: data.clone(),
                 source,
@@ -223,8 +277,21 @@ pub async fn run_with(
     // Pins and the model history live on the data partition, so they
     // survive restarts and OS updates.
     let repo = Arc::new(
-        Repository::load(&models, Some(data.join("model-state")), engines, &metrics).await?,
+        Repository::load(
+            &models,
+            Some(data.join("model-state")),
+            signed
+                .as_ref()
+                .map(|(_, a)| Arc::clone(a) as Arc<dyn nusa_registry::Admission>),
+            engines,
+            &metrics,
+        )
+        .await?,
     );
+    let puller = signed.map(|(pull, admission)| {
+        nusa_model_pull::Puller::new(pull, Arc::clone(&repo), admission, &metrics)
+            .run(shutdown.clone())
+    });
     let models_found = repo.models().len();
     let models_ready = repo.models().iter().filter(|m| m.ready()).count();
     if !repo.ready() {
@@ -302,11 +369,17 @@ pub async fn run_with(
         models_ready,
     };
     on_bound(&bound);
+    let puller = async {
+        if let Some(p) = puller {
+            p.await;
+        }
+    };
     tokio::join!(
         ingress.serve(shutdown.clone(), DRAIN),
         admin.serve(shutdown, DRAIN),
         metrics_serve,
-        probes
+        probes,
+        puller
     );
     dispatch.flush().await;
     tracing::info!("stopped");

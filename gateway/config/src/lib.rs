@@ -25,6 +25,51 @@ pub struct Config {
     pub spill: Spill,
     /// Regional cloud endpoints that speak the Open Inference Protocol.
     pub regions: Vec<Region>,
+    /// Signed models pulled from a model repository.
+    pub models: Models,
+}
+
+/// `[models]`: with `repository` set, nusad serves only signed versions it
+/// pulled from the model repository into `<data_dir>/models` (signed mode);
+/// unset, it serves the folder `server.models` as it is (directory mode).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Models {
+    /// `https://host/path` (a static server with Range, a mirror, a CDN) or
+    /// a folder (`/media/usb/model-repo`, `file:///...`).
+    pub repository: Option<String>,
+    /// The model repository's root.json (shipped in the image).
+    pub trusted_root: Option<PathBuf>,
+    /// PEM roots for an HTTPS repository.
+    pub ca: Option<PathBuf>,
+    pub poll_interval_s: u64,
+    /// Scheduled pulls only in this daily window, local time
+    /// (`"01:00-05:00"`); unset: any time.
+    pub pull_window: Option<String>,
+    /// Download bandwidth cap, bytes per second; 0: none.
+    pub max_bytes_per_second: u64,
+    /// Installed versions kept per model.
+    pub keep_versions: usize,
+    /// Free bytes left on the data partition: a pull that would leave less waits.
+    pub reserve_bytes: u64,
+    /// Models to pull; empty: every published model.
+    pub names: Vec<String>,
+}
+
+impl Default for Models {
+    fn default() -> Models {
+        Models {
+            repository: None,
+            trusted_root: None,
+            ca: None,
+            poll_interval_s: 300,
+            pull_window: None,
+            max_bytes_per_second: 0,
+            keep_versions: 2,
+            reserve_bytes: 1 << 30,
+            names: Vec::new(),
+        }
+    }
 }
 
 /// The edge response cache's sizes (which models use it is per model).
@@ -291,6 +336,7 @@ impl Default for Config {
             cache: Cache::default(),
             spill: Spill::default(),
             regions: Vec::new(),
+            models: Models::default(),
         }
     }
 }
@@ -375,6 +421,28 @@ impl Config {
     /// Checks that hold across keys or need more than a type.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.server.admin_addr()?;
+        if self.models.repository.is_some() {
+            if self.models.trusted_root.is_none() {
+                return Err(ConfigError::Invalid {
+                    key: "models.trusted_root",
+                    message: "models.repository needs the model repository's root.json".into(),
+                });
+            }
+            if self.server.models.is_some() {
+                return Err(ConfigError::Invalid {
+                    key: "models.repository",
+                    message: "set either models.repository (signed models) or server.models (a local folder), not both".into(),
+                });
+            }
+            if self.models.keep_versions == 0 || self.models.poll_interval_s == 0 {
+                return Err(ConfigError::Invalid {
+                    key: "models.keep_versions",
+                    message:
+                        "models.keep_versions and models.poll_interval_s must be greater than 0"
+                            .into(),
+                });
+            }
+        }
         let l = &self.limits;
         let positive = [
             ("limits.max_body_bytes", l.max_body_bytes),

@@ -113,6 +113,26 @@ impl ModelClient {
         Ok(out)
     }
 
+    /// What the verified metadata signs for each version's manifest.json,
+    /// by (model, version): no download, for admission at load.
+    pub fn signed_manifests(
+        &self,
+    ) -> Result<BTreeMap<(String, u64), crate::SignedManifest>, ModelError> {
+        let mut out = BTreeMap::new();
+        for ((model, version), targets) in self.groups()? {
+            if let Some((_, info)) = targets.iter().find(|(p, _)| p == MANIFEST_FILE) {
+                out.insert(
+                    (model, version),
+                    crate::SignedManifest {
+                        length: info.length,
+                        sha256: info.sha256,
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+
     /// One published version with its verified manifest.
     pub async fn version(
         &self,

@@ -19,6 +19,7 @@
 mod cli;
 mod client;
 mod error;
+mod installed;
 mod manifest;
 mod names;
 mod publish;
@@ -31,6 +32,7 @@ use nusa_ota_core::{Sha256Digest, Sha256Hasher};
 pub use cli::{run_publish, PublishArgs, PublishReport};
 pub use client::{FetchReport, FileOutcome, ModelClient, Outcome, PublishedVersion, INCOMING_DIR};
 pub use error::ModelError;
+pub use installed::{verify_installed, SignedManifest};
 pub use manifest::{
     Manifest, ManifestFile, Provenance, ProvenanceError, MANIFEST_FORMAT, MAX_MANIFEST_BYTES,
 };

@@ -49,6 +49,13 @@ enum ModelsCmd {
         #[arg(long)]
         latest: bool,
     },
+    /// Install a published version now, whatever the pull window, and load
+    /// it (signed mode).
+    Pull {
+        model: String,
+        #[arg(long)]
+        version: u64,
+    },
     /// Loads, swaps, unloads, pins and refusals, oldest first.
     History { model: Option<String> },
     /// Create a model repository and its signing keys (a release
@@ -156,6 +163,19 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("pinning model '{model}'"))?;
             print_change(&r, args.json)?;
         }
+        ModelsCmd::Pull { model, version } => {
+            let r: nusa_admin::PullReply = client
+                .post(
+                    &nusa_admin::pull_path(&model),
+                    &nusa_admin::PullBody { version },
+                )
+                .await
+                .with_context(|| format!("pulling version {version} of '{model}'"))?;
+            if args.json {
+                return print_json(&r);
+            }
+            println!("{} version {}: {}", r.model, r.version, r.detail);
+        }
         ModelsCmd::History { model } => {
             let path = match &model {
                 Some(m) => nusa_admin::history_path(m),
@@ -184,6 +204,10 @@ fn describe_mode(mode: &str) -> String {
     match mode {
         "directory" => {
             "directory (a local model folder, not signature-checked: development and the demo)"
+                .into()
+        }
+        "signed" => {
+            "signed (only versions pulled from the model repository whose every file verifies)"
                 .into()
         }
         other => other.into(),

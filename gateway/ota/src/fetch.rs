@@ -43,6 +43,9 @@ pub struct FetchConfig {
     /// PEM roots for the update server; `None`: HTTP only (the bytes are
     /// verified against signed hashes either way; TLS adds privacy).
     pub ca_bundle: Option<PathBuf>,
+    /// Bandwidth cap over every download of this fetcher (and its clones),
+    /// bytes per second; 0: none.
+    pub max_bytes_per_second: u64,
 }
 
 impl Default for FetchConfig {
@@ -54,6 +57,7 @@ impl Default for FetchConfig {
             backoff: Duration::from_millis(500),
             backoff_max: Duration::from_secs(60),
             ca_bundle: None,
+            max_bytes_per_second: 0,
         }
     }
 }
@@ -151,11 +155,50 @@ pub async fn read_range(
     Ok(stats)
 }
 
+type Limiter = governor::RateLimiter<
+    governor::state::NotKeyed,
+    governor::state::InMemoryState,
+    governor::clock::DefaultClock,
+>;
+
+/// A bandwidth cap: GCRA with one cell per byte, a burst of a tenth of a
+/// second's bytes (at least 16 KiB).
+pub struct Cap {
+    limiter: Limiter,
+    burst: u32,
+}
+
+impl Cap {
+    pub fn new(bytes_per_second: u64) -> Option<Cap> {
+        let rate = std::num::NonZeroU32::new(u32::try_from(bytes_per_second).unwrap_or(u32::MAX))?;
+        let burst = (rate.get() / 10).max(16 << 10);
+        let quota = governor::Quota::per_second(rate)
+            .allow_burst(std::num::NonZeroU32::new(burst).unwrap_or(rate));
+        Some(Cap {
+            limiter: governor::RateLimiter::direct(quota),
+            burst,
+        })
+    }
+
+    /// Waits until `n` more bytes may pass.
+    pub async fn take(&self, mut n: usize) {
+        while n > 0 {
+            let part = n.min(self.burst as usize);
+            if let Some(cells) = std::num::NonZeroU32::new(part as u32) {
+                // Never over the burst, so never InsufficientCapacity.
+                let _ = self.limiter.until_n_ready(cells).await;
+            }
+            n -= part;
+        }
+    }
+}
+
 /// An HTTP(S) client for one update server.
 #[derive(Clone)]
 pub struct HttpFetcher {
     base: String,
     config: FetchConfig,
+    cap: Option<std::sync::Arc<Cap>>,
     client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
 }
 
@@ -178,6 +221,7 @@ impl HttpFetcher {
             .build(connector);
         Ok(Self {
             base: base.trim_end_matches('/').to_string(),
+            cap: Cap::new(config.max_bytes_per_second).map(std::sync::Arc::new),
             config,
             client,
         })
@@ -318,6 +362,9 @@ impl HttpFetcher {
             // Never more than asked for: a server sending endless data is
             // cut at the range's end.
             let n = data.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            if let Some(cap) = &self.cap {
+                cap.take(n).await;
+            }
             sink(&data[..n]).map_err(|e| Attempt::Fatal(FetchError::Sink(e)))?;
             *delivered += n as u64;
             left -= n as u64;

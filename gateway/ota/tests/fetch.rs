@@ -172,3 +172,35 @@ async fn a_folder_source_reads_the_same_ranges() {
         .unwrap_err();
     assert!(e.to_string().contains("before the range does"), "{e}");
 }
+
+/// The bandwidth cap over a real transfer: 320 KiB at 64 KiB/s with a
+/// 16 KiB burst cannot arrive in under 4.75 s; both downloads of one
+/// fetcher share the cap. (A lower bound only: a slow machine takes longer
+/// and still passes.)
+#[tokio::test]
+async fn the_bandwidth_cap_holds_across_downloads() {
+    let data = image(320 << 10);
+    let s = FaultServer::start(Content::Blob(data.clone())).await;
+    let f = HttpFetcher::new(
+        &s.url,
+        FetchConfig {
+            ca_bundle: Some(s.ca.clone()),
+            max_bytes_per_second: 64 << 10,
+            ..FetchConfig::default()
+        },
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let half = (160 << 10) as u64;
+    let g = f.clone();
+    let (a, b) = tokio::join!(fetch(&f, 0..half), fetch(&g, half..(320 << 10)));
+    let elapsed = started.elapsed();
+    let (got_a, got_b) = (a.1, b.1);
+    a.0.unwrap();
+    b.0.unwrap();
+    assert_eq!([got_a, got_b].concat(), *data);
+    assert!(
+        elapsed >= std::time::Duration::from_millis(4_750),
+        "320 KiB at 64 KiB/s took {elapsed:?}"
+    );
+}

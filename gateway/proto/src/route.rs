@@ -38,6 +38,10 @@ pub enum Route {
     AdminPin {
         model: String,
     },
+    /// `/v2/nusa/models/{m}/pull` (admin).
+    AdminPull {
+        model: String,
+    },
     /// `/v2/nusa/history` and `/v2/nusa/models/{m}/history` (admin).
     AdminHistory {
         model: Option<String>,
@@ -54,6 +58,7 @@ impl Route {
                 | Route::RepositoryUnload { .. }
                 | Route::AdminModels
                 | Route::AdminPin { .. }
+                | Route::AdminPull { .. }
                 | Route::AdminHistory { .. }
         )
     }
@@ -79,6 +84,7 @@ pub fn parse_route(path: &str) -> Option<Route> {
         ["nusa", "models"] => Route::AdminModels,
         ["nusa", "history"] => Route::AdminHistory { model: None },
         ["nusa", "models", m, "pin"] => Route::AdminPin { model: owned(m)? },
+        ["nusa", "models", m, "pull"] => Route::AdminPull { model: owned(m)? },
         ["nusa", "models", m, "history"] => Route::AdminHistory {
             model: Some(owned(m)?),
         },

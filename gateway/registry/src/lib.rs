@@ -70,6 +70,25 @@ pub struct EngineState {
     pub detail: String,
 }
 
+/// Who decides whether a version folder may be loaded. Without one (the
+/// plain folder of `server.models`, development and the demo) every version
+/// is; in signed mode only versions whose files verify against signed
+/// metadata are.
+pub trait Admission: Send + Sync + 'static {
+    /// `signed`, shown by the status (`directory` without an admission).
+    fn mode(&self) -> &'static str;
+    /// Blocking (reads and hashes the files): called off the runtime.
+    fn admit(&self, model: &str, version: u64, dir: &Path) -> Result<(), String>;
+}
+
+/// An operator's request to pull a version now (`nusactl models pull`);
+/// the puller answers with what it did, or why not.
+pub struct PullRequest {
+    pub model: String,
+    pub version: u64,
+    pub reply: tokio::sync::oneshot::Sender<Result<String, String>>,
+}
+
 /// The engines a repository can load models with.
 #[derive(Clone)]
 pub struct Engines {
@@ -179,6 +198,9 @@ pub struct Repository {
     models: RwLock<BTreeMap<String, Arc<Model>>>,
     /// One change at a time; requests never wait on it.
     changes: tokio::sync::Mutex<state::StateDir>,
+    admission: Option<Arc<dyn Admission>>,
+    /// The puller, in signed mode.
+    puller: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<PullRequest>>,
 }
 
 impl Repository {
@@ -189,6 +211,7 @@ impl Repository {
     pub async fn load(
         root: &Path,
         state_dir: Option<PathBuf>,
+        admission: Option<Arc<dyn Admission>>,
         engines: Engines,
         metrics: &Arc<Metrics>,
     ) -> Result<Repository, RegistryError> {
@@ -216,6 +239,8 @@ impl Repository {
             metrics: Arc::clone(metrics),
             models: RwLock::new(BTreeMap::new()),
             changes: tokio::sync::Mutex::new(state),
+            admission,
+            puller: std::sync::OnceLock::new(),
         };
         for name in names {
             let model = repo
@@ -230,6 +255,44 @@ impl Repository {
             repo.models.write().insert(name, Arc::new(model));
         }
         Ok(repo)
+    }
+
+    /// `directory` (a plain folder, not verified) or the admission's mode.
+    pub fn mode(&self) -> &'static str {
+        self.admission.as_ref().map_or("directory", |a| a.mode())
+    }
+
+    /// Hands operators' pull requests to the puller (signed mode).
+    pub fn attach_puller(&self, tx: tokio::sync::mpsc::UnboundedSender<PullRequest>) {
+        let _ = self.puller.set(tx);
+    }
+
+    /// Asks the puller to install a version now and load it.
+    pub async fn request_pull(&self, model: &str, version: u64) -> Result<String, ChangeError> {
+        let Some(tx) = self.puller.get() else {
+            return Err(ChangeError::Refused {
+                model: model.to_string(),
+                reason: "no model repository is configured (models.repository): models come from the local folder".into(),
+            });
+        };
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        tx.send(PullRequest {
+            model: model.to_string(),
+            version,
+            reply,
+        })
+        .map_err(|_| ChangeError::State("the puller stopped".into()))?;
+        rx.await
+            .map_err(|_| ChangeError::State("the puller stopped".into()))?
+            .map_err(|reason| ChangeError::Refused {
+                model: model.to_string(),
+                reason,
+            })
+    }
+
+    /// Records an event in the model history (the puller's pulls).
+    pub async fn record(&self, event: Event) {
+        self.changes.lock().await.record(event);
     }
 
     pub fn root(&self) -> &Path {

@@ -308,7 +308,7 @@ impl Repository {
             pinned,
             unloaded: false,
         };
-        match ModelConfig::load(&dir.join("config.toml")) {
+        match ModelConfig::load(&config_path(&dir)) {
             Ok(c) => model.config = c,
             Err(e) => {
                 model.error = Some(e);
@@ -378,6 +378,18 @@ impl Repository {
             if let Some(old) = unchanged {
                 model.versions.insert(v, Arc::clone(old));
                 continue;
+            }
+            if let Some(admission) = &self.admission {
+                let (a, m, d) = (Arc::clone(admission), name.to_string(), vdir.clone());
+                let admitted = tokio::task::spawn_blocking(move || a.admit(&m, v, &d))
+                    .await
+                    .map_err(|e| format!("admission panicked: {e}"))
+                    .and_then(|r| r);
+                if let Err(e) = admitted {
+                    tracing::error!(model = %name, version = v, error = %e, "version refused by admission");
+                    model.error = Some(format!("version {v} refused: {e}"));
+                    continue;
+                }
             }
             let loaded = load_version(
                 &vdir,
@@ -455,6 +467,29 @@ async fn warm_up(mv: &ModelVersion) -> Result<(), String> {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer in {} s", WARMUP_TIMEOUT.as_secs())),
+    }
+}
+
+/// `<model>/config.toml`; without one, the newest version's own
+/// `config.toml` (signed versions carry theirs), else the model-level path
+/// (absent: defaults).
+fn config_path(dir: &Path) -> std::path::PathBuf {
+    let model_level = dir.join("config.toml");
+    if model_level.is_file() {
+        return model_level;
+    }
+    let newest = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str().and_then(canonical_version))
+                .filter(|v| dir.join(v.to_string()).join("config.toml").is_file())
+                .max()
+        })
+        .ok()
+        .flatten();
+    match newest {
+        Some(v) => dir.join(v.to_string()).join("config.toml"),
+        None => model_level,
     }
 }
 

@@ -1,0 +1,406 @@
+//! The puller: a tokio task that reads the clock, the disk and the model
+//! repository, asks [`crate::core::plan`] what to do, and does it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nusa_admin::HistoryEvent;
+use nusa_model_dist::{ModelClient, MANIFEST_FILE};
+use nusa_ota::fetch::{FetchConfig, HttpFetcher};
+use nusa_ota_tuf::{Limits, Url};
+use nusa_registry::{PullRequest, Repository};
+use nusa_telemetry::prometheus_client::metrics::counter::Counter;
+use nusa_telemetry::prometheus_client::metrics::gauge::Gauge;
+use nusa_telemetry::Metrics;
+use tokio::sync::{mpsc, watch};
+
+use crate::core::{plan, Backoff, Facts, Policy, Published, Step};
+use crate::SignedAdmission;
+
+/// Where models come from and the rules for pulling them.
+#[derive(Clone, Debug)]
+pub struct PullConfig {
+    /// `https://...` (any static server with Range), or a folder.
+    pub repository: String,
+    /// The model repository's root.json shipped in the image.
+    pub trusted_root: PathBuf,
+    /// PEM roots for an HTTPS repository; `None`: the fetcher's defaults.
+    pub ca: Option<PathBuf>,
+    /// Last accepted metadata (anti-rollback), on the data partition.
+    pub datastore: PathBuf,
+    /// Installed versions, `<store>/<model>/<version>/`: the registry's root.
+    pub store: PathBuf,
+    pub poll_interval: Duration,
+    pub max_bytes_per_second: u64,
+    pub policy: Policy,
+}
+
+#[derive(Clone)]
+struct PullMetrics {
+    bytes: Counter,
+    pulls: Counter,
+    failures: Counter,
+    waiting: Gauge,
+}
+
+impl PullMetrics {
+    fn new(metrics: &Metrics) -> PullMetrics {
+        let m = PullMetrics {
+            bytes: Counter::default(),
+            pulls: Counter::default(),
+            failures: Counter::default(),
+            waiting: Gauge::default(),
+        };
+        metrics.register_with(|r| {
+            r.register(
+                "model_pull_bytes",
+                "Bytes of model files downloaded from the model repository",
+                m.bytes.clone(),
+            );
+            r.register(
+                "model_pulls",
+                "Model versions installed from the model repository",
+                m.pulls.clone(),
+            );
+            r.register(
+                "model_pull_failures",
+                "Polls or pulls of the model repository that failed (retried with backoff)",
+                m.failures.clone(),
+            );
+            r.register(
+                "model_pulls_waiting",
+                "Model versions published but waiting (outside the pull window, or no room above the reserve)",
+                m.waiting.clone(),
+            );
+        });
+        m
+    }
+}
+
+pub struct Puller {
+    config: PullConfig,
+    repo: Arc<Repository>,
+    admission: Arc<SignedAdmission>,
+    requests: mpsc::UnboundedReceiver<PullRequest>,
+    metrics: PullMetrics,
+    /// The last reason each waiting version gave (logged when it changes).
+    waiting: BTreeMap<(String, u64), String>,
+}
+
+impl Puller {
+    /// A puller for `repo` (whose root is `config.store`); it takes the
+    /// operators' requests from the repository.
+    pub fn new(
+        config: PullConfig,
+        repo: Arc<Repository>,
+        admission: Arc<SignedAdmission>,
+        metrics: &Metrics,
+    ) -> Puller {
+        let (tx, requests) = mpsc::unbounded_channel();
+        repo.attach_puller(tx);
+        Puller {
+            config,
+            repo,
+            admission,
+            requests,
+            metrics: PullMetrics::new(metrics),
+            waiting: BTreeMap::new(),
+        }
+    }
+
+    /// Polls until `shutdown` turns true: at once, then every
+    /// `poll_interval`, after a failure with backoff, and whenever an
+    /// operator asks for a version.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Backoff::new(5, self.config.poll_interval.as_secs().max(5));
+        let mut asked: Vec<PullRequest> = Vec::new();
+        loop {
+            let wait = match self.cycle(&mut asked).await {
+                Ok(()) => {
+                    backoff.succeeded();
+                    self.config.poll_interval
+                }
+                Err(e) => {
+                    self.metrics.failures.inc();
+                    let s = backoff.failed();
+                    tracing::warn!(error = %e, retry_in_s = s, failures = backoff.failures(), "model repository poll failed");
+                    for r in asked.drain(..) {
+                        let _ = r.reply.send(Err(e.clone()));
+                    }
+                    Duration::from_secs(s)
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                r = self.requests.recv() => match r {
+                    Some(r) => asked.push(r),
+                    None => break,
+                },
+                _ = shutdown.changed() => break,
+            }
+            while let Ok(r) = self.requests.try_recv() {
+                asked.push(r);
+            }
+        }
+    }
+
+    async fn open(&self) -> Result<ModelClient, String> {
+        let c = &self.config;
+        let e = |e: nusa_model_dist::ModelError| format!("model repository {}: {e}", c.repository);
+        if c.repository.starts_with("https://") || c.repository.starts_with("http://") {
+            let base = c.repository.trim_end_matches('/');
+            let fetcher = HttpFetcher::new(
+                base,
+                FetchConfig {
+                    ca_bundle: c.ca.clone(),
+                    max_bytes_per_second: c.max_bytes_per_second,
+                    ..FetchConfig::default()
+                },
+            )
+            .map_err(|e| format!("model repository {base}: {e}"))?;
+            let url = |p: &str| {
+                Url::parse(&format!("{base}/{p}/")).map_err(|e| format!("model repository: {e}"))
+            };
+            ModelClient::open(
+                &c.trusted_root,
+                &c.datastore,
+                url("metadata")?,
+                url("targets")?,
+                nusa_ota::transport::HttpTransport::new(fetcher.clone()),
+                Some(fetcher),
+                Limits::default(),
+            )
+            .await
+            .map_err(e)
+        } else {
+            let dir = c
+                .repository
+                .strip_prefix("file://")
+                .unwrap_or(&c.repository);
+            ModelClient::open_dir(Path::new(dir), &c.trusted_root, &c.datastore)
+                .await
+                .map_err(e)
+        }
+    }
+
+    async fn cycle(&mut self, asked: &mut Vec<PullRequest>) -> Result<(), String> {
+        let client = self.open().await?;
+        self.admission
+            .update(client.signed_manifests().map_err(|e| e.to_string())?);
+        let published: Vec<Published> = client
+            .list_versions()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|p| Published {
+                bytes: p.targets.iter().map(|(_, t)| t.length).sum(),
+                model: p.manifest.model,
+                version: p.manifest.version,
+            })
+            .collect();
+        // Requests for what is not published are answered at once.
+        asked.retain_mut(|r| {
+            let known = published
+                .iter()
+                .any(|p| p.model == r.model && p.version == r.version);
+            if !known {
+                let (tx, _) = tokio::sync::oneshot::channel();
+                let reply = std::mem::replace(&mut r.reply, tx);
+                let _ = reply.send(Err(format!(
+                    "version {} of '{}' is not published in the model repository",
+                    r.version, r.model
+                )));
+            }
+            known
+        });
+        let facts = Facts {
+            minute: local_minute(),
+            free_bytes: free_bytes(&self.config.store),
+            installed: installed(&self.config.store),
+            keep: self.keep(),
+            requested: asked.iter().map(|r| (r.model.clone(), r.version)).collect(),
+        };
+        let steps = plan(&self.config.policy, &published, &facts);
+        let mut waiting = BTreeMap::new();
+        let mut reload = BTreeSet::new();
+        for step in steps {
+            match step {
+                Step::Pull {
+                    model,
+                    version,
+                    bytes,
+                    ..
+                } => {
+                    let outcome = self.pull(&client, &model, version, bytes).await;
+                    if outcome.is_ok() {
+                        reload.insert(model.clone());
+                    }
+                    reply(asked, &model, version, outcome.clone());
+                    outcome?;
+                }
+                Step::Wait {
+                    model,
+                    version,
+                    why,
+                } => {
+                    reply(asked, &model, version, Err(why.clone()));
+                    waiting.insert((model, version), why);
+                }
+                Step::Prune { model, version } => {
+                    let dir = self.config.store.join(&model).join(version.to_string());
+                    match std::fs::remove_dir_all(&dir) {
+                        Ok(()) => {
+                            self.record(
+                                &model,
+                                Some(version),
+                                "prune",
+                                format!(
+                                    "removed: more than {} versions installed",
+                                    self.config.policy.keep_versions
+                                ),
+                            )
+                            .await;
+                            reload.insert(model);
+                        }
+                        Err(e) => {
+                            tracing::warn!(dir = %dir.display(), error = %e, "removing an old model version")
+                        }
+                    }
+                }
+            }
+        }
+        for ((m, v), why) in &waiting {
+            if self.waiting.get(&(m.clone(), *v)) != Some(why) {
+                tracing::info!(model = %m, version = v, why = %why, "model version waits");
+            }
+        }
+        self.metrics.waiting.set(waiting.len() as i64);
+        self.waiting = waiting;
+        for model in reload {
+            match self.repo.load_model(&model).await {
+                Ok(r) => {
+                    tracing::info!(%model, serving = ?r.serving, loaded = ?r.loaded, "model reloaded after a pull")
+                }
+                Err(e) => tracing::error!(%model, error = %e, "model not reloaded after a pull"),
+            }
+        }
+        // Installed (or already there) and loaded: answer the rest.
+        for r in asked.drain(..) {
+            let _ = r.reply.send(Ok(format!(
+                "version {} of '{}' is installed",
+                r.version, r.model
+            )));
+        }
+        Ok(())
+    }
+
+    async fn pull(
+        &self,
+        client: &ModelClient,
+        model: &str,
+        version: u64,
+        bytes: u64,
+    ) -> Result<String, String> {
+        tracing::info!(%model, version, bytes, "pulling a model version");
+        let started = std::time::Instant::now();
+        let report = client
+            .fetch_version(model, &version.to_string(), &self.config.store)
+            .await
+            .map_err(|e| format!("pulling version {version} of '{model}': {e}"))?;
+        let got = report.downloaded_bytes();
+        self.metrics.bytes.inc_by(got);
+        self.metrics.pulls.inc();
+        let detail = format!(
+            "installed: {got} of {bytes} bytes downloaded in {:.1} s (the rest kept, resumed or copied)",
+            started.elapsed().as_secs_f64()
+        );
+        self.record(model, Some(version), "pull", detail.clone())
+            .await;
+        Ok(detail)
+    }
+
+    /// Serving and pinned versions, which are never pruned.
+    fn keep(&self) -> BTreeMap<String, BTreeSet<u64>> {
+        self.repo
+            .models()
+            .iter()
+            .map(|m| {
+                let mut keep: BTreeSet<u64> = m.pinned.into_iter().collect();
+                keep.extend(m.serving().map(|v| v.version));
+                (m.name.clone(), keep)
+            })
+            .collect()
+    }
+
+    async fn record(&self, model: &str, version: Option<u64>, event: &str, detail: String) {
+        self.repo
+            .record(HistoryEvent {
+                at: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                model: model.to_string(),
+                version,
+                event: event.to_string(),
+                detail,
+            })
+            .await;
+    }
+}
+
+fn reply(asked: &mut Vec<PullRequest>, model: &str, version: u64, r: Result<String, String>) {
+    let mut i = 0;
+    while i < asked.len() {
+        if asked[i].model == model && asked[i].version == version {
+            let _ = asked.swap_remove(i).reply.send(r.clone());
+        } else {
+            i += 1;
+        }
+    }
+}
+
+/// Minutes since local midnight (the box's time zone: TZ, /etc/localtime).
+fn local_minute() -> u16 {
+    use chrono::Timelike;
+    let now = chrono::Local::now();
+    (now.hour() * 60 + now.minute()) as u16
+}
+
+fn free_bytes(dir: &Path) -> u64 {
+    let _ = std::fs::create_dir_all(dir);
+    // The field types differ between targets (u32 on some 32-bit ones).
+    #[allow(clippy::unnecessary_cast)]
+    nix::sys::statvfs::statvfs(dir)
+        .map(|s| (s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64))
+        .unwrap_or(0)
+}
+
+/// `<store>/<model>/<version>/` folders holding a manifest.
+fn installed(store: &Path) -> BTreeMap<String, BTreeSet<u64>> {
+    let mut out = BTreeMap::new();
+    let Ok(models) = std::fs::read_dir(store) else {
+        return out;
+    };
+    for m in models.filter_map(Result::ok) {
+        let Some(name) = m.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if name.starts_with('.') {
+            continue;
+        }
+        let versions: BTreeSet<u64> = std::fs::read_dir(m.path())
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .filter(|v| v.path().join(MANIFEST_FILE).is_file())
+                    .filter_map(|v| {
+                        let s = v.file_name().to_str()?.to_string();
+                        s.parse::<u64>().ok().filter(|n| n.to_string() == s)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.insert(name, versions);
+    }
+    out
+}

@@ -1,0 +1,190 @@
+"""Signed models (issue 13): a model published with `nusactl models
+publish` on one machine reaches a running nusad through the model
+repository (served over HTTPS with Range by a static server), is verified,
+installed and served; a newer version is pulled and hot-swapped in; files
+changed on disk after the pull, and versions nobody signed, are refused at
+load while the verified version keeps serving; outside the pull window
+nothing is pulled until an operator asks (`nusactl models pull`).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nusatest as nt
+from test_model_lifecycle import MODEL, WEIGHTS, check_answer, infer_body, matmul_model, nusactl
+
+sys.path.insert(0, str(nt.REPO_ROOT / "tests" / "image"))
+from repo_server import RepoServer  # noqa: E402
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def run(*cmd: str) -> str:
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"{cmd}: exit {r.returncode}\n{r.stdout}\n{r.stderr}"
+    return r.stdout
+
+
+def tls_for_127(work: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1 (openssl): (ca, cert, key)."""
+    ca_key, ca, key, csr, cert = (work / n for n in ("ca.key", "ca.pem", "srv.key", "srv.csr", "srv.pem"))
+    run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+        "-nodes", "-keyout", str(ca_key), "-out", str(ca), "-days", "2", "-subj", "/CN=test model CA")
+    run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", str(key), "-out", str(csr), "-subj", "/CN=127.0.0.1")
+    ext = work / "srv.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+                   "extendedKeyUsage=serverAuth\n")
+    run("openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+        "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(ext))
+    return ca, cert, key
+
+
+class Publisher:
+    """The release engineer's side: a model repository and its keys."""
+
+    def __init__(self, work: Path):
+        self.repo, self.keys, self.work = work / "model-repo", work / "model-keys", work
+        run(str(nt.nusactl_binary()), "models", "init", "--repo", str(self.repo), "--keys", str(self.keys))
+
+    @property
+    def root(self) -> Path:
+        return self.repo / "metadata" / "root.json"
+
+    def publish(self, version: int, weights: np.ndarray) -> dict:
+        vdir = self.work / f"src-{version}"
+        vdir.mkdir()
+        (vdir / "model.onnx").write_bytes(matmul_model(weights))
+        config = nt.batching(max_batch_size=8, max_queue_delay_us=1000)
+        config["versions"] = "all"
+        (vdir / "config.toml").write_text(nt.toml_dumps(config))
+        out = run(str(nt.nusactl_binary()), "models", "publish", "--json", "--repo", str(self.repo),
+                  "--keys", str(self.keys), "--model", MODEL, "--version", str(version),
+                  "--dir", str(vdir), "--source-revision", f"rev-{version}",
+                  "--training-run", f"run-{version}", "--publisher", "test@nusa")
+        return json.loads(out)
+
+
+def signed_server(work: Path, pub: Publisher, url: str, ca: Path | None = None,
+                  **models) -> nt.NusadServer:
+    config = {"models": {"repository": url, "trusted_root": str(pub.root),
+                         "poll_interval_s": 1, "keep_versions": 2, "reserve_bytes": 0, **models}}
+    if ca is not None:
+        config["models"]["ca"] = str(ca)
+    work.mkdir(parents=True, exist_ok=True)
+    return nt.NusadServer("signed", work, None, config).start()
+
+
+def status(s: nt.NusadServer) -> dict:
+    return json.loads(nusactl(s, "status", "--json").stdout)
+
+
+def wait_serving(s: nt.NusadServer, version: int, timeout: float = 60,
+                 state: str = "READY") -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        st = status(s)
+        m = next((m for m in st["models"] if m["name"] == MODEL), None)
+        if m and m["serving"] == version and m["state"] == state:
+            return st
+        assert time.monotonic() < deadline, f"not serving version {version}: {st}\n{s.log_tail()}"
+        time.sleep(0.3)
+
+
+def answer(s: nt.NusadServer, x: np.ndarray) -> int:
+    return check_answer(nt.https1(s, "POST", nt.infer_path(MODEL), *infer_body(x)), x, "signed")
+
+
+def test_published_models_are_pulled_verified_hot_swapped_and_tampering_refused(tmp_path):
+    pub = Publisher(tmp_path)
+    pub.publish(1, WEIGHTS[1])
+    ca, cert, key = tls_for_127(tmp_path)
+    x = np.ones((2, 4), dtype=np.float32)
+    with RepoServer(pub.repo, tls=(cert, key)) as repo:
+        s = signed_server(tmp_path / "box", pub, f"https://127.0.0.1:{repo.port}", ca)
+        try:
+            st = wait_serving(s, 1)
+            assert st["mode"] == "signed"
+            assert answer(s, x) == 1
+            # Files came with Range requests from the static server.
+            assert any("/targets/" in r and "bytes=" in r for r in repo.requests), repo.requests[-5:]
+
+            # A newer version published on the release machine is pulled
+            # and swapped in while nusad serves.
+            pub.publish(2, WEIGHTS[2])
+            wait_serving(s, 2)
+            assert answer(s, x) == 2
+            events = [(e["event"], e.get("version")) for e in
+                      json.loads(nusactl(s, "history", MODEL, "--json").stdout)["events"]]
+            assert ("pull", 1) in events and ("pull", 2) in events and ("swap", 2) in events, events
+
+            # Weights changed on the data partition after the pull: refused
+            # at the next load, and version 1 keeps serving.
+            installed = s.data_dir / "models" / MODEL / "2" / "model.onnx"
+            # Other weights in a still-valid model: one weight of W changed.
+            data = bytearray(installed.read_bytes())
+            at = bytes(data).find(WEIGHTS[2].tobytes())
+            assert at >= 0
+            data[at + 3] ^= 0x01
+            installed.write_bytes(bytes(data))
+            assert s.stop() == 0
+            s.ready_path = "/v2/health/live"  # strict readiness: a refused version holds it
+            s.start()
+            # Version 1 serves; the model reports the refusal (not READY).
+            st = wait_serving(s, 1, state="UNAVAILABLE")
+            m = st["models"][0]
+            assert "version 2 refused" in m["error"] and "sha256" in m["error"], m
+            assert answer(s, x) == 1
+            assert nt.https1(s, "POST", nt.infer_path(MODEL, 2), *infer_body(x)).status == 404
+
+            # A version folder nobody signed (copied from version 1) is refused too.
+            fake = s.data_dir / "models" / MODEL / "7"
+            fake.mkdir()
+            for f in (s.data_dir / "models" / MODEL / "1").iterdir():
+                (fake / f.name).write_bytes(f.read_bytes())
+            r = nt.admin(s, "POST", f"/v2/repository/models/{MODEL}/load")
+            nt.assert_error(r, 400, ["version", "refused"])
+            assert answer(s, x) == 1
+        finally:
+            s.stop_checked()
+
+
+def test_outside_the_window_nothing_is_pulled_until_an_operator_asks(tmp_path):
+    pub = Publisher(tmp_path)
+    pub.publish(1, WEIGHTS[1])
+    pub.publish(2, WEIGHTS[2])
+    now = datetime.datetime.now()
+    start = (now + datetime.timedelta(hours=2)).strftime("%H:00")
+    end = (now + datetime.timedelta(hours=3)).strftime("%H:00")
+    x = np.ones((1, 4), dtype=np.float32)
+    # The repository as a folder (a USB stick, a mounted share).
+    s = signed_server(tmp_path / "box", pub, str(pub.repo), pull_window=f"{start}-{end}")
+    try:
+        def waiting() -> float:
+            return nt.metric_sum(nt.scrape_metrics(s), "nusa_model_pulls_waiting")
+        deadline = time.monotonic() + 30
+        while waiting() < 1:
+            assert time.monotonic() < deadline, s.log_tail()
+            time.sleep(0.3)
+        time.sleep(2.5)  # a few more polls: still nothing pulled
+        assert not (s.data_dir / "models" / MODEL).exists()
+        assert nt.https1(s, "POST", nt.infer_path(MODEL), *infer_body(x)).status == 404
+
+        reply = json.loads(nusactl(s, "pull", MODEL, "--version", "1", "--json").stdout)
+        assert reply["version"] == 1 and "installed" in reply["detail"], reply
+        wait_serving(s, 1)
+        assert answer(s, x) == 1
+        # Version 2 still waits for the window.
+        assert not (s.data_dir / "models" / MODEL / "2").exists()
+        r = nusactl(s, "pull", MODEL, "--version", "9", check=False)
+        assert r.returncode != 0 and "not published" in r.stderr, r.stderr
+    finally:
+        s.stop_checked()
