@@ -347,6 +347,7 @@ pub async fn run_with(
             .map_err(|e| AppError::Admin(e.to_string()))?,
         limits: ingress_config.limits.clone(),
     };
+    let metrics_limits = ingress_config.limits.clone();
     let admin = AdminIngress::bind(admin_config, &tls, Arc::clone(&api), None).await?;
     let ingress =
         nusa_ingress::Ingress::bind(ingress_config, &tls, api, listeners.https, listeners.quic)
@@ -355,6 +356,7 @@ pub async fn run_with(
         config.server.metrics_listen,
         listeners.metrics,
         metrics,
+        &metrics_limits,
         shutdown.clone(),
     )
     .await?;

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use crate::request::{AdminCheck, Shared};
 use crate::tcp::{self, TcpIngress};
 use crate::tls::TlsMaterial;
-use crate::track::Tracker;
+use crate::track::{LogLimit, Tracker};
 use crate::{IngressConfig, IngressError, Limits};
 
 /// Where the admin surface listens and who may call it.
@@ -205,13 +205,14 @@ async fn serve_unix(
 ) {
     let own = nix::unistd::geteuid().as_raw();
     let tracker = Tracker::default();
+    let mut accept_errors = LogLimit::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let stream = match accepted {
                     Ok((s, _)) => s,
                     Err(e) => {
-                        tracing::warn!(error = %e, "accepting on the admin socket");
+                        crate::track::accept_failed(&mut accept_errors, "admin socket", &e);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }

@@ -20,7 +20,7 @@ use nusa_api::Api;
 use tokio::sync::watch;
 
 pub use admin::{load_or_generate_token, AdminConfig, AdminIngress};
-pub use metrics_http::serve_metrics;
+pub use metrics_http::{serve_metrics, MAX_METRICS_CONNECTIONS};
 pub use tls::{load_or_generate, TlsError, TlsMaterial};
 
 /// Limits and timeouts for every connection.

@@ -255,6 +255,10 @@ async fn serve_request(
 ) {
     let received = Instant::now();
     let limits = &shared.limits;
+    let declared = match declared_length(req.headers()) {
+        Ok(n) => n,
+        Err(why) => return refuse_malformed(&mut stream, &why),
+    };
     let idempotent = matches!(*req.method(), http::Method::GET | http::Method::HEAD);
     let resp = if early && !idempotent {
         request::too_early()
@@ -263,7 +267,7 @@ async fn serve_request(
     } else {
         match tokio::time::timeout(
             limits.request_timeout,
-            read_body(&mut stream, limits.max_body_bytes),
+            read_body(&mut stream, limits.max_body_bytes, declared),
         )
         .await
         {
@@ -272,6 +276,11 @@ async fn serve_request(
             Ok(Err(ReadError::Stream(e))) => {
                 tracing::debug!(error = %e, "reading an HTTP/3 request body");
                 return;
+            }
+            Ok(Err(ReadError::Length { declared, got })) => {
+                let why =
+                    format!("content-length {declared} disagrees with the body ({got} bytes read)");
+                return refuse_malformed(&mut stream, &why);
             }
             Ok(Ok(frames)) => {
                 let api_req = request::api_request(
@@ -296,6 +305,59 @@ async fn serve_request(
     }
 }
 
+/// Connection-specific fields: HTTP/3 carries none (RFC 9114 section 4.2).
+const CONNECTION_SPECIFIC: [&str; 5] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Checks a request head against RFC 9114 section 4.1.2 and returns the
+/// `content-length` it declares. A connection-specific field, a `te` other
+/// than `trailers`, or a `content-length` that is not one decimal number
+/// (repeats must agree) makes the request malformed.
+fn declared_length(headers: &http::HeaderMap) -> Result<Option<u64>, String> {
+    if let Some(name) = CONNECTION_SPECIFIC
+        .iter()
+        .find(|name| headers.contains_key(**name))
+    {
+        return Err(format!("connection-specific header '{name}'"));
+    }
+    if headers
+        .get_all(http::header::TE)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        return Err("'te' other than 'trailers'".into());
+    }
+    let mut declared = None;
+    for v in headers.get_all(http::header::CONTENT_LENGTH) {
+        let n = std::str::from_utf8(v.as_bytes())
+            .ok()
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| "content-length is not a decimal number".to_string())?;
+        if declared.is_some_and(|d| d != n) {
+            return Err("content-length values disagree".into());
+        }
+        declared = Some(n);
+    }
+    Ok(declared)
+}
+
+/// A malformed request is reset with H3_MESSAGE_ERROR in both directions,
+/// not answered with a 400: RFC 9114 section 4.1.2 makes it a stream error
+/// of that type (a response first is only allowed), HTTP/2 here resets such
+/// streams too (hyper and h2), and a request an intermediary might read
+/// differently (its length above all) is better not served at all.
+fn refuse_malformed(stream: &mut Stream, why: &str) {
+    tracing::debug!(why, "malformed HTTP/3 request; resetting the stream");
+    stream.stop_sending(h3::error::Code::H3_MESSAGE_ERROR);
+    stream.stop_stream(h3::error::Code::H3_MESSAGE_ERROR);
+}
+
 async fn send(
     stream: &mut Stream,
     resp: ApiResponse,
@@ -317,9 +379,18 @@ async fn send(
 enum ReadError {
     TooLarge,
     Stream(h3::error::StreamError),
+    /// The body's length differs from the declared `content-length`.
+    Length {
+        declared: u64,
+        got: u64,
+    },
 }
 
-async fn read_body(stream: &mut Stream, max: u64) -> Result<Vec<Bytes>, ReadError> {
+async fn read_body(
+    stream: &mut Stream,
+    max: u64,
+    declared: Option<u64>,
+) -> Result<Vec<Bytes>, ReadError> {
     let mut frames = Vec::new();
     let mut total: u64 = 0;
     while let Some(mut chunk) = stream.recv_data().await.map_err(ReadError::Stream)? {
@@ -327,8 +398,21 @@ async fn read_body(stream: &mut Stream, max: u64) -> Result<Vec<Bytes>, ReadErro
         if total > max {
             return Err(ReadError::TooLarge);
         }
+        // Past the declared length: no need to read the rest.
+        if let Some(declared) = declared.filter(|&d| total > d) {
+            return Err(ReadError::Length {
+                declared,
+                got: total,
+            });
+        }
         // h3-quinn hands out `Bytes`: taking them whole does not copy.
         frames.push(chunk.copy_to_bytes(chunk.remaining()));
     }
-    Ok(frames)
+    match declared {
+        Some(declared) if declared != total => Err(ReadError::Length {
+            declared,
+            got: total,
+        }),
+        _ => Ok(frames),
+    }
 }

@@ -159,7 +159,7 @@ pub(crate) fn api_request(
     };
     ApiRequest {
         peer: Some(peer),
-        traceparent: text("traceparent"),
+        traceparent: traceparent(headers),
         cache_control: text("cache-control"),
         method: self::method(method),
         path: uri.path().to_string(),
@@ -170,6 +170,50 @@ pub(crate) fn api_request(
         protocol,
         received,
     }
+}
+
+/// The request's W3C trace context, when it has exactly one valid
+/// `traceparent` (W3C Trace Context, section 3.2): an invalid one, an
+/// all-zero trace or parent id, or two of them (which the recommendation
+/// calls invalid) is dropped, as if none had come. A future version's
+/// known fields are passed on as version `00`, as the recommendation asks.
+fn traceparent(headers: &HeaderMap) -> Option<String> {
+    let mut all = headers.get_all("traceparent").iter();
+    let (Some(value), None) = (all.next(), all.next()) else {
+        return None;
+    };
+    let v = value.to_str().ok()?.trim();
+    let hex = |s: &str, len: usize| {
+        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+    let (version, rest) = v.split_at_checked(2)?;
+    if !hex(version, 2) || version == "ff" {
+        return None;
+    }
+    // version-trace_id-parent_id-flags: 2 + 1 + 32 + 1 + 16 + 1 + 2.
+    const LEN: usize = 55;
+    let known = match version {
+        "00" if v.len() == LEN => v,
+        "00" => return None,
+        _ if v.len() == LEN || v.as_bytes().get(LEN) == Some(&b'-') => v.get(..LEN)?,
+        _ => return None,
+    };
+    let mut fields = known.split('-');
+    let (_, trace, parent, flags) = (
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+    );
+    let valid = rest.starts_with('-')
+        && hex(trace, 32)
+        && nonzero(trace)
+        && hex(parent, 16)
+        && nonzero(parent)
+        && hex(flags, 2)
+        && fields.next().is_none();
+    valid.then(|| format!("00-{trace}-{parent}-{flags}"))
 }
 
 /// Turns an API answer into an `http::Response` head (the body goes
@@ -183,4 +227,49 @@ pub(crate) fn response_head(resp: &ApiResponse, alt_svc: Option<&str>) -> http::
         b = b.header(http::header::ALT_SVC, a);
     }
     b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn parse(values: &[&str]) -> Option<String> {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append("traceparent", v.parse().unwrap());
+        }
+        traceparent(&headers)
+    }
+
+    #[test]
+    fn a_single_valid_traceparent_is_kept() {
+        assert_eq!(parse(&[GOOD]).as_deref(), Some(GOOD));
+        assert_eq!(parse(&[&format!(" {GOOD} ")]).as_deref(), Some(GOOD));
+        // A later version: its known fields, as version 00.
+        let future = "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-comes";
+        assert_eq!(parse(&[future]).as_deref(), Some(GOOD));
+        assert_eq!(parse(&[]), None);
+    }
+
+    #[test]
+    fn invalid_or_repeated_traceparents_are_dropped() {
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "0-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7_01",
+            "garbage",
+            "",
+        ] {
+            assert_eq!(parse(&[bad]), None, "{bad:?}");
+        }
+        assert_eq!(parse(&[GOOD, GOOD]), None);
+    }
 }

@@ -21,7 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::body::FramesBody;
 use crate::request::{self, Shared};
 use crate::tls::TlsMaterial;
-use crate::track::{Activity, Tracker};
+use crate::track::{Activity, LogLimit, Tracker};
 use crate::{IngressConfig, IngressError};
 
 pub(crate) struct TcpIngress {
@@ -84,6 +84,7 @@ impl TcpIngress {
 
     pub async fn serve(self, mut shutdown: watch::Receiver<bool>, drain: Duration) {
         let tracker = Tracker::default();
+        let mut accept_errors = LogLimit::new();
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => {
@@ -91,7 +92,7 @@ impl TcpIngress {
                         Ok(a) => a,
                         Err(e) => {
                             // Out of descriptors and the like: back off, keep serving.
-                            tracing::warn!(error = %e, "accepting a TCP connection");
+                            crate::track::accept_failed(&mut accept_errors, "tcp", &e);
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             continue;
                         }
@@ -145,15 +146,25 @@ impl Connection {
         let act = activity.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
             let shared = Arc::clone(&shared);
-            let act = act.clone();
+            // Counted here, when hyper hands the head over, not when the
+            // future first runs (hyper spawns HTTP/2 streams' futures).
+            let busy = act.busy();
             async move {
-                let _busy = act.busy();
+                let _busy = busy;
                 Ok::<_, Infallible>(handle(&shared, req, peer.ip()).await)
             }
         });
         let mut conn = pin!(self.builder.serve_connection(TokioIo::new(tls), svc));
         let idle_timeout = limits.idle_timeout;
         let mut tick = tokio::time::interval(Duration::from_secs(1).min(idle_timeout));
+        // The first request's head must arrive within the handshake timeout
+        // of the TLS handshake's end. hyper bounds HTTP/1.1 heads itself
+        // (header_read_timeout) but has no such bound for HTTP/2's preface
+        // and first HEADERS, nor for the protocol sniffing before either:
+        // without this a silent client holds the connection until the idle
+        // timeout.
+        let first_request = tokio::time::sleep(limits.handshake_timeout);
+        let mut first_request = pin!(first_request);
         let mut closing = false;
         loop {
             tokio::select! {
@@ -161,6 +172,17 @@ impl Connection {
                     if let Err(e) = r {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
+                    break;
+                }
+                _ = first_request.as_mut(), if !activity.any_request() => {
+                    // A head may have come in the same wake-up.
+                    if activity.any_request() {
+                        continue;
+                    }
+                    // No request was started, so none is lost: drop the
+                    // connection rather than wait on a graceful close the
+                    // client has no reason to complete.
+                    tracing::debug!(%peer, "no request head within the handshake timeout; closing");
                     break;
                 }
                 _ = self.shutdown.changed(), if !closing => {

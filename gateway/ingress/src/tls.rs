@@ -1,12 +1,10 @@
 //! Certificates: the configured ones, or a local CA and server certificate
-//! generated once and kept in the data directory.
+//! generated and kept in the data directory (see `local_ca`).
+
+mod local_ca;
 
 use std::path::{Path, PathBuf};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -29,8 +27,9 @@ pub enum TlsError {
     Generate(String),
 }
 
-/// Loads `cert` and `key`, or makes (once) and loads a CA-signed server
-/// certificate for localhost under `data_dir/tls`.
+/// Loads `cert` and `key`, or makes (once, then renews as it nears its
+/// end) and loads a CA-signed server certificate for localhost under
+/// `data_dir/tls`.
 pub fn load_or_generate(
     cert: Option<&Path>,
     key: Option<&Path>,
@@ -40,15 +39,10 @@ pub fn load_or_generate(
         return load(cert, key, None);
     }
     let dir = data_dir.join("tls");
-    let (ca, cert, key) = (
-        dir.join("ca.pem"),
-        dir.join("server.pem"),
-        dir.join("server.key"),
-    );
-    if !(ca.is_file() && cert.is_file() && key.is_file()) {
-        generate(&dir).map_err(|e| TlsError::Generate(e.to_string()))?;
-    }
-    load(&cert, &key, Some(ca))
+    local_ca::ensure(&dir, time::OffsetDateTime::now_utc())
+        .map_err(|e| TlsError::Generate(e.to_string()))?;
+    let files = local_ca::Files::new(&dir);
+    load(&files.cert, &files.key, Some(files.ca))
 }
 
 fn read_bounded(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -92,54 +86,6 @@ fn load(cert: &Path, key: &Path, generated_ca: Option<PathBuf>) -> Result<TlsMat
     })
 }
 
-fn generate(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
-    std::fs::create_dir_all(dir)?;
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "nusa local CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca_params, ca_key);
-
-    let server_key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(vec![
-        "localhost".to_string(),
-        "127.0.0.1".to_string(),
-        "::1".to_string(),
-    ])?;
-    params.distinguished_name.push(DnType::CommonName, "nusad");
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let server_cert = params.signed_by(&server_key, &issuer)?;
-
-    write_private(
-        &dir.join("server.key"),
-        server_key.serialize_pem().as_bytes(),
-    )?;
-    // The chain the server sends: its certificate, then the CA's.
-    std::fs::write(
-        dir.join("server.pem"),
-        format!("{}{}", server_cert.pem(), ca_cert.pem()),
-    )?;
-    // Written last: its presence means the set is complete.
-    std::fs::write(dir.join("ca.pem"), ca_cert.pem())?;
-    Ok(())
-}
-
-fn write_private(path: &Path, content: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(content)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,11 +102,13 @@ mod tests {
         assert_eq!(std::fs::read(&ca).unwrap(), before, "not regenerated");
         assert_eq!(a.certs, b.certs);
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.join("tls/server.key"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
+        for private in ["tls/server.key", "tls/ca.key"] {
+            let mode = std::fs::metadata(dir.join(private))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{private}");
+        }
         let bad = load_or_generate(Some(&ca), Some(&ca), &dir);
         assert!(matches!(bad, Err(TlsError::File { .. })));
         std::fs::remove_dir_all(&dir).unwrap();

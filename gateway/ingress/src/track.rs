@@ -60,6 +60,8 @@ struct ActivityInner {
     origin: Instant,
     in_flight: AtomicUsize,
     last_ms: AtomicU64,
+    /// Requests whose head has arrived, ever.
+    started: AtomicU64,
 }
 
 pub(crate) struct Busy {
@@ -73,15 +75,22 @@ impl Activity {
                 origin: Instant::now(),
                 in_flight: AtomicUsize::new(0),
                 last_ms: AtomicU64::new(0),
+                started: AtomicU64::new(0),
             }),
         }
     }
 
     pub fn busy(&self) -> Busy {
+        self.inner.started.fetch_add(1, Ordering::SeqCst);
         self.inner.in_flight.fetch_add(1, Ordering::SeqCst);
         Busy {
             inner: Arc::clone(&self.inner),
         }
+    }
+
+    /// Whether any request's head has arrived on the connection.
+    pub fn any_request(&self) -> bool {
+        self.inner.started.load(Ordering::SeqCst) > 0
     }
 
     /// Zero while a request is in flight.
@@ -99,5 +108,72 @@ impl Drop for Busy {
         let now = self.inner.origin.elapsed().as_millis() as u64;
         self.inner.last_ms.store(now, Ordering::SeqCst);
         self.inner.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Rate-limits one repeated warning, such as a failing `accept` (out of file
+/// descriptors fails every accept, many times a second): the first is
+/// logged, then at most one per [`LogLimit::EVERY`] with the count of those
+/// left out meanwhile.
+pub(crate) struct LogLimit {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    pub const EVERY: Duration = Duration::from_secs(5);
+
+    pub fn new() -> LogLimit {
+        LogLimit {
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(suppressed since the last one)` when this occurrence is to be
+    /// logged, `None` when it is only counted.
+    pub fn hit(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < Self::EVERY)
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+/// Logs a failed `accept` through `limit`; the caller backs off after it.
+pub(crate) fn accept_failed(limit: &mut LogLimit, listener: &str, error: &std::io::Error) {
+    if let Some(suppressed) = limit.hit(Instant::now()) {
+        tracing::warn!(
+            listener,
+            %error,
+            suppressed,
+            "accepting a connection failed (repeats are logged at most every 5 s; suppressed counts those left out)"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_limit_logs_once_per_period_with_the_count_left_out() {
+        let mut limit = LogLimit::new();
+        let t0 = Instant::now();
+        assert_eq!(limit.hit(t0), Some(0));
+        for i in 1..20 {
+            assert_eq!(limit.hit(t0 + Duration::from_millis(i * 50)), None);
+        }
+        assert_eq!(limit.hit(t0 + LogLimit::EVERY), Some(19));
+        assert_eq!(
+            limit.hit(t0 + LogLimit::EVERY + Duration::from_secs(1)),
+            None
+        );
+        assert_eq!(limit.hit(t0 + LogLimit::EVERY * 3), Some(1));
     }
 }

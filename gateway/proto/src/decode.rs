@@ -35,12 +35,14 @@ pub struct RequestedOutput {
 struct RawRequest<'a> {
     #[serde(default)]
     id: Option<String>,
-    #[serde(default)]
-    parameters: Option<Map<String, Value>>,
+    /// Raw until bounded (see `params`): a tree built from it could cost
+    /// many times the body.
+    #[serde(borrow, default)]
+    parameters: Option<&'a RawValue>,
     #[serde(borrow)]
     inputs: Vec<RawInput<'a>>,
-    #[serde(default)]
-    outputs: Option<Vec<RawOutput>>,
+    #[serde(borrow, default)]
+    outputs: Option<Vec<RawOutput<'a>>>,
 }
 
 #[derive(Deserialize)]
@@ -49,18 +51,18 @@ struct RawInput<'a> {
     name: String,
     shape: Vec<i64>,
     datatype: String,
-    #[serde(default)]
-    parameters: Option<Map<String, Value>>,
+    #[serde(borrow, default)]
+    parameters: Option<&'a RawValue>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawOutput {
+struct RawOutput<'a> {
     name: String,
-    #[serde(default)]
-    parameters: Option<Map<String, Value>>,
+    #[serde(borrow, default)]
+    parameters: Option<&'a RawValue>,
 }
 
 /// The model's single input, used when `Inference-Header-Content-Length` is 0
@@ -82,9 +84,9 @@ pub fn decode_infer_request(
 ) -> Result<InferRequest, ProtoError> {
     let json_len = match header_length {
         None => body.len(),
-        Some(v) => v.trim().parse::<usize>().map_err(|_| {
+        Some(v) => crate::params::header_length(v).ok_or_else(|| {
             ProtoError::bad_request(format!(
-                "Inference-Header-Content-Length must be a non-negative integer, got '{v}'"
+                "Inference-Header-Content-Length must be a non-negative integer in canonical decimal, got '{v}'"
             ))
         })?,
     };
@@ -106,7 +108,7 @@ pub fn decode_infer_request(
     let raw: RawRequest<'_> = serde_json::from_slice(&json)
         .map_err(|e| ProtoError::bad_request(format!("malformed inference request JSON: {e}")))?;
 
-    let params = raw.parameters.unwrap_or_default();
+    let params = parameters(raw.parameters, "request")?;
     let binary_data_output = bool_param(&params, "binary_data_output", "request")?.unwrap_or(false);
     let priority = u64_param(&params, "priority", "request")?.unwrap_or(0);
     let timeout_us = u64_param(&params, "timeout", "request")?.unwrap_or(0);
@@ -144,8 +146,9 @@ pub fn decode_infer_request(
                 "input '{name}' appears twice"
             )));
         }
-        let iparams = input.parameters.unwrap_or_default();
-        let binary_size = u64_param(&iparams, "binary_data_size", &format!("input '{name}'"))?;
+        let what = format!("input '{name}'");
+        let iparams = parameters(input.parameters, &what)?;
+        let binary_size = u64_param(&iparams, "binary_data_size", &what)?;
         let data = match (binary_size, input.data) {
             (Some(_), Some(_)) => {
                 return Err(ProtoError::bad_request(format!(
@@ -194,8 +197,8 @@ pub fn decode_infer_request(
         Some(list) => {
             let mut out = Vec::with_capacity(list.len());
             for o in list {
-                let oparams = o.parameters.unwrap_or_default();
                 let what = format!("output '{}'", o.name);
+                let oparams = parameters(o.parameters, &what)?;
                 if oparams.contains_key("classification") {
                     return Err(ProtoError::bad_request(format!(
                         "{what}: the classification extension is not supported"
@@ -284,6 +287,10 @@ impl Frames {
         let n = self.len();
         self.split_to(n)
     }
+}
+
+fn parameters(raw: Option<&RawValue>, what: &str) -> Result<Map<String, Value>, ProtoError> {
+    crate::params::parse(raw, what).map_err(ProtoError::bad_request)
 }
 
 fn bool_param(

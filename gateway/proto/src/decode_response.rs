@@ -35,8 +35,8 @@ struct RawOutput<'a> {
     name: String,
     shape: Vec<i64>,
     datatype: String,
-    #[serde(default)]
-    parameters: Option<Map<String, Value>>,
+    #[serde(borrow, default)]
+    parameters: Option<&'a RawValue>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
 }
@@ -59,9 +59,9 @@ pub fn decode_infer_response(
 ) -> Result<InferResponse, ProtoError> {
     let json_len = match header_length {
         None => body.len(),
-        Some(v) => v.trim().parse::<usize>().map_err(|_| {
+        Some(v) => crate::params::header_length(v).ok_or_else(|| {
             bad_answer(format!(
-                "Inference-Header-Content-Length must be a non-negative integer, got '{v}'"
+                "Inference-Header-Content-Length must be a non-negative integer in canonical decimal, got '{v}'"
             ))
         })?,
     };
@@ -107,7 +107,8 @@ pub fn decode_infer_response(
         if outputs.iter().any(|t| t.name == name) {
             return Err(bad_answer(format!("{what} appears twice")));
         }
-        let binary_size = binary_data_size(output.parameters.as_ref(), &what)?;
+        let params = crate::params::parse(output.parameters, &what).map_err(bad_answer)?;
+        let binary_size = binary_data_size(&params, &what)?;
         let data = match (binary_size, output.data) {
             (Some(_), Some(_)) => {
                 return Err(bad_answer(format!(
@@ -158,11 +159,8 @@ pub fn decode_infer_response(
     })
 }
 
-fn binary_data_size(
-    params: Option<&Map<String, Value>>,
-    what: &str,
-) -> Result<Option<u64>, ProtoError> {
-    match params.and_then(|p| p.get("binary_data_size")) {
+fn binary_data_size(params: &Map<String, Value>, what: &str) -> Result<Option<u64>, ProtoError> {
+    match params.get("binary_data_size") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) if n.as_u64().is_some() => Ok(n.as_u64()),
         Some(other) => Err(bad_answer(format!(

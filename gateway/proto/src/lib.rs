@@ -11,6 +11,7 @@ mod encode;
 mod encode_request;
 mod error;
 mod json_data;
+mod params;
 mod route;
 
 pub use body::Frames;
@@ -19,6 +20,7 @@ pub use decode_response::{decode_infer_response, InferResponse};
 pub use encode::{encode_infer_response, EncodedResponse, ResponseOutput};
 pub use encode_request::{encode_infer_request, EncodedRequest};
 pub use error::{ErrorKind, ProtoError};
+pub use params::{MAX_PARAMETERS_BYTES, MAX_PARAMETERS_DEPTH};
 pub use route::{parse_route, Route};
 
 /// Header naming the length of the JSON part of a binary-extension body.

@@ -84,6 +84,7 @@ fn try_open(path: &Path) -> Result<(Database, Counters), OpenError> {
 }
 
 fn open_checked(path: &Path) -> Result<(Database, Counters), OpenError> {
+    restrict(path)?;
     let mut db = match Database::builder()
         .set_cache_size(REDB_CACHE_BYTES)
         .create(path)
@@ -102,6 +103,24 @@ fn open_checked(path: &Path) -> Result<(Database, Counters), OpenError> {
     }
     let counters = prepare(&db).map_err(|e| OpenError::Damaged(e.to_string()))?;
     Ok((db, counters))
+}
+
+/// Makes the file nusad's alone (0600) before redb opens it: it holds
+/// answers to clients' requests. A new file is created so (redb would take
+/// the umask's 0644); an older, wider one is narrowed.
+fn restrict(path: &Path) -> Result<(), OpenError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| OpenError::Damaged(format!("creating it: {e}")))?;
+    if let Err(error) = fs::set_permissions(path, fs::Permissions::from_mode(0o600)) {
+        tracing::warn!(path = %path.display(), %error, "cannot make the cache file private (0600)");
+    }
+    Ok(())
 }
 
 /// Creates the tables on a new file and reads the counters of an old one.

@@ -261,3 +261,23 @@ async fn an_uncreatable_directory_runs_memory_only() {
     tier.flush().await;
     assert_eq!(fill(&tier, &key(1), 0).await, None);
 }
+
+#[tokio::test]
+async fn the_file_is_private_new_or_old() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.redb");
+    let (tier, _) = start(&path, 1 << 20);
+    tier.flush().await;
+    assert_eq!(state(&tier), READY);
+    assert_eq!(mode(&path), 0o600);
+    drop(tier);
+
+    // A file an older nusad left readable by all is narrowed at open.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (tier, _) = start(&path, 1 << 20);
+    tier.flush().await;
+    assert_eq!(state(&tier), READY);
+    assert_eq!(mode(&path), 0o600);
+}

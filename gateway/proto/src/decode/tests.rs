@@ -180,6 +180,14 @@ fn binary_errors() {
     let e = decode_infer_request(Some("abc"), body, None).unwrap_err();
     assert!(e.message.contains("non-negative integer"), "{}", e.message);
 
+    // One spelling per length: a sign, a leading zero or spaces are refused.
+    let (len, _) = binary_body(j, &[0; 8]);
+    for odd in [format!("+{len}"), format!("0{len}"), format!(" {len}")] {
+        let (_, body) = binary_body(j, &[0; 8]);
+        let e = decode_infer_request(Some(&odd), body, None).unwrap_err();
+        assert!(e.message.contains("canonical decimal"), "{}", e.message);
+    }
+
     let (len, body) = binary_body(j, &[0; 12]);
     let e = decode_infer_request(Some(&len), body, None).unwrap_err();
     assert!(
@@ -187,6 +195,46 @@ fn binary_errors() {
         "{}",
         e.message
     );
+}
+
+#[test]
+fn parameters_are_bounded_in_size_and_depth_at_every_level() {
+    let input = r#"{"name":"x","shape":[1],"datatype":"INT8","data":[1]}"#;
+    let wide = format!(
+        "{{\"p\":[{}[]]}}",
+        "[],".repeat(crate::MAX_PARAMETERS_BYTES / 3)
+    );
+    let deep = format!("{{\"p\":{}{}}}", "[".repeat(20), "]".repeat(20));
+    for params in [&wide, &deep] {
+        let cases = [
+            (
+                format!(r#"{{"parameters":{params},"inputs":[{input}]}}"#),
+                "request: 'parameters'",
+            ),
+            (
+                format!(
+                    r#"{{"inputs":[{{"name":"x","shape":[1],"datatype":"INT8","data":[1],"parameters":{params}}}]}}"#
+                ),
+                "input 'x': 'parameters'",
+            ),
+            (
+                format!(
+                    r#"{{"inputs":[{input}],"outputs":[{{"name":"y","parameters":{params}}}]}}"#
+                ),
+                "output 'y': 'parameters'",
+            ),
+        ];
+        for (body, want) in cases {
+            let e = json(&body).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::BadRequest);
+            assert!(e.message.starts_with(want), "{}", e.message);
+            assert!(e.message.contains("limit of"), "{}", e.message);
+        }
+    }
+    let e = json(&format!(r#"{{"parameters":[],"inputs":[{input}]}}"#)).unwrap_err();
+    assert!(e.message.contains("must be a JSON object"), "{}", e.message);
+    let ok = json(&format!(r#"{{"parameters":null,"inputs":[{input}]}}"#)).unwrap();
+    assert_eq!(ok.priority, 0);
 }
 
 #[test]
