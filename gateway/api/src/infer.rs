@@ -6,7 +6,6 @@ use nusa_proto::SoleInput;
 use nusa_proto::{
     decode_infer_request, encode_infer_response, InferRequest, ProtoError, ResponseOutput,
 };
-use nusa_tensor::Tensor;
 
 use crate::meta::lookup_error;
 use crate::{Api, ApiRequest, ApiResponse};
@@ -57,7 +56,9 @@ async fn infer(
     let mut request = decode_infer_request(req.header_length.as_deref(), req.body, sole)?;
     let wanted = requested_outputs(meta, &request)?;
     let batching = mv.scheduler.batching();
-    let (inputs, rows) = check_inputs(meta, std::mem::take(&mut request.inputs), batching)?;
+    let (inputs, rows) = meta
+        .order_inputs(std::mem::take(&mut request.inputs), batching)
+        .map_err(ProtoError::bad_request)?;
     let model_entry = api.repo.model(model).map_err(lookup_error)?;
 
     let job = Job {
@@ -114,87 +115,6 @@ async fn infer(
         headers,
         body: encoded.frames,
     })
-}
-
-/// Puts the inputs in the model's order and checks names, datatypes,
-/// shapes and the elements of BYTES inputs against what the engine takes.
-/// Returns the inputs and the request's rows.
-fn check_inputs(
-    meta: &ModelMetadata,
-    mut given: Vec<Tensor>,
-    batching: bool,
-) -> Result<(Vec<Tensor>, usize), ProtoError> {
-    let names = || {
-        meta.inputs
-            .iter()
-            .map(|t| t.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    if let Some(extra) = given.iter().find(|t| meta.input(&t.name).is_none()) {
-        return Err(ProtoError::bad_request(format!(
-            "unknown input '{}': the model takes {}",
-            extra.name,
-            names()
-        )));
-    }
-    let mut ordered = Vec::with_capacity(meta.inputs.len());
-    let mut rows: Option<usize> = None;
-    for spec in &meta.inputs {
-        let Some(pos) = given.iter().position(|t| t.name == spec.name) else {
-            return Err(ProtoError::bad_request(format!(
-                "missing input '{}' ({} {:?}): the model takes {}",
-                spec.name,
-                spec.datatype,
-                spec.shape,
-                names()
-            )));
-        };
-        let t = given.swap_remove(pos);
-        if t.datatype != spec.datatype {
-            return Err(ProtoError::bad_request(format!(
-                "input '{}': datatype {} does not match the model's {}",
-                t.name, t.datatype, spec.datatype
-            )));
-        }
-        let fits = t.shape.len() == spec.shape.len()
-            && t.shape
-                .iter()
-                .zip(&spec.shape)
-                .all(|(&got, &want)| want < 0 || got == want);
-        if !fits {
-            return Err(ProtoError::bad_request(format!(
-                "input '{}': shape {:?} does not match the model's {:?} (-1 is any size)",
-                t.name, t.shape, spec.shape
-            )));
-        }
-        // What the engine cannot take fails here, alone, with a 400: in a
-        // batch it would fail every other request with it.
-        meta.bytes_elements
-            .check(&t)
-            .map_err(ProtoError::bad_request)?;
-        if batching {
-            let r = t.shape[0] as usize;
-            if r == 0 {
-                return Err(ProtoError::bad_request(format!(
-                    "input '{}': the batch dimension is 0",
-                    t.name
-                )));
-            }
-            match rows {
-                None => rows = Some(r),
-                Some(prev) if prev != r => {
-                    return Err(ProtoError::bad_request(format!(
-                        "input '{}' has {r} rows but another input has {prev}: all inputs need the same batch size",
-                        t.name
-                    )))
-                }
-                Some(_) => {}
-            }
-        }
-        ordered.push(t);
-    }
-    Ok((ordered, rows.unwrap_or(1)))
 }
 
 /// The outputs to send and whether each goes in the binary section.

@@ -101,6 +101,83 @@ impl ModelMetadata {
     pub fn output(&self, name: &str) -> Option<&TensorSpec> {
         self.outputs.iter().find(|t| t.name == name)
     }
+
+    /// Puts the inputs in the model's order and checks names, datatypes,
+    /// shapes and the elements of BYTES inputs against what the engine takes.
+    /// Returns the inputs and the request's rows.
+    pub fn order_inputs(
+        &self,
+        mut given: Vec<Tensor>,
+        batching: bool,
+    ) -> Result<(Vec<Tensor>, usize), String> {
+        let meta = self;
+        let names = || {
+            meta.inputs
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if let Some(extra) = given.iter().find(|t| meta.input(&t.name).is_none()) {
+            return Err(format!(
+                "unknown input '{}': the model takes {}",
+                extra.name,
+                names()
+            ));
+        }
+        let mut ordered = Vec::with_capacity(meta.inputs.len());
+        let mut rows: Option<usize> = None;
+        for spec in &meta.inputs {
+            let Some(pos) = given.iter().position(|t| t.name == spec.name) else {
+                return Err(format!(
+                    "missing input '{}' ({} {:?}): the model takes {}",
+                    spec.name,
+                    spec.datatype,
+                    spec.shape,
+                    names()
+                ));
+            };
+            let t = given.swap_remove(pos);
+            if t.datatype != spec.datatype {
+                return Err(format!(
+                    "input '{}': datatype {} does not match the model's {}",
+                    t.name, t.datatype, spec.datatype
+                ));
+            }
+            let fits = t.shape.len() == spec.shape.len()
+                && t.shape
+                    .iter()
+                    .zip(&spec.shape)
+                    .all(|(&got, &want)| want < 0 || got == want);
+            if !fits {
+                return Err(format!(
+                    "input '{}': shape {:?} does not match the model's {:?} (-1 is any size)",
+                    t.name, t.shape, spec.shape
+                ));
+            }
+            // What the engine cannot take fails here, alone, with a 400: in a
+            // batch it would fail every other request with it.
+            meta.bytes_elements.check(&t)?;
+            if batching {
+                let r = t.shape[0] as usize;
+                if r == 0 {
+                    return Err(format!("input '{}': the batch dimension is 0", t.name));
+                }
+                match rows {
+                None => rows = Some(r),
+                Some(prev) if prev != r => {
+                    return Err(format!(
+                        "input '{}' has {r} rows but another input has {prev}: all inputs need the same batch size",
+                        t.name
+                    ))
+                }
+                Some(_) => {}
+            }
+            }
+            ordered.push(t);
+        }
+        Ok((ordered, rows.unwrap_or(1)))
+    }
 }
 
 #[cfg(test)]

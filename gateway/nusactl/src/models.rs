@@ -87,6 +87,15 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             );
         }
         ModelsCmd::Publish(p) => {
+            let goldens = run_goldens(&p.dir).await.with_context(|| {
+                format!(
+                    "version {} of '{}' is not published: its golden tests do not pass on ONNX Runtime",
+                    p.version, p.model
+                )
+            })?;
+            if goldens > 0 {
+                eprintln!("{goldens} golden test(s) passed on ONNX Runtime");
+            }
             let report = nusa_model_dist::run_publish(&p).await?;
             if args.json {
                 return print_json(&report.manifest);
@@ -198,6 +207,36 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Runs the version's goldens (`tests/*.json`) on ONNX Runtime; how many.
+async fn run_goldens(dir: &std::path::Path) -> anyhow::Result<usize> {
+    let goldens = nusa_goldens::load(dir).map_err(anyhow::Error::msg)?;
+    if goldens.is_empty() {
+        return Ok(0);
+    }
+    let onnx = dir.join("model.onnx");
+    anyhow::ensure!(
+        onnx.is_file(),
+        "golden tests run on ONNX Runtime and need {}",
+        onnx.display()
+    );
+    nusa_engine_ort::init_library(None)?;
+    let factory = nusa_engine_ort::OrtFactory::new(nusa_engine_ort::OrtOptions {
+        intra_op_threads: 1,
+        inter_op_threads: 1,
+    })?;
+    let engine = tokio::task::spawn_blocking(move || {
+        use nusa_engine::EngineFactory;
+        factory.load(&onnx)
+    })
+    .await??;
+    for g in &goldens {
+        g.run_on(engine.as_ref(), false)
+            .await
+            .map_err(anyhow::Error::msg)?;
+    }
+    Ok(goldens.len())
 }
 
 fn describe_mode(mode: &str) -> String {

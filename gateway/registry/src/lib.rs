@@ -465,6 +465,17 @@ impl PendingBuild {
                 .await?
                 .ok_or("the built plan was not found")?;
             compatible(&version.metadata, engines[0].metadata())?;
+            // The plan answers the version's goldens within the FP16
+            // tolerance before it takes traffic.
+            let dir = self.dir.clone();
+            let goldens = tokio::task::spawn_blocking(move || nusa_goldens::load(&dir))
+                .await
+                .map_err(|e| format!("reading the golden tests panicked: {e}"))??;
+            for g in &goldens {
+                g.run_on(engines[0].as_ref(), true)
+                    .await
+                    .map_err(|e| format!("golden test failed on TensorRT: {e}"))?;
+            }
             version.scheduler.replace_engines(engines)
         }
         .await;

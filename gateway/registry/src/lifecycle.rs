@@ -404,13 +404,10 @@ impl Repository {
             .await;
             match loaded {
                 Ok((mv, pending)) => {
-                    if model.config.warmup == Warmup::Zeros {
-                        if let Err(e) = warm_up(&mv).await {
-                            model.error =
-                                Some(format!("version {v}: warm-up inference failed: {e}"));
-                            self.forget_engine(name, &mv);
-                            continue;
-                        }
+                    if let Err(e) = check_before_traffic(&mv, &vdir, model.config.warmup).await {
+                        model.error = Some(format!("version {v}: {e}"));
+                        self.forget_engine(name, &mv);
+                        continue;
                     }
                     let mv = Arc::new(mv);
                     if let Some(pending) = pending {
@@ -437,6 +434,47 @@ enum Pin {
     /// Keep the model's pin as it is.
     Keep,
     Set(Option<u64>),
+}
+
+/// What a loaded version must pass before it takes traffic: its golden
+/// requests (`tests/*.json`, compared within their tolerance; TensorRT's
+/// FP16 one on TensorRT), else the configured warm-up. Both run through the
+/// version's own queue, as requests will.
+async fn check_before_traffic(mv: &ModelVersion, dir: &Path, warmup: Warmup) -> Result<(), String> {
+    let d = dir.to_path_buf();
+    let goldens = tokio::task::spawn_blocking(move || nusa_goldens::load(&d))
+        .await
+        .map_err(|e| format!("reading the golden tests panicked: {e}"))??;
+    if goldens.is_empty() {
+        return match warmup {
+            Warmup::Zeros => warm_up(mv)
+                .await
+                .map_err(|e| format!("warm-up inference failed: {e}")),
+            Warmup::None => Ok(()),
+        };
+    }
+    let fp16 = mv.engine_name() == "tensorrt";
+    for g in &goldens {
+        let (inputs, rows) = g.inputs_for(&mv.metadata, mv.scheduler.batching())?;
+        let out = tokio::time::timeout(WARMUP_TIMEOUT, mv.scheduler.infer(inputs, rows, 0, 0))
+            .await
+            .map_err(|_| {
+                format!(
+                    "golden {}: no answer in {} s",
+                    g.name,
+                    WARMUP_TIMEOUT.as_secs()
+                )
+            })?
+            .map_err(|e| format!("golden {}: {e}", g.name))?;
+        g.check(&out.outputs, fp16)
+            .map_err(|e| format!("golden test failed: {e}"))?;
+    }
+    tracing::info!(
+        version = mv.version,
+        goldens = goldens.len(),
+        "golden tests passed"
+    );
+    Ok(())
 }
 
 /// One inference of zeros (empty strings for BYTES) with every variable
