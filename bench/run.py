@@ -22,6 +22,10 @@ Comparisons in this version:
   3. proxy overhead: requests passed to a regional endpoint (a nusad) through
      nusad (model placement = "region") and through nginx proxy_pass, against
      direct, open loop at fixed rates (oha): added p50 and p99.
+  6. hot swaps (bench/swap.py): latency while the model is reloaded every K
+     seconds against without, failed requests (any fails the run), load-call
+     durations, RSS after 1 swap vs after many; MLServer's reload the same
+     way (full mode).
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -39,6 +44,7 @@ from pathlib import Path
 
 import loadtools
 import procstat
+import swap as swapbench
 from benchlib import ROOT, nt, pin, use_release_build
 from peers.nginx import Nginx
 
@@ -469,6 +475,8 @@ def main() -> int:
             "| figure | nusad | nginx |", "|---|---|---|",
             f"| RSS after the runs, idle (MiB) | {idle_ours / 2**20:.1f} | {idle_nginx / 2**20:.1f} (master + worker) |",
             f"| start to ready, bundled demo model (s, median of {len(ready)}) | {med(ready):.3f} | - |", ""]
+        swaps = swapbench.run(tmp / "swap", quick, mlserver=not quick)
+        report.lines += swapbench.section(swaps)
 
     header = [f"# Benchmark, {stamp}", "",
               f"Machine: {os.cpu_count()} cores; server pinned to core 0, load generator to core 1 "
@@ -482,6 +490,9 @@ def main() -> int:
     out = out_dir / f"{stamp}.md"
     report.write(out, header)
     print(f"wrote {out}")
+    if swapbench.failed(swaps):
+        print("hot swaps: failed requests or harness error, see section 6 of the report", file=sys.stderr)
+        return 1
     return 0
 
 
