@@ -333,4 +333,6 @@ enum Formed<T> {
 }
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;

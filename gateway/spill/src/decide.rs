@@ -279,4 +279,6 @@ impl Spill {
 }
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;
