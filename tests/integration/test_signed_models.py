@@ -59,7 +59,7 @@ class Publisher:
     def root(self) -> Path:
         return self.repo / "metadata" / "root.json"
 
-    def publish(self, version: int, weights: np.ndarray) -> dict:
+    def publish(self, version: int, weights: np.ndarray, *extra: str) -> dict:
         vdir = self.work / f"src-{version}"
         vdir.mkdir()
         (vdir / "model.onnx").write_bytes(matmul_model(weights))
@@ -69,7 +69,7 @@ class Publisher:
         out = run(str(nt.nusactl_binary()), "models", "publish", "--json", "--repo", str(self.repo),
                   "--keys", str(self.keys), "--model", MODEL, "--version", str(version),
                   "--dir", str(vdir), "--source-revision", f"rev-{version}",
-                  "--training-run", f"run-{version}", "--publisher", "test@nusa")
+                  "--training-run", f"run-{version}", "--publisher", "test@nusa", *extra)
         return json.loads(out)
 
 

@@ -266,6 +266,18 @@ pub async fn run_with(
             dir
         }
     };
+    // The key that opens encrypted versions: its own file, owner-only,
+    // outside the model store; refused otherwise, before anything serves.
+    let decryptor = config
+        .models
+        .decryption_key
+        .as_deref()
+        .map(|path| nusa_model_pull::KeyFileDecryptor::open(path, &models))
+        .transpose()
+        .map_err(|e| AppError::Models(format!("models.decryption_key: {e}")))?;
+    if let Some(d) = &decryptor {
+        tracing::info!(key_id = %d.key_id(), "model decryption key loaded: encrypted versions are decrypted into memory at load");
+    }
     let metrics = Metrics::new();
     for path in &config.server.metrics_textfiles {
         metrics.add_textfile(path.clone());
@@ -283,6 +295,7 @@ pub async fn run_with(
             signed
                 .as_ref()
                 .map(|(_, a)| Arc::clone(a) as Arc<dyn nusa_registry::Admission>),
+            decryptor.map(|d| Arc::new(d) as Arc<dyn nusa_registry::Decryptor>),
             engines,
             &metrics,
         )

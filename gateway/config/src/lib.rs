@@ -54,6 +54,11 @@ pub struct Models {
     pub reserve_bytes: u64,
     /// Models to pull; empty: every published model.
     pub names: Vec<String>,
+    /// The fleet's private model key (`nusactl models keygen`), which
+    /// opens encrypted versions: a file of its own outside the model store,
+    /// readable by its owner only (nusad refuses to start otherwise).
+    /// Unset: encrypted versions are refused.
+    pub decryption_key: Option<PathBuf>,
 }
 
 impl Default for Models {
@@ -68,6 +73,7 @@ impl Default for Models {
             keep_versions: 2,
             reserve_bytes: 1 << 30,
             names: Vec::new(),
+            decryption_key: None,
         }
     }
 }

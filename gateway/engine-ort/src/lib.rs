@@ -15,7 +15,7 @@ use std::thread;
 
 use nusa_engine::{
     BatchInput, BytesElements, Engine, EngineError, EngineFactory, Health, ModelMetadata,
-    RunFuture, TensorSpec,
+    ModelSource, RunFuture, TensorSpec,
 };
 use nusa_tensor::Tensor;
 use ort::session::Session;
@@ -62,6 +62,15 @@ impl EngineFactory for OrtFactory {
     }
 
     fn load(&self, path: &Path) -> Result<Box<dyn Engine>, EngineError> {
+        self.load_source(ModelSource::File(path))
+    }
+
+    /// The one place sessions are built: from a file, or from a model
+    /// decrypted into memory (`commit_from_memory`: ONNX Runtime parses
+    /// the buffer and keeps no reference to it, so the caller may wipe it
+    /// once every instance is loaded).
+    fn load_source(&self, source: ModelSource<'_>) -> Result<Box<dyn Engine>, EngineError> {
+        let path = source.label();
         let load_err = |e: ort::Error| EngineError::Load {
             path: path.to_path_buf(),
             message: e.to_string(),
@@ -71,14 +80,17 @@ impl EngineFactory for OrtFactory {
                 path: path.to_path_buf(),
                 message: e.to_string(),
             };
-        let session = Session::builder(&self.env)
+        let mut builder = Session::builder(&self.env)
             .map_err(load_err)?
             .with_intra_threads(self.options.intra_op_threads.max(1))
             .map_err(builder_err)?
             .with_inter_threads(self.options.inter_op_threads.max(1))
-            .map_err(builder_err)?
-            .commit_from_file(path)
-            .map_err(load_err)?;
+            .map_err(builder_err)?;
+        let session = match source {
+            ModelSource::File(file) => builder.commit_from_file(file),
+            ModelSource::Memory { bytes, .. } => builder.commit_from_memory(bytes),
+        }
+        .map_err(load_err)?;
         let metadata = metadata(&session).map_err(|message| EngineError::Load {
             path: path.to_path_buf(),
             message,

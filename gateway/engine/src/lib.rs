@@ -306,6 +306,30 @@ pub struct LoadHints {
     pub max_batch_size: usize,
 }
 
+/// Where a model's bytes come from.
+#[derive(Clone, Copy, Debug)]
+pub enum ModelSource<'a> {
+    /// A file on disk (`<version>/model.onnx`).
+    File(&'a std::path::Path),
+    /// Bytes in memory: a model decrypted at load, which must never be
+    /// written to disk. `label` names it in errors and thread names (the
+    /// encrypted file it came from); it is never opened.
+    Memory {
+        label: &'a std::path::Path,
+        bytes: &'a [u8],
+    },
+}
+
+impl ModelSource<'_> {
+    /// The path that names the model in errors.
+    pub fn label(&self) -> &std::path::Path {
+        match self {
+            ModelSource::File(p) => p,
+            ModelSource::Memory { label, .. } => label,
+        }
+    }
+}
+
 /// How to load a model file into an engine: one per kind of engine.
 ///
 /// Engines that compile models (TensorRT) override the `*_version` methods:
@@ -317,6 +341,19 @@ pub trait EngineFactory: Send + Sync + 'static {
 
     /// Loads one instance. Called off the async runtime (it may block).
     fn load(&self, path: &std::path::Path) -> Result<Box<dyn Engine>, EngineError>;
+
+    /// Loads one instance from a file or from memory. Engines that cannot
+    /// load from memory refuse [`ModelSource::Memory`] (the default).
+    /// Called off the async runtime.
+    fn load_source(&self, source: ModelSource<'_>) -> Result<Box<dyn Engine>, EngineError> {
+        match source {
+            ModelSource::File(path) => self.load(path),
+            ModelSource::Memory { label, .. } => Err(EngineError::Load {
+                path: label.to_path_buf(),
+                message: "this engine cannot load a model from memory".into(),
+            }),
+        }
+    }
 
     /// Whether a version directory holds something this engine can serve.
     fn has_model(&self, version_dir: &std::path::Path) -> bool {

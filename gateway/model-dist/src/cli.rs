@@ -6,9 +6,10 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 
+use crate::encryption::{keygen, FleetPrivateKey, FleetPublicKey, KeygenReport, WrappedKey};
 use crate::manifest::{Manifest, Provenance};
 use crate::names::{version_prefix, MANIFEST_FILE};
-use crate::publish::publish_version;
+use crate::publish::{publish_version_with, rewrap, PublishOptions};
 
 /// Publish a model version to the model repository (signed, immutable).
 #[derive(Debug, Clone, clap::Args)]
@@ -44,6 +45,43 @@ pub struct PublishArgs {
     /// Free-form notes, signed with the version.
     #[arg(long, default_value = "")]
     pub notes: String,
+    /// Publish the model files encrypted (AES-256-GCM, a new data key)
+    /// with the data key wrapped for this fleet public key
+    /// (`fleet-model-key.pub` from `nusactl models keygen`).
+    #[arg(long, value_name = "FLEET_PUBLIC_KEY")]
+    pub encrypt_for: Option<PathBuf>,
+}
+
+/// Make a fleet model key pair for encrypted versions.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KeygenArgs {
+    /// Folder for `fleet-model-key` (private, 0600: only devices get it)
+    /// and `fleet-model-key.pub` (what publishers encrypt for); created
+    /// 0700. Existing keys are never overwritten.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Wrap an encrypted version's data key for another fleet key (rotation):
+/// adds one signed target; the version's files and manifest do not change.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RewrapArgs {
+    /// The model repository.
+    #[arg(long)]
+    pub repo: PathBuf,
+    /// Folder of the model repository's signing keys.
+    #[arg(long)]
+    pub keys: PathBuf,
+    #[arg(long)]
+    pub model: String,
+    #[arg(long)]
+    pub version: String,
+    /// A fleet private key the version's data key is wrapped for now.
+    #[arg(long, value_name = "KEY")]
+    pub old_private: PathBuf,
+    /// The fleet public key to wrap it for.
+    #[arg(long, value_name = "KEY")]
+    pub new_public: PathBuf,
 }
 
 /// What was published.
@@ -65,6 +103,19 @@ impl fmt::Display for PublishReport {
         for file in &m.files {
             writeln!(f, "  {}  {}  {} bytes", file.sha256, file.path, file.length)?;
         }
+        if let Some(enc) = &m.encryption {
+            let files: Vec<&str> = enc.files.iter().map(|f| f.path.as_str()).collect();
+            writeln!(
+                f,
+                "  encrypted ({}, key wrapped {}): {}",
+                enc.algorithm,
+                enc.key_wrapping,
+                files.join(", ")
+            )?;
+            for t in self.targets.iter().filter(|t| t.contains("/keys/")) {
+                writeln!(f, "  key wrapping {t}")?;
+            }
+        }
         Ok(())
     }
 }
@@ -78,13 +129,21 @@ pub async fn run_publish(args: &PublishArgs) -> anyhow::Result<PublishReport> {
         publisher: args.publisher.clone(),
         notes: args.notes.clone(),
     };
-    let manifest = publish_version(
+    let encrypt_for = args
+        .encrypt_for
+        .as_deref()
+        .map(FleetPublicKey::read)
+        .transpose()
+        .context("--encrypt-for")?;
+    let options = PublishOptions { encrypt_for };
+    let manifest = publish_version_with(
         &args.repo,
         &args.keys,
         &args.model,
         &args.version,
         &args.dir,
         &provenance,
+        &options,
     )
     .await
     .with_context(|| {
@@ -101,8 +160,45 @@ pub async fn run_publish(args: &PublishArgs) -> anyhow::Result<PublishReport> {
         .iter()
         .map(|file| format!("{prefix}{}", file.path))
         .collect();
+    if let Some(key) = &options.encrypt_for {
+        targets.push(format!("{prefix}{}", WrappedKey::file_path(&key.key_id())));
+    }
     targets.push(format!("{prefix}{MANIFEST_FILE}"));
     Ok(PublishReport { targets, manifest })
+}
+
+/// Writes a new fleet key pair.
+pub fn run_keygen(args: &KeygenArgs) -> anyhow::Result<KeygenReport> {
+    keygen(&args.out).with_context(|| format!("keygen into {}", args.out.display()))
+}
+
+/// Adds a wrapping for the new key; returns the target added.
+pub async fn run_rewrap(args: &RewrapArgs) -> anyhow::Result<String> {
+    let old = FleetPrivateKey::read(&args.old_private).context("--old-private")?;
+    let new = FleetPublicKey::read(&args.new_public).context("--new-public")?;
+    let key_id = rewrap(
+        &args.repo,
+        &args.keys,
+        &args.model,
+        &args.version,
+        &old,
+        &new,
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "rewrapping {} version {} in {}",
+            args.model,
+            args.version,
+            args.repo.display()
+        )
+    })?;
+    Ok(format!(
+        "models/{}/{}/{}",
+        args.model,
+        args.version,
+        WrappedKey::file_path(&key_id)
+    ))
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use nusa_ota::fetch::HttpFetcher;
 use nusa_ota_core::Sha256Digest;
 use nusa_ota_tuf::{Client, FilesystemTransport, Limits, TargetInfo, Transport, Url};
 
+use crate::encryption::{is_key_id, KEYS_DIR, MAX_KEY_BYTES, WRAPPED_KEY_FILE};
 use crate::manifest::{Manifest, MANIFEST_FORMAT, MAX_MANIFEST_BYTES};
 use crate::names::{check_model, parse_version, split_target, MANIFEST_FILE};
 use crate::ModelError;
@@ -170,6 +171,10 @@ impl ModelClient {
         let version = published.manifest.version;
         let final_dir = dest_dir.join(model).join(version.to_string());
         if final_dir.exists() {
+            // Key wrappings added since it was installed (a rewrap for a
+            // new fleet key) are fetched into it; nothing else changes.
+            self.add_key_wrappings(&published, dest_dir, &final_dir)
+                .await?;
             return download::check_installed(&published, &final_dir);
         }
         let staging = dest_dir
@@ -204,6 +209,65 @@ impl ModelClient {
             files,
             already_installed: false,
         })
+    }
+
+    /// Reads the signed target `name` (its whole verified content), if its
+    /// signed length is at most `max`.
+    pub async fn read_signed(&self, name: &str, max: u64) -> Result<Vec<u8>, ModelError> {
+        let info = self
+            .tuf
+            .targets()?
+            .into_iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| ModelError::BadManifest {
+                model: String::new(),
+                version: 0,
+                detail: format!("{name} is not signed"),
+            })?;
+        if info.length > max {
+            return Err(ModelError::TooLong {
+                name: name.to_owned(),
+                length: max,
+            });
+        }
+        Ok(self.tuf.read_target(name).await?)
+    }
+
+    /// Fetches the key wrappings (`keys/<id>/key.json`) of an installed
+    /// version that it lacks: staged and verified like any file, then
+    /// renamed into the version folder.
+    async fn add_key_wrappings(
+        &self,
+        published: &PublishedVersion,
+        dest_dir: &Path,
+        final_dir: &Path,
+    ) -> Result<(), ModelError> {
+        let version = published.manifest.version;
+        for (path, info) in &published.targets {
+            if !is_key_wrapping(path) || final_dir.join(path).exists() {
+                continue;
+            }
+            let staging = dest_dir
+                .join(INCOMING_DIR)
+                .join(&published.manifest.model)
+                .join(format!("{version}.keys"));
+            let to = staging.join(path);
+            if let Some(parent) = to.parent() {
+                make_dir(parent)?;
+            }
+            download::fetch_file(self.fetcher.as_ref(), info, &to, &[]).await?;
+            let dest = final_dir.join(path);
+            if let Some(parent) = dest.parent() {
+                make_dir(parent)?;
+            }
+            std::fs::rename(&to, &dest).map_err(ModelError::io(&dest))?;
+            if let Some(parent) = dest.parent() {
+                download::sync_dir(parent)?;
+            }
+            let _ = std::fs::remove_dir_all(&staging);
+            tracing::info!(model = %published.manifest.model, version, %path, "key wrapping installed");
+        }
+        Ok(())
     }
 
     /// The signed targets under `models/`, grouped by (model, version).
@@ -281,11 +345,38 @@ impl ModelClient {
                 )));
             }
         }
-        if let Some(extra) = signed.keys().find(|p| !seen.contains(*p)) {
+        // Key wrappings are signed targets the manifest cannot list (a
+        // rewrap adds them later): allowed for encrypted versions only,
+        // each `keys/<key-id>/key.json` and small.
+        let encrypted = manifest.encryption.is_some();
+        if let Some(extra) = signed
+            .iter()
+            .find(|(p, info)| {
+                let key_wrapping = encrypted && is_key_wrapping(p) && info.length <= MAX_KEY_BYTES;
+                !(seen.contains(*p) || key_wrapping)
+            })
+            .map(|(p, _)| p)
+        {
             return Err(bad(format!("{extra} is signed but not listed")));
+        }
+        if let Some(enc) = &manifest.encryption {
+            for file in &enc.files {
+                if !seen.contains(file.path.as_str()) {
+                    return Err(bad(format!("encrypted file {} is not listed", file.path)));
+                }
+            }
         }
         Ok(PublishedVersion { manifest, targets })
     }
+}
+
+/// Whether a version's file path is a key wrapping, `keys/<key-id>/key.json`.
+pub(crate) fn is_key_wrapping(path: &str) -> bool {
+    path.strip_prefix(KEYS_DIR)
+        .and_then(|p| p.strip_prefix('/'))
+        .and_then(|p| p.strip_suffix(WRAPPED_KEY_FILE))
+        .and_then(|p| p.strip_suffix('/'))
+        .is_some_and(is_key_id)
 }
 
 /// The same file path in the model's other installed versions.

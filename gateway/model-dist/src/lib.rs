@@ -18,6 +18,7 @@
 
 mod cli;
 mod client;
+pub mod encryption;
 mod error;
 mod installed;
 mod manifest;
@@ -29,15 +30,20 @@ use std::path::Path;
 
 use nusa_ota_core::{Sha256Digest, Sha256Hasher};
 
-pub use cli::{run_publish, PublishArgs, PublishReport};
+pub use cli::{
+    run_keygen, run_publish, run_rewrap, KeygenArgs, PublishArgs, PublishReport, RewrapArgs,
+};
 pub use client::{FetchReport, FileOutcome, ModelClient, Outcome, PublishedVersion, INCOMING_DIR};
 pub use error::ModelError;
 pub use installed::{verify_installed, SignedManifest};
 pub use manifest::{
-    Manifest, ManifestFile, Provenance, ProvenanceError, MANIFEST_FORMAT, MAX_MANIFEST_BYTES,
+    EncryptedFile, Encryption, Manifest, ManifestFile, Provenance, ProvenanceError,
+    ENCRYPTED_FORMAT, MANIFEST_FORMAT, MAX_MANIFEST_BYTES, PLAIN_FORMAT,
 };
 pub use names::{check_file_path, check_model, parse_version, MANIFEST_FILE, MODELS_DIR};
-pub use publish::{init_repo, publish_version, PublishError};
+pub use publish::{
+    init_repo, publish_version, publish_version_with, rewrap, PublishError, PublishOptions,
+};
 // Maintaining the model repository is the same as the release one's.
 pub use nusa_ota_tuf::{rotate_root, set_expiry, Expiries, Limits, Role, SigningKeys, Thresholds};
 

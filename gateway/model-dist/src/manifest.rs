@@ -13,8 +13,15 @@
 use nusa_ota_core::Sha256Digest;
 use serde::{Deserialize, Serialize};
 
-/// The manifest format this code writes and the highest it reads.
-pub const MANIFEST_FORMAT: u32 = 1;
+/// The highest manifest format this code reads. Plain versions are
+/// written as format 1 (every device reads them); encrypted ones as
+/// [`ENCRYPTED_FORMAT`], which older devices refuse ("update the device
+/// first") instead of installing ciphertext as a model.
+pub const MANIFEST_FORMAT: u32 = 2;
+/// The format of a manifest with an `encryption` section.
+pub const ENCRYPTED_FORMAT: u32 = 2;
+/// The format of a manifest without one.
+pub const PLAIN_FORMAT: u32 = 1;
 
 /// Largest manifest a device reads (checked against the signed length
 /// before any byte is fetched).
@@ -35,8 +42,48 @@ pub struct Manifest {
     /// publishing run.
     pub published_at: String,
     pub provenance: Provenance,
-    /// Every file of the version except the manifest, sorted by path.
+    /// Every file of the version except the manifest and the key
+    /// wrappings (`keys/`), sorted by path.
     pub files: Vec<ManifestFile>,
+    /// Present when the model files are published encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+}
+
+/// How a version's model files are encrypted. Signed with the manifest;
+/// the data key itself is not here but in the version's key wrappings,
+/// `keys/<key-id>/key.json`, one signed target per fleet key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Encryption {
+    /// The files' cipher: `AES-256-GCM` (the tag ends each file).
+    pub algorithm: String,
+    /// How the data key is wrapped: `X25519-HKDF-SHA256-AES-256-GCM`.
+    pub key_wrapping: String,
+    /// Each encrypted file, sorted by path.
+    pub files: Vec<EncryptedFile>,
+}
+
+/// One encrypted file of a version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptedFile {
+    /// The published ciphertext, listed in `files` (`model.onnx.enc`).
+    pub path: String,
+    /// The plaintext's name, also bound into the cipher's associated data
+    /// with the model and version (`model.onnx`).
+    pub plaintext: String,
+    /// The 96-bit nonce, hex.
+    pub nonce: String,
+}
+
+impl Manifest {
+    /// The encrypted file whose plaintext is `plaintext` (`model.onnx`).
+    pub fn encrypted(&self, plaintext: &str) -> Option<&EncryptedFile> {
+        self.encryption
+            .as_ref()?
+            .files
+            .iter()
+            .find(|f| f.plaintext == plaintext)
+    }
 }
 
 /// Where a model version came from, as its publisher states it.
@@ -148,9 +195,29 @@ mod tests {
         let json = r#"{"format":1,"model":"m","version":2,
             "published_at":"2025-01-31T12:00:00Z",
             "provenance":{"source_revision":"r","publisher":"p"},
-            "files":[],"encryption":{"scheme":"future"}}"#;
+            "files":[],"golden_results":{"scheme":"future"}}"#;
         let m: Manifest = serde_json::from_str(json).expect("reads");
         assert_eq!(m.provenance.training_run, None);
         assert_eq!(m.provenance.notes, "");
+        assert_eq!(m.encryption, None);
+    }
+
+    #[test]
+    fn an_encryption_section_round_trips_and_is_omitted_when_absent() {
+        let json = r#"{"format":2,"model":"m","version":2,
+            "published_at":"2025-01-31T12:00:00Z",
+            "provenance":{"source_revision":"r","publisher":"p"},
+            "files":[],"encryption":{"algorithm":"AES-256-GCM",
+            "key_wrapping":"X25519-HKDF-SHA256-AES-256-GCM",
+            "files":[{"path":"model.onnx.enc","plaintext":"model.onnx","nonce":"00"}]}}"#;
+        let mut m: Manifest = serde_json::from_str(json).expect("reads");
+        assert_eq!(
+            m.encrypted("model.onnx").map(|f| f.path.as_str()),
+            Some("model.onnx.enc")
+        );
+        assert!(m.encrypted("model.plan").is_none());
+        m.encryption = None;
+        let out = serde_json::to_string(&m).expect("json");
+        assert!(!out.contains("encryption"), "{out}");
     }
 }

@@ -11,8 +11,15 @@ use nusa_ota_tuf::{
     SigningKeys, Thresholds,
 };
 
+use crate::encryption::{
+    encrypt_file, unwrap_key, wrap_key, CryptoError, DataKey, FleetPrivateKey, FleetPublicKey,
+    WrappedKey, ENCRYPTED_SUFFIX, FILE_ALGORITHM, KEYS_DIR, WRAP_ALGORITHM,
+};
 use crate::hash_file;
-use crate::manifest::{Manifest, ManifestFile, Provenance, ProvenanceError, MANIFEST_FORMAT};
+use crate::manifest::{
+    EncryptedFile, Encryption, Manifest, ManifestFile, Provenance, ProvenanceError,
+    ENCRYPTED_FORMAT, PLAIN_FORMAT,
+};
 use crate::names::{check_file_path, check_model, parse_version, version_prefix, MANIFEST_FILE};
 
 /// The files a version directory must have one of.
@@ -48,6 +55,21 @@ pub enum PublishError {
     KeysExist { dir: PathBuf },
     #[error(transparent)]
     Tuf(#[from] nusa_ota_tuf::PublishError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error("model {model} version {version}: {detail}")]
+    Rewrap {
+        model: String,
+        version: u64,
+        detail: String,
+    },
+}
+
+/// How a version is published beyond its files and provenance.
+#[derive(Debug, Clone, Default)]
+pub struct PublishOptions {
+    /// Encrypt the model files for this fleet key (`--encrypt-for`).
+    pub encrypt_for: Option<FleetPublicKey>,
 }
 
 /// Creates a model repository in `repo_dir` with new keys in `keys_dir`
@@ -94,6 +116,35 @@ pub async fn publish_version(
     version_dir: &Path,
     provenance: &Provenance,
 ) -> Result<Manifest, PublishError> {
+    publish_version_with(
+        repo_dir,
+        keys_dir,
+        model,
+        version,
+        version_dir,
+        provenance,
+        &PublishOptions::default(),
+    )
+    .await
+}
+
+/// [`publish_version`] with options. With `encrypt_for`, `model.onnx` and
+/// `model.plan` are published as `model.onnx.enc` and `model.plan.enc`
+/// (AES-256-GCM under a new random data key, the tag at the end), the
+/// manifest (format 2) gets an `encryption` section with each file's
+/// nonce, and the data key, wrapped for the fleet key, is the target
+/// `keys/<key-id>/key.json` of the version. The plaintext is read into
+/// memory and never written anywhere; the hashes signed are the
+/// ciphertext's.
+pub async fn publish_version_with(
+    repo_dir: &Path,
+    keys_dir: &Path,
+    model: &str,
+    version: &str,
+    version_dir: &Path,
+    provenance: &Provenance,
+    options: &PublishOptions,
+) -> Result<Manifest, PublishError> {
     check_model(model)?;
     let version = parse_version(version)?;
     provenance.check()?;
@@ -108,7 +159,66 @@ pub async fn publish_version(
         });
     }
 
-    let files = version_files(version_dir)?;
+    let mut files = version_files(version_dir)?;
+    let scratch = tempfile::tempdir().map_err(|source| PublishError::Io {
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    // With encryption: the model files are replaced by their ciphertext
+    // (written to the scratch folder), and the wrapped key is one more
+    // target that the manifest does not list.
+    let mut encryption = None;
+    let mut extra: Vec<(String, PathBuf)> = Vec::new();
+    if let Some(fleet) = &options.encrypt_for {
+        if let Some((rel, _)) = files.iter().find(|(rel, _)| {
+            MODEL_FILES
+                .iter()
+                .any(|m| *rel == format!("{m}{ENCRYPTED_SUFFIX}"))
+        }) {
+            return Err(PublishError::Layout {
+                dir: version_dir.to_owned(),
+                detail: format!(
+                    "{rel} is the name an encrypted model file is published under; give the \
+                     plaintext model file and --encrypt-for"
+                ),
+            });
+        }
+        let data_key = DataKey::generate()?;
+        let mut encrypted = Vec::new();
+        for (rel, abs) in files.iter_mut() {
+            if !MODEL_FILES.contains(&rel.as_str()) {
+                continue;
+            }
+            let io = |source| PublishError::Io {
+                path: abs.clone(),
+                source,
+            };
+            let mut data = std::fs::read(&*abs).map_err(io)?;
+            let nonce = encrypt_file(&data_key, model, version, rel, &mut data)?;
+            let enc_rel = format!("{rel}{ENCRYPTED_SUFFIX}");
+            let enc_abs = scratch.path().join(&enc_rel);
+            std::fs::write(&enc_abs, &data).map_err(|source| PublishError::Io {
+                path: enc_abs.clone(),
+                source,
+            })?;
+            encrypted.push(EncryptedFile {
+                path: enc_rel.clone(),
+                plaintext: rel.clone(),
+                nonce,
+            });
+            *rel = enc_rel;
+            *abs = enc_abs;
+        }
+        files.sort();
+        encrypted.sort_by(|a, b| a.path.cmp(&b.path));
+        encryption = Some(Encryption {
+            algorithm: FILE_ALGORITHM.to_owned(),
+            key_wrapping: WRAP_ALGORITHM.to_owned(),
+            files: encrypted,
+        });
+        let wrapped = wrap_key(&data_key, fleet, model, version)?;
+        extra.push(write_wrapped(scratch.path(), &wrapped)?);
+    }
     let mut listed = Vec::with_capacity(files.len());
     for (path, abs) in &files {
         let (sha256, length) = hash_file(abs).map_err(|source| PublishError::Io {
@@ -122,17 +232,18 @@ pub async fn publish_version(
         });
     }
     let manifest = Manifest {
-        format: MANIFEST_FORMAT,
+        format: if encryption.is_some() {
+            ENCRYPTED_FORMAT
+        } else {
+            PLAIN_FORMAT
+        },
         model: model.to_owned(),
         version,
         published_at: now_rfc3339(),
         provenance: provenance.clone(),
         files: listed,
+        encryption,
     };
-    let scratch = tempfile::tempdir().map_err(|source| PublishError::Io {
-        path: std::env::temp_dir(),
-        source,
-    })?;
     let manifest_path = scratch.path().join(MANIFEST_FILE);
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| PublishError::Io {
         path: manifest_path.clone(),
@@ -145,6 +256,7 @@ pub async fn publish_version(
 
     let mut targets: Vec<NewTarget<'_>> = files
         .iter()
+        .chain(&extra)
         .map(|(path, abs)| NewTarget {
             name: format!("{prefix}{path}"),
             path: abs,
@@ -224,6 +336,11 @@ fn version_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, PublishError> {
                 format!("{rel_dir}/{name}")
             };
             check_file_path(&rel)?;
+            if rel == KEYS_DIR || rel.starts_with(&format!("{KEYS_DIR}/")) {
+                return Err(layout(format!(
+                    "{rel}: the top-level folder '{KEYS_DIR}' is reserved for key wrappings"
+                )));
+            }
             let kind = entry.file_type().map_err(io)?;
             if kind.is_dir() {
                 pending.push((rel, entry.path()));
@@ -258,4 +375,120 @@ fn now_rfc3339() -> String {
     jiff::Timestamp::from_second(now.as_second())
         .unwrap_or(now)
         .to_string()
+}
+
+/// Writes `wrapped` as `<dir>/keys/<key-id>/key.json`; returns its path in
+/// the version and where it is.
+fn write_wrapped(dir: &Path, wrapped: &WrappedKey) -> Result<(String, PathBuf), PublishError> {
+    let rel = WrappedKey::file_path(&wrapped.key_id);
+    let abs = dir.join(&rel);
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| PublishError::Io { path, source }
+    };
+    if let Some(parent) = abs.parent() {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    let json = serde_json::to_vec_pretty(wrapped).map_err(|e| PublishError::Io {
+        path: abs.clone(),
+        source: e.into(),
+    })?;
+    std::fs::write(&abs, json).map_err(io(&abs))?;
+    Ok((rel, abs))
+}
+
+/// Adds a wrapping of an encrypted version's data key for `new_key`: the
+/// one signed target `models/<model>/<version>/keys/<new-key-id>/key.json`.
+/// The data key is unwrapped from the version's wrapping for `old_key`
+/// (read from the repository's signed targets, each read bounded); the
+/// version's files and manifest are not touched. Returns the new key id.
+/// Refused when the version is not published, not encrypted, has no
+/// wrapping for the old key, or already has one for the new key.
+pub async fn rewrap(
+    repo_dir: &Path,
+    keys_dir: &Path,
+    model: &str,
+    version: &str,
+    old_key: &FleetPrivateKey,
+    new_key: &FleetPublicKey,
+) -> Result<String, PublishError> {
+    check_model(model)?;
+    let version = parse_version(version)?;
+    let keys = SigningKeys::load(keys_dir)?;
+    let fail = |detail: String| PublishError::Rewrap {
+        model: model.to_owned(),
+        version,
+        detail,
+    };
+    let datastore = tempfile::tempdir().map_err(|source| PublishError::Io {
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    let client = crate::ModelClient::open_dir(
+        repo_dir,
+        &repo_dir
+            .join(nusa_ota_tuf::METADATA_DIR)
+            .join("1.root.json"),
+        datastore.path(),
+    )
+    .await
+    .map_err(|e| fail(format!("reading the repository: {e}")))?;
+    let published = client
+        .version(model, &version.to_string())
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    if published.manifest.encryption.is_none() {
+        return Err(fail(
+            "is not encrypted: there is no data key to rewrap".into(),
+        ));
+    }
+    let old_path = WrappedKey::file_path(&old_key.key_id());
+    let new_id = new_key.key_id();
+    let new_path = WrappedKey::file_path(&new_id);
+    if published.targets.iter().any(|(p, _)| *p == new_path) {
+        return Err(fail(format!("already has a key wrapped for {new_id}")));
+    }
+    let Some((_, info)) = published.targets.iter().find(|(p, _)| *p == old_path) else {
+        let have: Vec<&str> = published
+            .targets
+            .iter()
+            .filter_map(|(p, _)| p.strip_prefix("keys/")?.strip_suffix("/key.json"))
+            .collect();
+        return Err(fail(format!(
+            "has no key wrapped for the old key {} (wrapped for: {})",
+            old_key.key_id(),
+            have.join(", ")
+        )));
+    };
+    let bytes = client
+        .read_signed(&info.name, crate::encryption::MAX_KEY_BYTES)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let wrapped: WrappedKey = serde_json::from_slice(&bytes)
+        .map_err(|e| fail(format!("{old_path}: not a wrapped key: {e}")))?;
+    let data_key = unwrap_key(&wrapped, old_key, model, version)?;
+    let rewrapped = wrap_key(&data_key, new_key, model, version)?;
+    let scratch = tempfile::tempdir().map_err(|source| PublishError::Io {
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    let (rel, abs) = write_wrapped(scratch.path(), &rewrapped)?;
+    let name = format!("{}{rel}", version_prefix(model, version));
+    // Its own group: the key id's folder, so the same key cannot be added
+    // twice, and nothing else of the version can be added this way.
+    let group = format!("{}{KEYS_DIR}/{new_id}/", version_prefix(model, version));
+    nusa_ota_tuf::add_targets(
+        repo_dir,
+        &keys,
+        &group,
+        &[NewTarget {
+            name,
+            path: &abs,
+            custom: Default::default(),
+        }],
+        &Expiries::standard(),
+    )
+    .await?;
+    tracing::info!(%model, version, key_id = %new_id, "data key rewrapped");
+    Ok(new_id)
 }

@@ -68,8 +68,16 @@ enum ModelsCmd {
         #[arg(long)]
         keys: PathBuf,
     },
-    /// Publish a model version, signed and immutable, with its provenance.
+    /// Publish a model version, signed and immutable, with its provenance
+    /// (`--encrypt-for FLEET_PUBLIC_KEY`: its model files encrypted).
     Publish(nusa_model_dist::PublishArgs),
+    /// Make the fleet's model key pair for encrypted versions: the private
+    /// key goes to the boxes (`models.decryption_key`), the public key to
+    /// publishers (`publish --encrypt-for`).
+    Keygen(nusa_model_dist::KeygenArgs),
+    /// Wrap an encrypted version's data key for another fleet key (key
+    /// rotation): one new signed target; files and manifest unchanged.
+    Rewrap(nusa_model_dist::RewrapArgs),
 }
 
 pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
@@ -101,6 +109,31 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
                 return print_json(&report.manifest);
             }
             print!("{report}");
+        }
+        ModelsCmd::Keygen(k) => {
+            let report = nusa_model_dist::run_keygen(&k)?;
+            if args.json {
+                return print_json(&serde_json::json!({
+                    "key_id": report.key_id,
+                    "private_key": report.private_key,
+                    "public_key": report.public_key,
+                }));
+            }
+            println!(
+                "fleet model key {}: private {} (0600: install it on the boxes as \
+                 models.decryption_key, keep it off publishers' machines), public {} (for \
+                 publish --encrypt-for)",
+                report.key_id,
+                report.private_key.display(),
+                report.public_key.display()
+            );
+        }
+        ModelsCmd::Rewrap(r) => {
+            let target = nusa_model_dist::run_rewrap(&r).await?;
+            if args.json {
+                return print_json(&serde_json::json!({ "added": target }));
+            }
+            println!("added {target}");
         }
         ModelsCmd::Status => {
             let s: Status = client.get(nusa_admin::MODELS).await?;

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use nusa_engine::{Engine, EngineFactory, LoadHints, ModelMetadata};
+use nusa_engine::{Engine, EngineFactory, LoadHints, ModelMetadata, ModelSource};
 use nusa_sched::Scheduler;
 use nusa_telemetry::Metrics;
 use parking_lot::{Mutex, RwLock};
@@ -64,7 +64,8 @@ pub struct EngineState {
     /// `onnxruntime` or `tensorrt`.
     pub engine: &'static str,
     /// A short code (the metric label): `configured`, `auto_plan`,
-    /// `auto_no_tensorrt`, `auto_no_model`, `building`, `build_failed`.
+    /// `auto_no_tensorrt`, `auto_no_model`, `building`, `build_failed`,
+    /// `encrypted` (decrypted into memory: ONNX Runtime only).
     pub reason: &'static str,
     /// The whole story, for logs and the repository index.
     pub detail: String,
@@ -79,6 +80,37 @@ pub trait Admission: Send + Sync + 'static {
     fn mode(&self) -> &'static str;
     /// Blocking (reads and hashes the files): called off the runtime.
     fn admit(&self, model: &str, version: u64, dir: &Path) -> Result<(), String>;
+}
+
+/// Decrypts the model file of an encrypted version into memory (signed
+/// mode with `models.decryption_key`). The registry asks it for the
+/// plaintext of `model.onnx` when a version folder holds `model.onnx.enc`,
+/// and loads ONNX Runtime from those bytes: plaintext weights never reach
+/// the disk. Without one, an encrypted version is refused.
+pub trait Decryptor: Send + Sync + 'static {
+    /// The plaintext of `plaintext` (`model.onnx`) of `model` `version`,
+    /// installed in `dir`. Blocking (reads and decrypts the file): called
+    /// off the runtime. The error says why (no wrapping for this box's key,
+    /// the wrapping or the ciphertext does not authenticate), never with
+    /// key material.
+    fn decrypt(
+        &self,
+        model: &str,
+        version: u64,
+        dir: &Path,
+        plaintext: &str,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, String>;
+}
+
+/// What an encrypted model file is named in a version folder:
+/// `model.onnx.enc` for `model.onnx`.
+pub const ENCRYPTED_SUFFIX: &str = ".enc";
+
+/// Whether a version folder holds an encrypted model file.
+pub(crate) fn encrypted(dir: &Path) -> bool {
+    ["model.onnx", "model.plan"]
+        .iter()
+        .any(|f| dir.join(format!("{f}{ENCRYPTED_SUFFIX}")).is_file())
 }
 
 /// An operator's request to pull a version now (`nusactl models pull`);
@@ -199,6 +231,8 @@ pub struct Repository {
     /// One change at a time; requests never wait on it.
     changes: tokio::sync::Mutex<state::StateDir>,
     admission: Option<Arc<dyn Admission>>,
+    /// Opens encrypted versions; `None`: they are refused.
+    decryptor: Option<Arc<dyn Decryptor>>,
     /// The puller, in signed mode.
     puller: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<PullRequest>>,
 }
@@ -212,6 +246,7 @@ impl Repository {
         root: &Path,
         state_dir: Option<PathBuf>,
         admission: Option<Arc<dyn Admission>>,
+        decryptor: Option<Arc<dyn Decryptor>>,
         engines: Engines,
         metrics: &Arc<Metrics>,
     ) -> Result<Repository, RegistryError> {
@@ -240,6 +275,7 @@ impl Repository {
             models: RwLock::new(BTreeMap::new()),
             changes: tokio::sync::Mutex::new(state),
             admission,
+            decryptor,
             puller: std::sync::OnceLock::new(),
         };
         for name in names {
@@ -534,6 +570,55 @@ fn compatible(old: &ModelMetadata, new: &ModelMetadata) -> Result<(), String> {
     }
 }
 
+/// Decrypts an encrypted version's `model.onnx` into memory and loads
+/// every instance on ONNX Runtime from those bytes, which are wiped when
+/// the last instance is loaded. TensorRT is not used: its plans are built
+/// from (and cached as) files, and plaintext never reaches the disk.
+async fn encrypted_instances(
+    decryptor: Option<&Arc<dyn Decryptor>>,
+    ort: &Arc<dyn EngineFactory>,
+    dir: &Path,
+    hints: &LoadHints,
+    count: usize,
+) -> Result<Vec<Arc<dyn Engine>>, String> {
+    let (model, version) = (hints.model.clone(), hints.version);
+    let file = ort.model_file();
+    let encrypted_name = format!("{file}{ENCRYPTED_SUFFIX}");
+    if !dir.join(&encrypted_name).is_file() {
+        return Err(format!(
+            "model '{model}' version {version} is encrypted but has no {encrypted_name}: an \
+             encrypted TensorRT plan alone cannot be served (plans are built and loaded from \
+             plaintext files); publish a model.onnx with it"
+        ));
+    }
+    let Some(decryptor) = decryptor.cloned() else {
+        return Err(format!(
+            "model '{model}' version {version} is encrypted ({encrypted_name}) and this box has \
+             no model decryption key (models.decryption_key): not loaded"
+        ));
+    };
+    let ort = Arc::clone(ort);
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let plaintext = decryptor.decrypt(&model, version, &dir, file)?;
+        let label = dir.join(&encrypted_name);
+        let mut engines: Vec<Arc<dyn Engine>> = Vec::with_capacity(count.max(1));
+        for _ in 0..count.max(1) {
+            let engine = ort
+                .load_source(ModelSource::Memory {
+                    label: &label,
+                    bytes: &plaintext,
+                })
+                .map_err(|e| e.to_string())?;
+            engines.push(Arc::from(engine));
+        }
+        // `plaintext` is zeroed as it drops here.
+        Ok(engines)
+    })
+    .await
+    .map_err(|e| format!("loader panicked: {e}"))?
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn load_version(
     dir: &Path,
@@ -543,6 +628,7 @@ async fn load_version(
     config: &ModelConfig,
     selected: &Selected,
     all: &Engines,
+    decryptor: Option<&Arc<dyn Decryptor>>,
     metrics: &Arc<Metrics>,
 ) -> Result<(ModelVersion, Option<PendingBuild>), String> {
     let policy = config.policy();
@@ -552,16 +638,34 @@ async fn load_version(
         version,
         max_batch_size: policy.max_batch_size,
     };
+    let loaded = if encrypted(dir) {
+        let engines = encrypted_instances(decryptor, &all.onnxruntime, dir, &hints, count).await?;
+        tracing::info!(model = %name, version, "encrypted version decrypted into memory and loaded on ONNX Runtime");
+        Some(engines)
+    } else {
+        instances(&selected.factory, dir, &hints, count).await?
+    };
+    let (selected_engine, selected_code, selected_reason) = if encrypted(dir) {
+        (
+            "onnxruntime",
+            "encrypted",
+            "encrypted version: decrypted into memory and served by ONNX Runtime (TensorRT \
+             plans are built from plaintext files, which never reach this disk)"
+                .to_string(),
+        )
+    } else {
+        (selected.engine, selected.code, selected.reason.clone())
+    };
     // `digest` was hashed before the engines load, and is checked again
     // after: files replaced in between would leave it naming other weights
     // than the ones served.
-    let (engines, state, pending) = match instances(&selected.factory, dir, &hints, count).await? {
+    let (engines, state, pending) = match loaded {
         Some(engines) => (
             engines,
             EngineState {
-                engine: selected.engine,
-                reason: selected.code,
-                detail: selected.reason.clone(),
+                engine: selected_engine,
+                reason: selected_code,
+                detail: selected_reason,
             },
             None,
         ),

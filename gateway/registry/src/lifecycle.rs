@@ -20,7 +20,7 @@ use nusa_tensor::{element_count, DataType, Tensor, TensorData};
 
 use crate::state::{now_s, Event};
 use crate::{
-    load_version, select, version_digest, ChangeError, Model, ModelConfig, ModelVersion,
+    encrypted, load_version, select, version_digest, ChangeError, Model, ModelConfig, ModelVersion,
     Repository, VersionPolicy, Warmup,
 };
 
@@ -279,7 +279,9 @@ impl Repository {
         let mut versions: Vec<u64> = std::fs::read_dir(dir)
             .map(|rd| {
                 rd.filter_map(Result::ok)
-                    .filter(|e| factories.iter().any(|f| f.has_model(&e.path())))
+                    .filter(|e| {
+                        encrypted(&e.path()) || factories.iter().any(|f| f.has_model(&e.path()))
+                    })
                     .filter_map(|e| e.file_name().to_str().and_then(canonical_version))
                     .collect()
             })
@@ -328,7 +330,9 @@ impl Repository {
         let mut versions: Vec<u64> = match std::fs::read_dir(&dir) {
             Ok(rd) => rd
                 .filter_map(Result::ok)
-                .filter(|e| factory.has_model(&e.path()))
+                // Encrypted versions too: refused with the reason when this
+                // box cannot decrypt them, never silently skipped.
+                .filter(|e| factory.has_model(&e.path()) || encrypted(&e.path()))
                 .filter_map(|e| e.file_name().to_str().and_then(canonical_version))
                 .collect(),
             Err(e) => {
@@ -399,6 +403,7 @@ impl Repository {
                 &model.config,
                 &selected,
                 &self.engines,
+                self.decryptor.as_ref(),
                 &self.metrics,
             )
             .await;

@@ -79,6 +79,7 @@ async fn provenance_round_trips() {
         data_digest: Some("sha256:0123".into()),
         publisher: "ana@example".into(),
         notes: "retrained on\nJanuary data".into(),
+        encrypt_for: None,
     };
     let report = run_publish(&args).await.unwrap();
     assert_eq!(
