@@ -114,6 +114,13 @@ def test_published_models_are_pulled_verified_hot_swapped_and_tampering_refused(
             st = wait_serving(s, 1)
             assert st["mode"] == "signed"
             assert answer(s, x) == 1
+            # The signed provenance travels to the box's status and list.
+            prov = st["models"][0]["versions"][0]["provenance"]
+            assert (prov["source_revision"], prov["training_run"], prov["publisher"]) == \
+                ("rev-1", "run-1", "test@nusa"), prov
+            assert prov["published_at"].endswith("Z"), prov
+            listed = nusactl(s, "list").stdout
+            assert "test@nusa rev rev-1 run-1" in listed, listed
             # Files came with Range requests from the static server.
             assert any("/targets/" in r and "bytes=" in r for r in repo.requests), repo.requests[-5:]
 
@@ -125,6 +132,7 @@ def test_published_models_are_pulled_verified_hot_swapped_and_tampering_refused(
             events = [(e["event"], e.get("version")) for e in
                       json.loads(nusactl(s, "history", MODEL, "--json").stdout)["events"]]
             assert ("pull", 1) in events and ("pull", 2) in events and ("swap", 2) in events, events
+            assert events.count(("published", 1)) == 1 and ("published", 2) in events, events
 
             # Weights changed on the data partition after the pull: refused
             # at the next load, and version 1 keeps serving.

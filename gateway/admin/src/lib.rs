@@ -90,6 +90,10 @@ pub struct VersionStatus {
     pub engine: String,
     /// Why this engine (e.g. ONNX Runtime while a TensorRT plan builds).
     pub engine_detail: String,
+    /// Signed mode: the version's signed provenance (source revision,
+    /// training run, data digest, publisher, notes) and `published_at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<serde_json::Value>,
 }
 
 /// The answer to a load, an unload or a pin.

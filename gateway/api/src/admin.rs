@@ -128,6 +128,7 @@ fn model_status(m: &Model) -> ModelStatus {
                     digest: mv.digest.to_string(),
                     engine: e.engine.into(),
                     engine_detail: e.detail,
+                    provenance: mv.provenance.clone(),
                 }
             })
             .collect(),

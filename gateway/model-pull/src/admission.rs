@@ -33,7 +33,12 @@ impl Admission for SignedAdmission {
         "signed"
     }
 
-    fn admit(&self, model: &str, version: u64, dir: &Path) -> Result<(), String> {
+    fn admit(
+        &self,
+        model: &str,
+        version: u64,
+        dir: &Path,
+    ) -> Result<Option<serde_json::Value>, String> {
         let signed = self
             .signed
             .read()
@@ -51,8 +56,12 @@ impl Admission for SignedAdmission {
                 None
             }
         };
-        verify_installed(dir, model, version, reference)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        let manifest =
+            verify_installed(dir, model, version, reference).map_err(|e| e.to_string())?;
+        let mut shown = serde_json::to_value(&manifest.provenance).unwrap_or_default();
+        if let Some(o) = shown.as_object_mut() {
+            o.insert("published_at".into(), manifest.published_at.into());
+        }
+        Ok(Some(shown))
     }
 }

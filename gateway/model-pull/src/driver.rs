@@ -43,6 +43,7 @@ struct PullMetrics {
     pulls: Counter,
     failures: Counter,
     waiting: Gauge,
+    rate: Gauge,
 }
 
 impl PullMetrics {
@@ -52,6 +53,7 @@ impl PullMetrics {
             pulls: Counter::default(),
             failures: Counter::default(),
             waiting: Gauge::default(),
+            rate: Gauge::default(),
         };
         metrics.register_with(|r| {
             r.register(
@@ -68,6 +70,11 @@ impl PullMetrics {
                 "model_pull_failures",
                 "Polls or pulls of the model repository that failed (retried with backoff)",
                 m.failures.clone(),
+            );
+            r.register(
+                "model_pull_rate_bytes_per_second",
+                "Download rate of the last model version pulled",
+                m.rate.clone(),
             );
             r.register(
                 "model_pulls_waiting",
@@ -87,6 +94,8 @@ pub struct Puller {
     metrics: PullMetrics,
     /// The last reason each waiting version gave (logged when it changes).
     waiting: BTreeMap<(String, u64), String>,
+    /// Versions whose publication is in the history already.
+    seen: BTreeSet<(String, u64)>,
 }
 
 impl Puller {
@@ -107,6 +116,7 @@ impl Puller {
             requests,
             metrics: PullMetrics::new(metrics),
             waiting: BTreeMap::new(),
+            seen: BTreeSet::new(),
         }
     }
 
@@ -115,6 +125,18 @@ impl Puller {
     /// operator asks for a version.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Backoff::new(5, self.config.poll_interval.as_secs().max(5));
+        // Publications recorded before a restart are not recorded again.
+        if let Ok(events) = self
+            .repo
+            .history(None, nusa_registry::MAX_HISTORY_EVENTS)
+            .await
+        {
+            self.seen = events
+                .into_iter()
+                .filter(|e| e.event == "published")
+                .filter_map(|e| Some((e.model, e.version?)))
+                .collect();
+        }
         let mut asked: Vec<PullRequest> = Vec::new();
         loop {
             let wait = match self.cycle(&mut asked).await {
@@ -189,10 +211,29 @@ impl Puller {
         let client = self.open().await?;
         self.admission
             .update(client.signed_manifests().map_err(|e| e.to_string())?);
-        let published: Vec<Published> = client
-            .list_versions()
-            .await
-            .map_err(|e| e.to_string())?
+        let listed = client.list_versions().await.map_err(|e| e.to_string())?;
+        for p in &listed {
+            let m = &p.manifest;
+            if self.seen.insert((m.model.clone(), m.version)) {
+                let how = m
+                    .provenance
+                    .training_run
+                    .as_deref()
+                    .or(m.provenance.data_digest.as_deref())
+                    .unwrap_or("");
+                self.record(
+                    &m.model,
+                    Some(m.version),
+                    "published",
+                    format!(
+                        "seen in the model repository: published {} by {} (source {}, {how})",
+                        m.published_at, m.provenance.publisher, m.provenance.source_revision
+                    ),
+                )
+                .await;
+            }
+        }
+        let published: Vec<Published> = listed
             .into_iter()
             .map(|p| Published {
                 bytes: p.targets.iter().map(|(_, t)| t.length).sum(),
@@ -312,6 +353,10 @@ impl Puller {
         let got = report.downloaded_bytes();
         self.metrics.bytes.inc_by(got);
         self.metrics.pulls.inc();
+        let secs = started.elapsed().as_secs_f64();
+        if secs > 0.0 {
+            self.metrics.rate.set((got as f64 / secs) as i64);
+        }
         let detail = format!(
             "installed: {got} of {bytes} bytes downloaded in {:.1} s (the rest kept, resumed or copied)",
             started.elapsed().as_secs_f64()

@@ -163,17 +163,18 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
                 return print_json(&s.models);
             }
             println!(
-                "{:<24} {:>8} {:<16} {:<12} ENGINE DETAIL",
-                "MODEL", "VERSION", "DIGEST", "ENGINE"
+                "{:<24} {:>8} {:<16} {:<12} {:<40} ENGINE DETAIL",
+                "MODEL", "VERSION", "DIGEST", "ENGINE", "PROVENANCE"
             );
             for m in &s.models {
                 for v in &m.versions {
                     println!(
-                        "{:<24} {:>8} {:<16} {:<12} {}",
+                        "{:<24} {:>8} {:<16} {:<12} {:<40} {}",
                         m.name,
                         v.version,
                         v.digest.get(..16).unwrap_or(&v.digest),
                         v.engine,
+                        provenance(v.provenance.as_ref()),
                         v.engine_detail
                     );
                 }
@@ -270,6 +271,25 @@ async fn run_goldens(dir: &std::path::Path) -> anyhow::Result<usize> {
             .map_err(anyhow::Error::msg)?;
     }
     Ok(goldens.len())
+}
+
+/// One line of a version's signed provenance: who, from what, when.
+fn provenance(p: Option<&serde_json::Value>) -> String {
+    let Some(p) = p else {
+        return "-".into();
+    };
+    let field = |k: &str| p.get(k).and_then(|v| v.as_str()).unwrap_or("");
+    let run = [field("training_run"), field("data_digest")]
+        .into_iter()
+        .find(|s| !s.is_empty())
+        .unwrap_or("");
+    format!(
+        "{} rev {} {} {}",
+        field("publisher"),
+        field("source_revision"),
+        run,
+        field("published_at")
+    )
 }
 
 fn describe_mode(mode: &str) -> String {

@@ -39,6 +39,9 @@ pub struct ModelVersion {
     /// The version directory's files as loaded: what the cache keys the
     /// version's answers by.
     pub digest: VersionDigest,
+    /// Where it came from (signed mode: the manifest's provenance and
+    /// publication time, as the admission read them).
+    pub provenance: Option<serde_json::Value>,
     pub metadata: ModelMetadata,
     pub scheduler: Scheduler,
     pub max_batch_size: usize,
@@ -79,7 +82,14 @@ pub trait Admission: Send + Sync + 'static {
     /// `signed`, shown by the status (`directory` without an admission).
     fn mode(&self) -> &'static str;
     /// Blocking (reads and hashes the files): called off the runtime.
-    fn admit(&self, model: &str, version: u64, dir: &Path) -> Result<(), String>;
+    /// Returns what the status shows of where the version came from (the
+    /// signed provenance and publication time), if anything.
+    fn admit(
+        &self,
+        model: &str,
+        version: u64,
+        dir: &Path,
+    ) -> Result<Option<serde_json::Value>, String>;
 }
 
 /// Decrypts the model file of an encrypted version into memory (signed
@@ -721,6 +731,7 @@ async fn load_version(
         ModelVersion {
             version,
             digest,
+            provenance: None,
             metadata,
             scheduler,
             max_batch_size,

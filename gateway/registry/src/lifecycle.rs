@@ -383,16 +383,20 @@ impl Repository {
                 model.versions.insert(v, Arc::clone(old));
                 continue;
             }
+            let mut provenance = None;
             if let Some(admission) = &self.admission {
                 let (a, m, d) = (Arc::clone(admission), name.to_string(), vdir.clone());
                 let admitted = tokio::task::spawn_blocking(move || a.admit(&m, v, &d))
                     .await
                     .map_err(|e| format!("admission panicked: {e}"))
                     .and_then(|r| r);
-                if let Err(e) = admitted {
-                    tracing::error!(model = %name, version = v, error = %e, "version refused by admission");
-                    model.error = Some(format!("version {v} refused: {e}"));
-                    continue;
+                match admitted {
+                    Ok(p) => provenance = p,
+                    Err(e) => {
+                        tracing::error!(model = %name, version = v, error = %e, "version refused by admission");
+                        model.error = Some(format!("version {v} refused: {e}"));
+                        continue;
+                    }
                 }
             }
             let loaded = load_version(
@@ -408,7 +412,8 @@ impl Repository {
             )
             .await;
             match loaded {
-                Ok((mv, pending)) => {
+                Ok((mut mv, pending)) => {
+                    mv.provenance = provenance;
                     if let Err(e) = check_before_traffic(&mv, &vdir, model.config.warmup).await {
                         model.error = Some(format!("version {v}: {e}"));
                         self.forget_engine(name, &mv);
