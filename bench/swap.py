@@ -170,6 +170,8 @@ class NusadTarget:
         (models / MODEL / "config.toml").write_text(nt.toml_dumps(config))
         self.models = models
         self.server = nt.NusadServer("swapbench", workdir, models, {"limits": {"max_body_bytes": 1 << 20}})
+        # The malloc tuning the appliance's unit gives nusad (one home: the unit).
+        self.server.env.update(unit_environment())
         self.bodies = [nt.infer_request({"x": versions.rows[i:i + 1]}, outputs=["y"]) for i in range(ROWS)]
         self.path = nt.infer_path(MODEL)
         self.swaps = 0
@@ -590,6 +592,16 @@ def section(results: list[Result], triton_note: bool = True, number: str = "6") 
             "model is down in between.",
             "- server#3320, server#6836 (quoted): memory not returned after unload.", ""]
     return lines
+
+
+def unit_environment() -> dict[str, str]:
+    """The Environment= lines of systemd/nusad.service, as systemd sets them."""
+    env = {}
+    for line in (ROOT / "systemd" / "nusad.service").read_text().splitlines():
+        if line.startswith("Environment="):
+            k, _, v = line[len("Environment="):].partition("=")
+            env[k] = v
+    return env
 
 
 def run(workdir: Path, quick: bool, mlserver: bool = True, log=print) -> list[Result]:
