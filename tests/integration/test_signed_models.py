@@ -196,3 +196,55 @@ def test_outside_the_window_nothing_is_pulled_until_an_operator_asks(tmp_path):
         assert r.returncode != 0 and "not published" in r.stderr, r.stderr
     finally:
         s.stop_checked()
+
+
+def test_a_long_pull_shows_progress_and_eta_under_the_bandwidth_cap(tmp_path):
+    """A 512 KiB model at 64 KiB/s over HTTPS: while it comes, the metrics
+    show the bytes in place and an ETA and the log a progress line; it
+    cannot arrive faster than the cap (a lower bound only)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(5).standard_normal((362, 362)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], MODEL,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 362])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 362])],
+        [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    pub = Publisher(tmp_path)
+    vdir = tmp_path / "big"
+    vdir.mkdir()
+    (vdir / "model.onnx").write_bytes(model.SerializeToString())
+    size = (vdir / "model.onnx").stat().st_size
+    run(str(nt.nusactl_binary()), "models", "publish", "--repo", str(pub.repo), "--keys", str(pub.keys),
+        "--model", MODEL, "--version", "1", "--dir", str(vdir), "--source-revision", "r",
+        "--training-run", "t", "--publisher", "p")
+    ca, cert, key = tls_for_127(tmp_path)
+    cap = 64 << 10
+    with RepoServer(pub.repo, tls=(cert, key)) as repo:
+        s = signed_server(tmp_path / "box", pub, f"https://127.0.0.1:{repo.port}", ca,
+                          max_bytes_per_second=cap)
+        try:
+            started = time.monotonic()
+            seen = []
+            while True:
+                samples = nt.scrape_metrics(s)
+                total = nt.metric_sum(samples, "nusa_model_pull_size_bytes")
+                if total > 0:
+                    seen.append((nt.metric_sum(samples, "nusa_model_pull_progress_bytes"), total,
+                                 nt.metric_sum(samples, "nusa_model_pull_eta_seconds")))
+                if (s.data_dir / "models" / MODEL / "1").exists():
+                    break
+                assert time.monotonic() - started < 60, s.log_tail()
+                time.sleep(0.5)
+            took = time.monotonic() - started
+            assert any(0 < d < t and eta > 0 for d, t, eta in seen), seen
+            assert any(t >= size for _, t, _ in seen), (seen, size)
+            assert "% (" in s.log_tail() and "ETA" in s.log_tail()
+            # 16 KiB of burst, then 64 KiB/s.
+            assert took >= (size - (16 << 10)) / cap - 1, f"{size} bytes at {cap} B/s in {took:.1f} s"
+            wait_serving(s, 1)
+        finally:
+            s.stop_checked()

@@ -12,6 +12,8 @@ mod download;
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 use nusa_ota::fetch::HttpFetcher;
 use nusa_ota_core::Sha256Digest;
@@ -35,6 +37,8 @@ type Groups = BTreeMap<(String, u64), Vec<(String, TargetInfo)>>;
 pub struct ModelClient {
     tuf: Client,
     fetcher: Option<HttpFetcher>,
+    /// Bytes of the version being fetched that are in place so far.
+    progress: Option<Arc<AtomicU64>>,
 }
 
 impl std::fmt::Debug for ModelClient {
@@ -80,7 +84,19 @@ impl ModelClient {
             limits,
         )
         .await?;
-        Ok(Self { tuf, fetcher })
+        Ok(Self {
+            tuf,
+            fetcher,
+            progress: None,
+        })
+    }
+
+    /// Counts, into `counter`, the bytes of each version `fetch_version`
+    /// brings in place (kept, copied, resumed from and downloaded): a long
+    /// pull's progress.
+    pub fn with_progress(mut self, counter: Arc<AtomicU64>) -> Self {
+        self.progress = Some(counter);
+        self
     }
 
     /// A repository in a local folder (a USB stick, a mounted share).
@@ -189,8 +205,14 @@ impl ModelClient {
                 make_dir(parent)?;
             }
             let candidates = other_versions(dest_dir, model, version, path);
-            let outcome =
-                download::fetch_file(self.fetcher.as_ref(), info, &to, &candidates).await?;
+            let outcome = download::fetch_file(
+                self.fetcher.as_ref(),
+                info,
+                &to,
+                &candidates,
+                self.progress.as_deref(),
+            )
+            .await?;
             files.push(FileOutcome {
                 path: path.clone(),
                 outcome,
@@ -255,7 +277,7 @@ impl ModelClient {
             if let Some(parent) = to.parent() {
                 make_dir(parent)?;
             }
-            download::fetch_file(self.fetcher.as_ref(), info, &to, &[]).await?;
+            download::fetch_file(self.fetcher.as_ref(), info, &to, &[], None).await?;
             let dest = final_dir.join(path);
             if let Some(parent) = dest.parent() {
                 make_dir(parent)?;

@@ -203,6 +203,37 @@ pub fn plan(policy: &Policy, published: &[Published], facts: &Facts) -> Vec<Step
     steps
 }
 
+/// Where a pull stands: `done` of `total` bytes in place after
+/// `elapsed_ms`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Progress {
+    pub percent: f64,
+    /// Bytes per second so far.
+    pub rate: f64,
+    /// Seconds left at that rate; `None` before any byte came.
+    pub eta_s: Option<u64>,
+}
+
+pub fn progress(done: u64, total: u64, elapsed_ms: u64) -> Progress {
+    let done = done.min(total);
+    let percent = if total == 0 {
+        100.0
+    } else {
+        done as f64 * 100.0 / total as f64
+    };
+    let rate = if elapsed_ms == 0 {
+        0.0
+    } else {
+        done as f64 * 1000.0 / elapsed_ms as f64
+    };
+    let eta_s = (rate > 0.0).then(|| ((total - done) as f64 / rate).ceil() as u64);
+    Progress {
+        percent,
+        rate,
+        eta_s,
+    }
+}
+
 /// Waits between failed attempts: doubling from `first` up to `max`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backoff {
@@ -387,6 +418,15 @@ mod tests {
         );
         assert_eq!(steps.len(), 1);
         assert!(matches!(&steps[0], Step::Pull { model, .. } if model == "b"));
+    }
+
+    #[test]
+    fn progress_says_how_far_how_fast_and_how_long() {
+        let p = progress(25, 100, 5_000);
+        assert_eq!((p.percent, p.rate, p.eta_s), (25.0, 5.0, Some(15)));
+        assert_eq!(progress(0, 100, 3_000).eta_s, None);
+        assert_eq!(progress(150, 100, 1_000).percent, 100.0);
+        assert_eq!(progress(0, 0, 0).percent, 100.0);
     }
 
     #[test]

@@ -44,6 +44,10 @@ struct PullMetrics {
     failures: Counter,
     waiting: Gauge,
     rate: Gauge,
+    /// The pull in progress: bytes in place, of, seconds left.
+    done: Gauge,
+    size: Gauge,
+    eta: Gauge,
 }
 
 impl PullMetrics {
@@ -54,6 +58,9 @@ impl PullMetrics {
             failures: Counter::default(),
             waiting: Gauge::default(),
             rate: Gauge::default(),
+            done: Gauge::default(),
+            size: Gauge::default(),
+            eta: Gauge::default(),
         };
         metrics.register_with(|r| {
             r.register(
@@ -77,6 +84,21 @@ impl PullMetrics {
                 m.rate.clone(),
             );
             r.register(
+                "model_pull_progress_bytes",
+                "Bytes of the version being pulled that are in place (0 when none is)",
+                m.done.clone(),
+            );
+            r.register(
+                "model_pull_size_bytes",
+                "Bytes of the version being pulled (0 when none is)",
+                m.size.clone(),
+            );
+            r.register(
+                "model_pull_eta_seconds",
+                "Seconds left of the pull in progress at its rate so far (-1: not known yet)",
+                m.eta.clone(),
+            );
+            r.register(
                 "model_pulls_waiting",
                 "Model versions published but waiting (outside the pull window, or no room above the reserve)",
                 m.waiting.clone(),
@@ -96,6 +118,8 @@ pub struct Puller {
     waiting: BTreeMap<(String, u64), String>,
     /// Versions whose publication is in the history already.
     seen: BTreeSet<(String, u64)>,
+    /// Bytes of the version being fetched that are in place.
+    progress: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Puller {
@@ -117,6 +141,7 @@ impl Puller {
             metrics: PullMetrics::new(metrics),
             waiting: BTreeMap::new(),
             seen: BTreeSet::new(),
+            progress: Arc::default(),
         }
     }
 
@@ -195,6 +220,7 @@ impl Puller {
                 Limits::default(),
             )
             .await
+            .map(|c| c.with_progress(Arc::clone(&self.progress)))
             .map_err(e)
         } else {
             let dir = c
@@ -203,6 +229,7 @@ impl Puller {
                 .unwrap_or(&c.repository);
             ModelClient::open_dir(Path::new(dir), &c.trusted_root, &c.datastore)
                 .await
+                .map(|c| c.with_progress(Arc::clone(&self.progress)))
                 .map_err(e)
         }
     }
@@ -346,10 +373,22 @@ impl Puller {
     ) -> Result<String, String> {
         tracing::info!(%model, version, bytes, "pulling a model version");
         let started = std::time::Instant::now();
-        let report = client
+        self.progress.store(0, std::sync::atomic::Ordering::Relaxed);
+        let ticker = tokio::spawn(report_progress(
+            Arc::clone(&self.progress),
+            self.metrics.clone(),
+            model.to_string(),
+            version,
+            bytes,
+        ));
+        let fetched = client
             .fetch_version(model, &version.to_string(), &self.config.store)
-            .await
-            .map_err(|e| format!("pulling version {version} of '{model}': {e}"))?;
+            .await;
+        ticker.abort();
+        for g in [&self.metrics.done, &self.metrics.size, &self.metrics.eta] {
+            g.set(0);
+        }
+        let report = fetched.map_err(|e| format!("pulling version {version} of '{model}': {e}"))?;
         let got = report.downloaded_bytes();
         self.metrics.bytes.inc_by(got);
         self.metrics.pulls.inc();
@@ -391,6 +430,38 @@ impl Puller {
                 detail,
             })
             .await;
+    }
+}
+
+/// Every 2 s of a pull: a log line with the percentage, rate and ETA, and
+/// the progress gauges.
+async fn report_progress(
+    done: Arc<std::sync::atomic::AtomicU64>,
+    metrics: PullMetrics,
+    model: String,
+    version: u64,
+    total: u64,
+) {
+    let started = std::time::Instant::now();
+    metrics.size.set(total as i64);
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let d = done.load(std::sync::atomic::Ordering::Relaxed);
+        let p = crate::core::progress(d, total, started.elapsed().as_millis() as u64);
+        metrics.done.set(d.min(total) as i64);
+        metrics.eta.set(p.eta_s.map_or(-1, |s| s as i64));
+        tracing::info!(
+            %model,
+            version,
+            "pull: {:.0}% ({} of {} bytes, {:.0} KiB/s, ETA {})",
+            p.percent,
+            d.min(total),
+            total,
+            p.rate / 1024.0,
+            p.eta_s.map_or_else(|| "unknown".to_string(), |s| format!("{s} s"))
+        );
     }
 }
 

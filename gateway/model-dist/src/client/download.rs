@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use nusa_ota::fetch::{read_range, HttpFetcher};
 use nusa_ota_core::{Sha256Digest, Sha256Hasher};
@@ -58,24 +59,34 @@ pub enum Outcome {
 }
 
 /// Brings `to` to the signed bytes of `info`.
+/// `progress` counts the file's bytes as they are in place (kept, copied,
+/// resumed from, downloaded), for a pull's progress and ETA.
 pub(super) async fn fetch_file(
     fetcher: Option<&HttpFetcher>,
     info: &TargetInfo,
     to: &Path,
     candidates: &[PathBuf],
+    progress: Option<&AtomicU64>,
 ) -> Result<Outcome, ModelError> {
+    let add = |n: u64| {
+        if let Some(p) = progress {
+            p.fetch_add(n, Ordering::Relaxed);
+        }
+    };
     let expected = Sha256Digest::from_bytes(info.sha256);
     match std::fs::symlink_metadata(to) {
         Ok(meta) if meta.is_file() => {
             let have = meta.len();
             if have == info.length {
                 if hash_file(to).map_err(ModelError::io(to))?.0 == expected {
+                    add(info.length);
                     return Ok(Outcome::Kept);
                 }
             } else if have < info.length && have > 0 {
                 let mut hasher = Sha256Hasher::new();
                 hash_into(to, &mut hasher).map_err(ModelError::io(to))?;
-                match download(fetcher, info, to, have, hasher).await {
+                add(have);
+                match download(fetcher, info, to, have, hasher, progress).await {
                     Ok(bytes) => return Ok(Outcome::Resumed { from: have, bytes }),
                     // The kept prefix may be what was wrong: start over once.
                     Err(ModelError::HashMismatch { .. }) => {
@@ -105,6 +116,7 @@ pub(super) async fn fetch_file(
             // Checked again: the copy is what gets installed.
             if hash_file(to).map_err(ModelError::io(to))?.0 == expected {
                 sync(to)?;
+                add(info.length);
                 return Ok(Outcome::Copied {
                     from: candidate.clone(),
                 });
@@ -112,7 +124,7 @@ pub(super) async fn fetch_file(
             remove(to)?;
         }
     }
-    let bytes = download(fetcher, info, to, 0, Sha256Hasher::new()).await?;
+    let bytes = download(fetcher, info, to, 0, Sha256Hasher::new(), progress).await?;
     Ok(Outcome::Downloaded { bytes })
 }
 
@@ -125,6 +137,7 @@ async fn download(
     to: &Path,
     from: u64,
     mut hasher: Sha256Hasher,
+    progress: Option<&AtomicU64>,
 ) -> Result<u64, ModelError> {
     let mut file = std::fs::OpenOptions::new()
         .create(true)
@@ -144,6 +157,9 @@ async fn download(
         file.write_all(bytes)?;
         hasher.update(bytes);
         written += bytes.len() as u64;
+        if let Some(p) = progress {
+            p.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        }
         Ok(())
     };
     let range = from..info.length;
