@@ -163,3 +163,32 @@ def test_without_tensorrt_auto_falls_back_and_tensorrt_models_say_why(tmp_path):
         assert "TensorRT is not available" in log and "nowhere" in log, log
     finally:
         s.stop()
+
+
+def test_a_versions_goldens_run_on_onnx_runtime_and_again_on_the_built_plan(tmp_path):
+    """tiny-cnn version 1 carries a golden request (tests/basic.json): it is
+    run when the version loads on ONNX Runtime, and again on the TensorRT
+    plan built here (the double; FP16 tolerance) before the plan takes the
+    traffic. Both pass, and the model moves to TensorRT as before."""
+    x, expected = nt.golden_rows([0, 1])
+    tensor = lambda name, a: {"name": name, "datatype": "FP32", "shape": list(a.shape),  # noqa: E731
+                              "data": a.reshape(-1).tolist()}
+    golden = {"request": {"inputs": [tensor(nt.INPUT, x)]},
+              "expected": {"model_name": nt.MODEL, "outputs": [tensor(nt.OUTPUT, expected)]},
+              "tolerance": {"atol": 1e-4, "rtol": 1e-4}}
+    tests = tmp_path / "models" / nt.MODEL / "1" / "tests"
+    tests.mkdir(parents=True)
+    (tests / "basic.json").write_text(json.dumps(golden))
+    s = server_with(tmp_path, double_env(build_ms=1000))
+    try:
+        assert infer_tiny_cnn(s) == "onnxruntime"
+        deadline = time.monotonic() + 60
+        while infer_tiny_cnn(s) != "tensorrt":
+            assert time.monotonic() < deadline, s.log_tail()
+            time.sleep(0.2)
+        log = s.log_tail()
+        assert "golden tests passed" in log, log
+        assert "golden tests passed on the TensorRT plan" in log, log
+        assert "golden test failed" not in log, log
+    finally:
+        s.stop()

@@ -522,6 +522,9 @@ impl PendingBuild {
                     .await
                     .map_err(|e| format!("golden test failed on TensorRT: {e}"))?;
             }
+            if !goldens.is_empty() {
+                tracing::info!(model = %model, version = version.version, goldens = goldens.len(), "golden tests passed on the TensorRT plan (FP16 tolerance)");
+            }
             version.scheduler.replace_engines(engines)
         }
         .await;
