@@ -274,8 +274,11 @@ async fn serve_request(
             Err(_) => request::timed_out_reading(limits),
             Ok(Err(ReadError::TooLarge)) => ApiResponse::error(&request::too_large(limits)),
             Ok(Err(ReadError::Stream(e))) => {
-                tracing::debug!(error = %e, "reading an HTTP/3 request body");
-                return;
+                // The h3 layer may find the body malformed itself (its
+                // length against content-length, depending on when the
+                // frames arrive): the stream is reset either way, never
+                // just finished without an answer.
+                return refuse_malformed(&mut stream, &format!("reading the body: {e}"));
             }
             Ok(Err(ReadError::Length { declared, got })) => {
                 let why =
