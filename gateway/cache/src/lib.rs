@@ -258,3 +258,20 @@ pub fn system_clock() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
+
+/// The stored-record codec as the disk tier reads a record (`codec::decode`,
+/// checksum under `key` first), for the fuzz targets in `fuzz/`; not an API.
+/// Decodes `bytes` as found, then again sealed under `key` so that the
+/// parser behind the checksum is reached. Returns each decode's tensor
+/// count or error.
+#[doc(hidden)]
+pub fn fuzz_decode_record(key: [u8; 32], bytes: &[u8]) -> [Result<usize, String>; 2] {
+    let key = CacheKey::from_bytes(key);
+    let count = |r: Result<codec::Record, codec::DecodeError>| {
+        r.map(|r| r.tensors.len()).map_err(|e| e.to_string())
+    };
+    let raw = count(codec::decode(&key, bytes::Bytes::copy_from_slice(bytes)));
+    let mut sealed = bytes.to_vec();
+    codec::seal(&key, &mut sealed);
+    [raw, count(codec::decode(&key, bytes::Bytes::from(sealed)))]
+}

@@ -395,7 +395,14 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let config = Config::parse(&text).map_err(|e| match e {
+        Config::from_toml(&text, path)
+    }
+
+    /// Parses and checks a config file's text, as [`Config::load`] does once
+    /// it has read the file (and as the `config` fuzz target does); `path`
+    /// only names the file in errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config = Config::parse(text).map_err(|e| match e {
             Parsed::Key { key, message } => ConfigError::Key {
                 path: path.to_path_buf(),
                 key,

@@ -68,3 +68,12 @@ pub(crate) fn hash_into(path: &Path, hasher: &mut Sha256Hasher) -> std::io::Resu
         length += n as u64;
     }
 }
+
+/// A signed target name split as the model client splits it, for the fuzz
+/// targets in `fuzz/`; not an API.
+#[doc(hidden)]
+pub fn fuzz_split_target(
+    raw: &str,
+) -> Option<Result<(String, u64, String), nusa_ota_tuf::NameError>> {
+    names::split_target(raw)
+}

@@ -210,3 +210,20 @@ pub enum SlotError {
     #[error("slot backend configuration: {0}")]
     Config(String),
 }
+
+/// The boot entry parsers, for the fuzz targets in `fuzz/`; not an API:
+/// systemd-boot entries as (file name, text) pairs in boot order (their
+/// file names), the slot the kernel command line names, and whether
+/// `nvbootctrl dump-slots-info` output parses (its error otherwise).
+#[doc(hidden)]
+pub fn fuzz_boot_parsers(
+    entries: &[(&str, &str)],
+    cmdline: &str,
+    nvbootctrl_dump: &str,
+) -> (Vec<String>, Option<Slot>, Result<(), &'static str>) {
+    (
+        systemd_boot::entries_from(entries),
+        systemd_boot::booted_from_cmdline(cmdline),
+        nvbootctrl::parse_dump(nvbootctrl_dump).map(|_| ()),
+    )
+}

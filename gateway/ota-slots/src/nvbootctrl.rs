@@ -78,7 +78,7 @@ struct Versions {
 
 /// What `dump-slots-info` says, per slot: retry count and status.
 #[derive(Debug, PartialEq)]
-struct Dump {
+pub(crate) struct Dump {
     active: Slot,
     slots: [(u32, String); 2],
 }
@@ -300,7 +300,7 @@ fn slot_number(s: &str) -> Option<Slot> {
 
 /// Parses `dump-slots-info -t rootfs`; unknown lines and fields are skipped
 /// so that a newer release's extra output does not break us.
-fn parse_dump(out: &str) -> Result<Dump, &'static str> {
+pub(crate) fn parse_dump(out: &str) -> Result<Dump, &'static str> {
     let mut active = None;
     let mut slots: [Option<(u32, String)>; 2] = [None, None];
     for line in out.lines().map(str::trim) {

@@ -310,9 +310,30 @@ impl SlotBackend for SystemdBootBackend {
     }
 }
 
+/// What `entries` makes of a folder holding these (file name, text) pairs,
+/// without the folder: for `crate::fuzz_boot_parsers`.
+pub(crate) fn entries_from(found: &[(&str, &str)]) -> Vec<String> {
+    let mut out: Vec<Entry> = found
+        .iter()
+        .filter_map(|&(file, text)| {
+            let (slot, counter) = Entry::from_file_name(file)?;
+            let (generation, release) = entry::parse_version(text);
+            Some(Entry {
+                slot,
+                file: file.to_owned(),
+                counter,
+                generation,
+                release,
+            })
+        })
+        .collect();
+    out.sort_by(entry::boot_order);
+    out.into_iter().map(|e| e.file).collect()
+}
+
 /// `nusa.slot=` wins; else a `root=PARTLABEL=` ending in `-a`/`-b`. The
 /// last occurrence counts, as for the kernel.
-fn booted_from_cmdline(cmdline: &str) -> Option<Slot> {
+pub(crate) fn booted_from_cmdline(cmdline: &str) -> Option<Slot> {
     let last = |key: &str| {
         cmdline
             .split_whitespace()

@@ -12,7 +12,7 @@ use std::io::Read;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
-use tough::schema::{Root, Signed, Target};
+use tough::schema::{Root, Signed, Target, Targets};
 use tough::{ExpirationEnforcement, IntoVec, Repository, RepositoryLoader, TargetName, Transport};
 use url::Url;
 
@@ -148,24 +148,7 @@ impl Client {
             .await
             .map_err(|e| TufError::from_tough(e, Stage::Metadata))?;
 
-        // A delegation would let keys root does not list sign targets; our
-        // publisher never delegates, so one means a foreign or forged repo.
-        let targets = &repo.targets().signed;
-        if targets
-            .delegations
-            .as_ref()
-            .is_some_and(|d| !d.roles.is_empty())
-        {
-            return Err(TufError::InvalidMetadata {
-                role: "targets".to_owned(),
-                detail: "delegates to other roles; Nusa repositories do not".to_owned(),
-            });
-        }
-        // One unsafe name means the targets signer is broken or compromised:
-        // nothing it signed is used.
-        for (name, _) in targets.targets_iter() {
-            check_signed_name(name.raw())?;
-        }
+        check_targets(&repo.targets().signed)?;
         Ok(Self {
             repo,
             targets_url,
@@ -365,9 +348,32 @@ fn start_root(shipped: &Path, datastore: &Path, max: u64) -> Result<Vec<u8>, Tuf
     }
 }
 
+/// What the client refuses in verified targets metadata: any delegation,
+/// and any unsafe target name.
+pub(crate) fn check_targets(targets: &Targets) -> Result<(), TufError> {
+    // A delegation would let keys root does not list sign targets; our
+    // publisher never delegates, so one means a foreign or forged repo.
+    if targets
+        .delegations
+        .as_ref()
+        .is_some_and(|d| !d.roles.is_empty())
+    {
+        return Err(TufError::InvalidMetadata {
+            role: "targets".to_owned(),
+            detail: "delegates to other roles; Nusa repositories do not".to_owned(),
+        });
+    }
+    // One unsafe name means the targets signer is broken or compromised:
+    // nothing it signed is used.
+    for (name, _) in targets.targets_iter() {
+        check_signed_name(name.raw())?;
+    }
+    Ok(())
+}
+
 /// The version of a root that parses and carries its own threshold of
 /// signatures.
-fn self_signed_version(bytes: &[u8]) -> Result<u64, String> {
+pub(crate) fn self_signed_version(bytes: &[u8]) -> Result<u64, String> {
     let root: Signed<Root> = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     root.signed.verify_role(&root).map_err(|e| e.to_string())?;
     Ok(root.signed.version.get())

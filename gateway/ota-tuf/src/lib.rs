@@ -110,3 +110,29 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
             s
         })
 }
+
+/// The target name checks, for the fuzz targets in `fuzz/`; not an API:
+/// `name` as a component, a release version, a signed name, and split as
+/// a release name.
+#[doc(hidden)]
+pub fn fuzz_name(name: &str) -> [bool; 4] {
+    [
+        names::check_component("file name", name).is_ok(),
+        names::parse_version(name).is_ok(),
+        names::check_signed_name(name).is_ok(),
+        names::split_release_name(name).is_some(),
+    ]
+}
+
+/// Metadata at our boundary with tough, for the fuzz targets in `fuzz/`;
+/// not an API: `bytes` as a persisted trusted root (parsed, its own
+/// signatures checked, its version) and as targets metadata checked as the
+/// client checks verified targets (no delegation, safe names).
+#[doc(hidden)]
+pub fn fuzz_metadata(bytes: &[u8]) -> (Result<u64, String>, Result<(), String>) {
+    let root = client::self_signed_version(bytes);
+    let targets = serde_json::from_slice::<tough::schema::Signed<tough::schema::Targets>>(bytes)
+        .map_err(|e| e.to_string())
+        .and_then(|t| client::check_targets(&t.signed).map_err(|e| e.to_string()));
+    (root, targets)
+}

@@ -139,7 +139,13 @@ pub(crate) fn boot_order(a: &Entry, b: &Entry) -> Ordering {
         .then_with(|| b.slot.as_str().cmp(a.slot.as_str()))
         .then_with(|| match (a.counter, b.counter) {
             (Some(ca), Some(cb)) => cb.left.cmp(&ca.left).then(ca.done.cmp(&cb.done)),
-            _ => Ordering::Equal,
+            // systemd-boot leaves these two unordered; treating them as equal
+            // made the order intransitive (`+3` < `+1`, both equal to an
+            // uncounted entry), and `sort_by` panics on that (found by the
+            // boot_entries fuzz target). The uncounted (blessed) one first.
+            (None, Some(_)) => Ordering::Less,
+            (Some(_), None) => Ordering::Greater,
+            (None, None) => Ordering::Equal,
         })
 }
 
@@ -279,6 +285,54 @@ mod tests {
         assert_eq!(verscmp("007", "7"), Equal);
         assert_eq!(verscmp("1.0a", "1.0b"), Less);
         assert_eq!(verscmp("123-9", "123.1-1"), Less);
+    }
+
+    /// Regression (fuzz target boot_entries): one slot's entries with and
+    /// without counters made `sort_by` panic ("does not correctly implement
+    /// a total order"), as a damaged or crafted ESP can hold.
+    #[test]
+    fn boot_order_is_a_total_order() {
+        let mut all = Vec::new();
+        for slot in [Slot::A, Slot::B] {
+            for counter in [None, Some((3, 0)), Some((1, 2)), Some((0, 3)), Some((2, 0))] {
+                for (generation, release) in [(0, None), (1, Some("1")), (1, Some("1.0~rc1"))] {
+                    all.push(Entry {
+                        slot,
+                        file: String::new(),
+                        counter: counter.map(|(left, done)| Counter { left, done }),
+                        generation,
+                        release: release.map(str::to_owned),
+                    });
+                }
+            }
+        }
+        for a in &all {
+            assert_eq!(boot_order(a, a), Ordering::Equal);
+            for b in &all {
+                assert_eq!(boot_order(a, b), boot_order(b, a).reverse());
+                for c in &all {
+                    if boot_order(a, b).is_le() && boot_order(b, c).is_le() {
+                        assert!(boot_order(a, c).is_le(), "{a:?} {b:?} {c:?}");
+                    }
+                }
+            }
+        }
+        // The fuzzer's input, in short: many entries of slot b, counted
+        // and not, with one version.
+        let mut many: Vec<Entry> = (0..40)
+            .map(|i| Entry {
+                slot: Slot::B,
+                file: format!("nusa-b+{}.conf", i % 5),
+                counter: (i % 3 != 0).then_some(Counter {
+                    left: i % 5,
+                    done: 0,
+                }),
+                generation: 0,
+                release: None,
+            })
+            .collect();
+        many.sort_by(boot_order);
+        assert!(many.windows(2).all(|w| boot_order(&w[0], &w[1]).is_le()));
     }
 
     #[test]
