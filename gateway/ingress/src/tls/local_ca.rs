@@ -78,12 +78,19 @@ pub(super) fn ensure(dir: &Path, now: OffsetDateTime) -> Result<(), Error> {
             "the local CA ends within {RENEW_BEFORE_DAYS} days: making a new one; clients must trust the new DATA/tls/ca.pem"
         ),
         None => {
-            // A set from an older nusad (the CA's key was not kept): served
-            // while its server certificate is good, so its clients keep
-            // working; replaced whole when it is not.
+            // A complete set without the CA's key: provisioned (image/build
+            // --tls-*, an operator) or made by an older nusad. Its clients
+            // trust its CA, so it is served as it is and never replaced,
+            // whatever its dates; only its owner can renew it. nusad makes
+            // its own set only when there is none (or it is broken).
             let old = read_known(&files.ca, None).zip(read_known(&files.cert, Some(&files.key)));
-            if old.is_some_and(|(ca, server)| ca.not_after.min(server.not_after) > renew_by) {
-                tracing::warn!("DATA/tls holds a local CA without its key (made by an older nusad): it is kept, but its certificate cannot be renewed; remove DATA/tls to make a CA of bounded validity");
+            if let Some((ca, server)) = old {
+                let end = ca.not_after.min(server.not_after);
+                if end <= renew_by {
+                    tracing::warn!(%end, "DATA/tls's certificate ends within {RENEW_BEFORE_DAYS} days and its CA's key is not here (provisioned, or made by an older nusad): nusad does not renew it; replace it, or remove DATA/tls to let nusad make and renew its own CA");
+                } else {
+                    tracing::info!(%end, "DATA/tls holds a certificate set without its CA's key (provisioned, or made by an older nusad): served as it is, not renewed by nusad");
+                }
                 return Ok(());
             }
         }
@@ -277,6 +284,31 @@ mod tests {
         assert!(end_of(&f.cert) <= end_of(&f.ca));
         ensure(&d, made + Duration::days(CA_DAYS - 5)).unwrap();
         assert_ne!(std::fs::read(&f.ca).unwrap(), ca);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Regression (the appliance's QEMU test): a set provisioned without the
+    /// CA's key (image/build --tls-*), 30 days from its end, was replaced
+    /// whole by a new CA its clients did not trust.
+    #[test]
+    fn a_provisioned_set_without_the_ca_key_is_never_replaced() {
+        let d = dir("provisioned");
+        let f = Files::new(&d);
+        let made = OffsetDateTime::now_utc();
+        ensure(&d, made).unwrap();
+        std::fs::remove_file(&f.ca_key).unwrap();
+        let (ca, cert, key) = (
+            std::fs::read(&f.ca).unwrap(),
+            std::fs::read(&f.cert).unwrap(),
+            std::fs::read(&f.key).unwrap(),
+        );
+        for days in [0, SERVER_DAYS - RENEW_BEFORE_DAYS + 1, SERVER_DAYS + 10] {
+            ensure(&d, made + Duration::days(days)).unwrap();
+            assert_eq!(std::fs::read(&f.ca).unwrap(), ca, "day {days}");
+            assert_eq!(std::fs::read(&f.cert).unwrap(), cert, "day {days}");
+            assert_eq!(std::fs::read(&f.key).unwrap(), key, "day {days}");
+            assert!(!f.ca_key.exists());
+        }
         std::fs::remove_dir_all(&d).unwrap();
     }
 
