@@ -212,8 +212,7 @@ async fn serve_unix(
                 let stream = match accepted {
                     Ok((s, _)) => s,
                     Err(e) => {
-                        crate::track::accept_failed(&mut accept_errors, "admin socket", &e);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        crate::track::accept_failed(&mut accept_errors, "admin socket", &e).await;
                         continue;
                     }
                 };

@@ -57,8 +57,7 @@ pub async fn serve_metrics(
                         Ok((s, _)) => s,
                         Err(e) => {
                             // Out of descriptors: back off rather than spin.
-                            crate::track::accept_failed(&mut accept_errors, "metrics", &e);
-                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            crate::track::accept_failed(&mut accept_errors, "metrics", &e).await;
                             continue;
                         }
                     };

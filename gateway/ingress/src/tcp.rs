@@ -92,8 +92,7 @@ impl TcpIngress {
                         Ok(a) => a,
                         Err(e) => {
                             // Out of descriptors and the like: back off, keep serving.
-                            crate::track::accept_failed(&mut accept_errors, "tcp", &e);
-                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            crate::track::accept_failed(&mut accept_errors, "tcp", &e).await;
                             continue;
                         }
                     };

@@ -145,8 +145,9 @@ impl LogLimit {
     }
 }
 
-/// Logs a failed `accept` through `limit`; the caller backs off after it.
-pub(crate) fn accept_failed(limit: &mut LogLimit, listener: &str, error: &std::io::Error) {
+/// After a failed `accept` (out of descriptors, mostly): logs it through
+/// `limit`, then backs off 50 ms so that the listener does not spin.
+pub(crate) async fn accept_failed(limit: &mut LogLimit, listener: &str, error: &std::io::Error) {
     if let Some(suppressed) = limit.hit(Instant::now()) {
         tracing::warn!(
             listener,
@@ -155,6 +156,7 @@ pub(crate) fn accept_failed(limit: &mut LogLimit, listener: &str, error: &std::i
             "accepting a connection failed (repeats are logged at most every 5 s; suppressed counts those left out)"
         );
     }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
 }
 
 #[cfg(test)]
