@@ -45,6 +45,24 @@ pub fn history_path(model: &str) -> String {
     format!("{MODELS}/{}/history", escape(model))
 }
 
+/// Every model's canary rollout, running or last ended.
+pub const CANARY: &str = "/v2/nusa/canary";
+
+/// `GET` one model's rollout; `POST` a [`CanaryStart`] starts one.
+pub fn canary_path(model: &str) -> String {
+    format!("{MODELS}/{}/canary", escape(model))
+}
+
+/// `POST`: promote the candidate now.
+pub fn canary_promote_path(model: &str) -> String {
+    format!("{MODELS}/{}/canary/promote", escape(model))
+}
+
+/// `POST` a [`CanaryAbort`]: roll back now.
+pub fn canary_abort_path(model: &str) -> String {
+    format!("{MODELS}/{}/canary/abort", escape(model))
+}
+
 /// Percent-escapes what is not unreserved in a path segment.
 fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -76,6 +94,13 @@ pub struct ModelStatus {
     pub serving: Option<u64>,
     /// Set when an operator pinned the serving version.
     pub pinned: Option<u64>,
+    /// The version in a canary rollout beside the serving one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<u64>,
+    /// Versions rolled back on this box, with why: never served again by
+    /// themselves.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub rolled_back: std::collections::BTreeMap<u64, String>,
     /// `onnxruntime` or `tensorrt`.
     pub engine: String,
     pub error: Option<String>,
@@ -115,6 +140,59 @@ pub struct ChangeReply {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PinRequest {
     pub version: Option<u64>,
+}
+
+/// `POST /v2/nusa/models/{m}/canary`: `{"version": 4, "plan": {"steps":
+/// [10, 100], "shadow": true}}`; `plan` holds any `[rollout]` keys, layered
+/// over nusad's and the model's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryStart {
+    pub version: u64,
+    #[serde(default)]
+    pub plan: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One model's canary rollout: the running one's figures, or how the last
+/// one ended (`GET /v2/nusa/models/{m}/canary`; `GET /v2/nusa/canary`
+/// answers `{"rollouts": [...]}`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CanaryStatus {
+    pub model: String,
+    pub running: Option<nusa_rollout::Report>,
+    pub last: Option<CanaryEnded>,
+}
+
+/// `GET /v2/nusa/canary`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Rollouts {
+    pub rollouts: Vec<CanaryStatus>,
+}
+
+/// How a model's last rollout ended (also the answer to promote and abort).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CanaryEnded {
+    pub stable: u64,
+    pub candidate: u64,
+    /// `promoted`, `rolled_back` (by the judgement) or `aborted` (by an
+    /// operator).
+    pub result: String,
+    pub reason: Option<String>,
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    /// The step it was on, and the candidate's share there.
+    pub step: usize,
+    pub percent: u32,
+    /// The figures of its last step.
+    pub report: Option<nusa_rollout::Report>,
+}
+
+/// `POST /v2/nusa/models/{m}/canary/abort`: `{"reason": "..."}` (optional).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryAbort {
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// `POST /v2/nusa/models/{m}/pull`: `{"version": 4}`.

@@ -1,11 +1,15 @@
 //! The admin surface: Triton's model repository extension (index, load,
-//! unload) and ours under `/v2/nusa/` (status, pins, history). Served only
+//! unload) and ours under `/v2/nusa/` (status, pins, history, canary
+//! rollouts). Served only
 //! on the admin listener and socket, where the ingress has checked the
 //! caller; the public port answers 404 for these paths.
 
 use nusa_admin::{
-    ChangeReply, History, ModelStatus, PinRequest, PullBody, PullReply, Status, VersionStatus,
+    CanaryAbort, CanaryStart, ChangeReply, History, ModelStatus, PinRequest, PullBody, PullReply,
+    Status, VersionStatus,
 };
+use nusa_canary::nusa_rollout::PlanSpec;
+use nusa_canary::{Canaries, CanaryError, CanaryStatus};
 use nusa_proto::{ErrorKind, ProtoError, Route};
 use nusa_registry::{ChangeError, ChangeReport, Model, Repository, MAX_HISTORY_EVENTS};
 use serde_json::{json, Value};
@@ -15,9 +19,50 @@ use crate::{method_not_allowed, ApiRequest, ApiResponse, Method};
 /// The newest events a history answer holds.
 const HISTORY_LIMIT: usize = 1000;
 
-pub(crate) async fn handle(repo: &Repository, route: Route, req: ApiRequest) -> ApiResponse {
+pub(crate) async fn handle(
+    repo: &Repository,
+    canaries: &Canaries,
+    route: Route,
+    req: ApiRequest,
+) -> ApiResponse {
     let post = req.method == Method::Post;
+    let get = req.method == Method::Get;
     let result = match route {
+        Route::AdminCanary { model: None } if get => Ok(ApiResponse::json(
+            200,
+            to_json(&nusa_admin::Rollouts {
+                rollouts: canaries.status(),
+            }),
+        )),
+        Route::AdminCanary { model: Some(m) } if get => {
+            if repo.model(&m).is_err() {
+                Err(ProtoError::not_found(format!("unknown model '{m}'")))
+            } else {
+                Ok(ApiResponse::json(200, to_json(&canaries.status_of(&m))))
+            }
+        }
+        Route::AdminCanary { model: Some(m) } if post => match parse::<CanaryStart>(&req) {
+            Ok(body) => start_canary(canaries, &m, body).await,
+            Err(e) => Err(e),
+        },
+        Route::AdminCanaryPromote { model } if post => canaries
+            .promote(&model)
+            .await
+            .map(|ended| ApiResponse::json(200, to_json(&ended)))
+            .map_err(canary_error),
+        Route::AdminCanaryAbort { model } if post => match parse_or_default::<CanaryAbort>(&req) {
+            Ok(body) => canaries
+                .abort(&model, body.reason.as_deref())
+                .await
+                .map(|ended| ApiResponse::json(200, to_json(&ended)))
+                .map_err(canary_error),
+            Err(e) => Err(e),
+        },
+        Route::AdminCanary { model: None } => Err(method_not_allowed("GET", &req.path)),
+        Route::AdminCanary { .. } => Err(method_not_allowed("GET or POST", &req.path)),
+        Route::AdminCanaryPromote { .. } | Route::AdminCanaryAbort { .. } => {
+            Err(method_not_allowed("POST", &req.path))
+        }
         Route::RepositoryIndex if post || req.method == Method::Get => Ok(index(repo)),
         Route::RepositoryIndex => Err(method_not_allowed("POST", &req.path)),
         Route::RepositoryLoad { model } if post => match load_parameters(&req) {
@@ -47,7 +92,7 @@ pub(crate) async fn handle(repo: &Repository, route: Route, req: ApiRequest) -> 
         | Route::RepositoryUnload { .. }
         | Route::AdminPin { .. }
         | Route::AdminPull { .. } => Err(method_not_allowed("POST", &req.path)),
-        Route::AdminModels if req.method == Method::Get => Ok(status(repo)),
+        Route::AdminModels if req.method == Method::Get => status(repo).await,
         Route::AdminHistory { model } if req.method == Method::Get => {
             match repo
                 .history(model.as_deref(), HISTORY_LIMIT.min(MAX_HISTORY_EVENTS))
@@ -94,16 +139,53 @@ fn index(repo: &Repository) -> ApiResponse {
     ApiResponse::json(200, Value::Array(out).to_string())
 }
 
-fn status(repo: &Repository) -> ApiResponse {
-    let models = repo.models().iter().map(|m| model_status(m)).collect();
+async fn status(repo: &Repository) -> Result<ApiResponse, ProtoError> {
+    let marks = repo.marks().await.map_err(change_error)?;
+    let models = repo
+        .models()
+        .iter()
+        .map(|m| model_status(m, marks.bad.get(&m.name).cloned().unwrap_or_default()))
+        .collect();
     let status = Status {
         mode: repo.mode().into(),
         models,
     };
-    ApiResponse::json(200, to_json(&status))
+    Ok(ApiResponse::json(200, to_json(&status)))
 }
 
-fn model_status(m: &Model) -> ModelStatus {
+async fn start_canary(
+    canaries: &Canaries,
+    model: &str,
+    body: CanaryStart,
+) -> Result<ApiResponse, ProtoError> {
+    let spec: PlanSpec = serde_json::from_value(Value::Object(body.plan))
+        .map_err(|e| ProtoError::bad_request(format!("rollout plan: {e}")))?;
+    let report = canaries
+        .start(model, body.version, &spec)
+        .await
+        .map_err(canary_error)?;
+    Ok(ApiResponse::json(
+        200,
+        to_json(&CanaryStatus {
+            model: model.to_string(),
+            running: Some(report),
+            last: None,
+        }),
+    ))
+}
+
+fn canary_error(e: CanaryError) -> ProtoError {
+    match e {
+        CanaryError::Change(c) => change_error(c),
+        CanaryError::NoRollout(_) => ProtoError::not_found(e.to_string()),
+        CanaryError::Plan(_) | CanaryError::NoStable { .. } => {
+            ProtoError::bad_request(e.to_string())
+        }
+        CanaryError::State(_) => ProtoError::new(ErrorKind::Internal, e.to_string()),
+    }
+}
+
+fn model_status(m: &Model, rolled_back: std::collections::BTreeMap<u64, String>) -> ModelStatus {
     let state = if m.unloaded {
         "UNLOADED"
     } else if m.ready() {
@@ -116,6 +198,8 @@ fn model_status(m: &Model) -> ModelStatus {
         state: state.into(),
         serving: m.serving().map(|v| v.version),
         pinned: m.pinned,
+        canary: m.canary,
+        rolled_back,
         engine: m.engine.into(),
         error: m.error.clone(),
         versions: m
@@ -178,6 +262,16 @@ fn load_parameters(req: &ApiRequest) -> Result<(), ProtoError> {
         }
     }
     Ok(())
+}
+
+/// An empty body is the type's default.
+fn parse_or_default<T: serde::de::DeserializeOwned + Default>(
+    req: &ApiRequest,
+) -> Result<T, ProtoError> {
+    if req.body.is_empty() {
+        return Ok(T::default());
+    }
+    parse(req)
 }
 
 fn parse<T: serde::de::DeserializeOwned>(req: &ApiRequest) -> Result<T, ProtoError> {

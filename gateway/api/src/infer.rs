@@ -1,11 +1,14 @@
 //! `POST /v2/models/{m}[/versions/{v}]/infer`.
 
-use nusa_dispatch::Job;
+use nusa_canary::Ticket;
+use nusa_dispatch::{Job, ServedBy};
 use nusa_engine::ModelMetadata;
 use nusa_proto::SoleInput;
 use nusa_proto::{
     decode_infer_request, encode_infer_response, InferRequest, ProtoError, ResponseOutput,
 };
+use nusa_sched::SchedError;
+use nusa_tensor::Tensor;
 
 use crate::meta::lookup_error;
 use crate::{Api, ApiRequest, ApiResponse};
@@ -43,7 +46,26 @@ async fn infer(
     version: Option<&str>,
     req: ApiRequest,
 ) -> Result<ApiResponse, ProtoError> {
-    let mv = api.repo.resolve(model, version).map_err(lookup_error)?;
+    // A request that names no version gets the rollout's pick while the
+    // model is in a canary rollout; one that names a version bypasses it.
+    let peer = req.peer.map(|ip| match ip {
+        std::net::IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        std::net::IpAddr::V6(a) => a.octets(),
+    });
+    let mut ticket = match version {
+        None | Some("") => api.canaries.route(model, peer.as_ref().map(|p| &p[..])),
+        Some(_) => None,
+    };
+    let picked = ticket.as_ref().map(|t| t.version.to_string());
+    let mv = match api.repo.resolve(model, picked.as_deref().or(version)) {
+        Ok(mv) => mv,
+        // The rollout ended between the pick and here: serve as usual.
+        Err(_) if ticket.is_some() => {
+            ticket = None;
+            api.repo.resolve(model, version).map_err(lookup_error)?
+        }
+        Err(e) => return Err(lookup_error(e)),
+    };
     let meta = &mv.metadata;
     let sole = match meta.inputs.as_slice() {
         [one] => Some(SoleInput {
@@ -78,7 +100,28 @@ async fn infer(
         traceparent: req.traceparent,
         cache_control: req.cache_control,
     };
-    let (tensors, served_by) = api.dispatch.infer(job).await?;
+    let shadow_copy = ticket
+        .as_ref()
+        .and_then(|t| t.shadow)
+        .map(|_| (job.inputs.clone(), job.rows));
+    let result = api.dispatch.infer(job).await;
+    if let Some(t) = &ticket {
+        match &result {
+            Ok((_, ServedBy::Local { compute_us })) => t.record(false, Some(*compute_us)),
+            Ok((_, ServedBy::Cache)) => t.record(false, None),
+            // A region's answer says nothing of this box's versions.
+            Ok((_, ServedBy::Cloud(_))) => {}
+            // A 5xx, or the engine refusing a request the API's checks
+            // passed (a 400 from the version itself): a failure of the
+            // version that served it. A request the API refuses never gets
+            // here, on either version.
+            Err(_) => t.record(true, None),
+        }
+    }
+    let (tensors, served_by) = result?;
+    if let (Some(t), Some((inputs, rows))) = (ticket, shadow_copy) {
+        shadow(api, model, t, inputs, rows, &tensors);
+    }
 
     let outputs: Vec<ResponseOutput> = tensors
         .into_iter()
@@ -104,7 +147,7 @@ async fn infer(
         }
         None => headers.push(("content-type", "application/json".to_string())),
     }
-    if served_by == nusa_dispatch::ServedBy::Local {
+    if matches!(served_by, ServedBy::Local { .. }) {
         // The engine serving the version as the answer left (a TensorRT
         // plan may replace ONNX Runtime between two requests).
         headers.push(("nusa-engine", mv.engine_name().to_string()));
@@ -115,6 +158,45 @@ async fn infer(
         headers,
         body: encoded.frames,
     })
+}
+
+/// Shadow mode: the candidate computes a copy of this stable request in
+/// the background; its answer is compared with the stable one and never
+/// returned. Skipped when the candidate's queue is full, so that a copy
+/// never takes a place a real request needs.
+fn shadow(
+    api: &Api,
+    model: &str,
+    ticket: Ticket,
+    inputs: Vec<Tensor>,
+    rows: usize,
+    stable: &[Tensor],
+) {
+    let Some(sh) = ticket.shadow else { return };
+    let Ok(candidate) = api.repo.resolve(model, Some(&sh.candidate.to_string())) else {
+        return;
+    };
+    if candidate.scheduler.queue_full() {
+        return;
+    }
+    let stable = stable.to_vec();
+    tokio::spawn(async move {
+        match candidate.scheduler.infer(inputs, rows, 0, 0).await {
+            Ok(out) => {
+                let compute_us = out.timing.compute.as_micros() as u64;
+                let outputs: Vec<Tensor> = out
+                    .outputs
+                    .into_iter()
+                    .filter(|t| stable.iter().any(|s| s.name == t.name))
+                    .collect();
+                let r = nusa_canary::nusa_rollout::compare(&stable, &outputs, sh.atol, sh.rtol);
+                ticket.record_shadow(Some(&r), Some(compute_us));
+            }
+            Err(SchedError::Engine(_)) => ticket.record_shadow(None, None),
+            // Queue full, timed out, stopped: says nothing of the model.
+            Err(_) => {}
+        }
+    });
 }
 
 /// The outputs to send and whether each goes in the binary section.

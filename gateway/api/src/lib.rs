@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use nusa_canary::Canaries;
 use nusa_dispatch::Dispatcher;
 use nusa_proto::{parse_route, ErrorKind, Frames, ProtoError, Route};
 use nusa_registry::Repository;
@@ -94,14 +95,21 @@ pub struct Api {
     repo: Arc<Repository>,
     metrics: Arc<Metrics>,
     dispatch: Arc<Dispatcher>,
+    canaries: Arc<Canaries>,
 }
 
 impl Api {
-    pub fn new(repo: Arc<Repository>, metrics: Arc<Metrics>, dispatch: Arc<Dispatcher>) -> Api {
+    pub fn new(
+        repo: Arc<Repository>,
+        metrics: Arc<Metrics>,
+        dispatch: Arc<Dispatcher>,
+        canaries: Arc<Canaries>,
+    ) -> Api {
         Api {
             repo,
             metrics,
             dispatch,
+            canaries,
         }
     }
 
@@ -135,7 +143,7 @@ impl Api {
                     req.path
                 )));
             }
-            return admin::handle(&self.repo, route, req).await;
+            return admin::handle(&self.repo, &self.canaries, route, req).await;
         }
         let read_only = matches!(req.method, Method::Get | Method::Head);
         let result = match route {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use nusa_api::Api;
 use nusa_cache::{Cache, CacheConfig, CacheMetrics};
+use nusa_canary::Canaries;
 use nusa_config::Config;
 use nusa_dispatch::{DispatchConfig, DispatchMetrics, Dispatcher};
 use nusa_engine_ort::{init_library, OrtFactory, OrtOptions};
@@ -331,7 +332,28 @@ pub async fn run_with(
             }
         }
     };
-    let api = Arc::new(Api::new(repo, Arc::clone(&metrics), Arc::clone(&dispatch)));
+    // Canary rollouts: resumed at their step after a restart, judged on
+    // their own timer.
+    let canaries = Arc::new(
+        Canaries::new(
+            Arc::clone(&repo),
+            config.rollout.clone(),
+            Some(data.join("model-state")),
+            &metrics,
+        )
+        .map_err(|e| AppError::Models(format!("[rollout]: {e}")))?,
+    );
+    canaries
+        .resume()
+        .await
+        .map_err(|e| AppError::Models(format!("resuming canary rollouts: {e}")))?;
+    let canary_loop = tokio::spawn(Arc::clone(&canaries).run());
+    let api = Arc::new(Api::new(
+        repo,
+        Arc::clone(&metrics),
+        Arc::clone(&dispatch),
+        canaries,
+    ));
 
     let tls = load_or_generate(config.tls.cert.as_deref(), config.tls.key.as_deref(), &data)?;
     let l = &config.limits;
@@ -396,6 +418,7 @@ pub async fn run_with(
         probes,
         puller
     );
+    canary_loop.abort();
     dispatch.flush().await;
     tracing::info!("stopped");
     Ok(())

@@ -27,6 +27,10 @@ pub struct Config {
     pub regions: Vec<Region>,
     /// Signed models pulled from a model repository.
     pub models: Models,
+    /// `[rollout]`: the canary plan every rollout starts from (a model's
+    /// `[rollout]`, a published policy and the operator's flags layer over
+    /// it). Keys: see `nusa-rollout`'s README.
+    pub rollout: nusa_rollout::PlanSpec,
 }
 
 /// `[models]`: with `repository` set, nusad serves only signed versions it
@@ -343,6 +347,7 @@ impl Default for Config {
             spill: Spill::default(),
             regions: Vec::new(),
             models: Models::default(),
+            rollout: nusa_rollout::PlanSpec::default(),
         }
     }
 }
@@ -434,6 +439,12 @@ impl Config {
     /// Checks that hold across keys or need more than a type.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.server.admin_addr()?;
+        if let Err(e) = nusa_rollout::Plan::default().with(&self.rollout) {
+            return Err(ConfigError::Invalid {
+                key: "rollout",
+                message: e.to_string(),
+            });
+        }
         if self.models.repository.is_some() {
             if self.models.trusted_root.is_none() {
                 return Err(ConfigError::Invalid {

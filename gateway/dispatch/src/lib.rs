@@ -31,7 +31,11 @@ pub use metrics::DispatchMetrics;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ServedBy {
     Cache,
-    Local,
+    /// Computed here; the request's share of its batch's engine time
+    /// (the batch's compute time), for the canary's judgement.
+    Local {
+        compute_us: u64,
+    },
     Cloud(String),
 }
 
@@ -39,7 +43,7 @@ impl ServedBy {
     pub fn header(&self) -> String {
         match self {
             ServedBy::Cache => "cache".into(),
-            ServedBy::Local => "local".into(),
+            ServedBy::Local { .. } => "local".into(),
             ServedBy::Cloud(r) => format!("cloud:{r}"),
         }
     }
@@ -140,7 +144,10 @@ impl Dispatcher {
             })
             .await?;
         let by = match how {
-            Served::Computed => served.lock().take().unwrap_or(ServedBy::Local),
+            Served::Computed => served
+                .lock()
+                .take()
+                .unwrap_or(ServedBy::Local { compute_us: 0 }),
             // A coalesced waiter did not compute: another request did.
             Served::Memory | Served::Disk | Served::Coalesced => ServedBy::Cache,
         };
@@ -233,7 +240,12 @@ impl Dispatcher {
             outcome.outputs,
             job.outputs.as_deref(),
         );
-        Ok((outputs, ServedBy::Local))
+        Ok((
+            outputs,
+            ServedBy::Local {
+                compute_us: outcome.timing.compute.as_micros() as u64,
+            },
+        ))
     }
 
     async fn run_remote(&self, job: &Job<'_>, region: usize) -> Result<Vec<Tensor>, Retry> {

@@ -50,6 +50,11 @@ pub struct PublishArgs {
     /// (`fleet-model-key.pub` from `nusactl models keygen`).
     #[arg(long, value_name = "FLEET_PUBLIC_KEY")]
     pub encrypt_for: Option<PathBuf>,
+    /// A canary release: the folder's `rollout.toml` (its `[rollout]`
+    /// keys; empty for each box's plan) is signed with the version, and
+    /// every box that pulls it starts the version's rollout by itself.
+    #[arg(long)]
+    pub canary: bool,
 }
 
 /// Make a fleet model key pair for encrypted versions.
@@ -122,6 +127,7 @@ impl fmt::Display for PublishReport {
 
 /// Publishes the version the arguments describe.
 pub async fn run_publish(args: &PublishArgs) -> anyhow::Result<PublishReport> {
+    check_rollout_policy(&args.dir, args.canary)?;
     let provenance = Provenance {
         source_revision: args.source_revision.clone(),
         training_run: args.training_run.clone(),
@@ -231,5 +237,64 @@ mod tests {
         assert_eq!(cli.publish.training_run, None);
         assert_eq!(cli.publish.notes, "");
         assert!(Cli::try_parse_from(["publish", "--repo=r"]).is_err());
+    }
+}
+
+/// `--canary` and the folder's `rollout.toml` go together, and the policy
+/// must be a plan a box accepts (checked here, before anything is signed).
+fn check_rollout_policy(dir: &std::path::Path, canary: bool) -> anyhow::Result<()> {
+    use std::io::Read;
+    let path = dir.join(nusa_rollout::POLICY_FILE);
+    match (canary, path.is_file()) {
+        (false, false) => Ok(()),
+        (true, false) => anyhow::bail!(
+            "--canary: {} is missing (the release's [rollout] keys at its top level; an empty file takes each box's plan)",
+            path.display()
+        ),
+        (false, true) => anyhow::bail!(
+            "{} is there: pass --canary to publish a canary release, or remove it",
+            path.display()
+        ),
+        (true, true) => {
+            let mut text = String::new();
+            std::fs::File::open(&path)
+                .and_then(|f| f.take(64 << 10).read_to_string(&mut text))
+                .with_context(|| format!("reading {}", path.display()))?;
+            let spec: nusa_rollout::PlanSpec =
+                toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+            nusa_rollout::Plan::default()
+                .with(&spec)
+                .with_context(|| format!("{}", path.display()))?;
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod rollout_policy_tests {
+    use super::check_rollout_policy;
+
+    #[test]
+    fn canary_and_rollout_toml_go_together_and_the_policy_is_checked() {
+        let d = tempfile::tempdir().unwrap();
+        check_rollout_policy(d.path(), false).unwrap();
+        let e = check_rollout_policy(d.path(), true).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("rollout.toml is missing"),
+            "{e:#}"
+        );
+        std::fs::write(d.path().join("rollout.toml"), "").unwrap();
+        check_rollout_policy(d.path(), true).unwrap();
+        let e = check_rollout_policy(d.path(), false).unwrap_err();
+        assert!(format!("{e:#}").contains("pass --canary"), "{e:#}");
+        std::fs::write(d.path().join("rollout.toml"), "steps = [5, 50]\n").unwrap();
+        let e = check_rollout_policy(d.path(), true).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("rollout.steps must end at 100"),
+            "{e:#}"
+        );
+        std::fs::write(d.path().join("rollout.toml"), "stpes = [5, 100]\n").unwrap();
+        let e = check_rollout_policy(d.path(), true).unwrap_err();
+        assert!(format!("{e:#}").contains("stpes"), "{e:#}");
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use nusa_admin::{ChangeReply, Client, History, PinRequest, Status};
+use nusa_admin::{CanaryStatus, ChangeReply, Client, History, PinRequest, Status};
 
 /// The appliance's socket (`server.admin_socket`, by default in its
 /// `data_dir`, /var/lib/nusa).
@@ -56,8 +56,23 @@ enum ModelsCmd {
         #[arg(long)]
         version: u64,
     },
-    /// Loads, swaps, unloads, pins and refusals, oldest first.
+    /// Loads, swaps, unloads, pins, rollouts and refusals, oldest first.
     History { model: Option<String> },
+    /// Start a canary rollout of a version (`--version`), or show the
+    /// rollout of MODEL (of every model without one): per-version
+    /// requests, error rate, p99, shadow agreement, the step, the next
+    /// decision.
+    Canary(CanaryArgs),
+    /// Promote a model's canary now, skipping its remaining steps.
+    Promote { model: String },
+    /// Roll a model's canary back now; the version is recorded bad on this
+    /// box and never served again by itself.
+    Abort {
+        model: String,
+        /// Recorded with the rollback.
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Create a model repository and its signing keys (a release
     /// engineer's machine; a repository of its own, apart from the OS one).
     Init {
@@ -78,6 +93,68 @@ enum ModelsCmd {
     /// Wrap an encrypted version's data key for another fleet key (key
     /// rotation): one new signed target; files and manifest unchanged.
     Rewrap(nusa_model_dist::RewrapArgs),
+}
+
+#[derive(Debug, Args)]
+struct CanaryArgs {
+    model: Option<String>,
+    /// The version to roll out; without it, show the rollout.
+    #[arg(long, requires = "model")]
+    version: Option<u64>,
+    /// Percent of requests on the candidate per step, e.g. 1,5,25,50,100.
+    #[arg(long, value_delimiter = ',', requires = "version")]
+    steps: Option<Vec<u32>>,
+    /// How long each step lasts at least, seconds.
+    #[arg(long, requires = "version")]
+    step_s: Option<u64>,
+    /// Seconds between checks within a step.
+    #[arg(long, requires = "version")]
+    check_s: Option<u64>,
+    /// Also compute a sample of stable requests on the candidate and
+    /// compare the answers (never returned to clients).
+    #[arg(long, requires = "version")]
+    shadow: bool,
+    /// `key`: one client sees one version for a whole step; `request`:
+    /// each request drawn anew.
+    #[arg(long, requires = "version")]
+    split: Option<String>,
+    /// Any other `[rollout]` key, e.g. `--set max_error_rate=0.02`
+    /// (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE", requires = "version")]
+    set: Vec<String>,
+}
+
+impl CanaryArgs {
+    /// The plan keys given, as `[rollout]`'s JSON.
+    fn plan(&self) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+        use serde_json::Value;
+        let mut plan = serde_json::Map::new();
+        for kv in &self.set {
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("--set {kv}: expected KEY=VALUE"))?;
+            // Numbers and booleans as themselves, anything else a string.
+            let value =
+                serde_json::from_str::<Value>(v).unwrap_or_else(|_| Value::String(v.into()));
+            plan.insert(k.trim().to_string(), value);
+        }
+        if let Some(steps) = &self.steps {
+            plan.insert("steps".into(), serde_json::json!(steps));
+        }
+        if let Some(s) = self.step_s {
+            plan.insert("step_s".into(), s.into());
+        }
+        if let Some(s) = self.check_s {
+            plan.insert("check_s".into(), s.into());
+        }
+        if self.shadow {
+            plan.insert("shadow".into(), true.into());
+        }
+        if let Some(s) = &self.split {
+            plan.insert("split".into(), s.clone().into());
+        }
+        Ok(plan)
+    }
 }
 
 pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
@@ -142,19 +219,23 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             }
             println!("mode: {}", describe_mode(&s.mode));
             println!(
-                "{:<24} {:<12} {:>8} {:>7} {:<12} error",
-                "MODEL", "STATE", "SERVING", "PINNED", "ENGINE"
+                "{:<24} {:<12} {:>8} {:>7} {:>7} {:<12} error",
+                "MODEL", "STATE", "SERVING", "PINNED", "CANARY", "ENGINE"
             );
             for m in &s.models {
                 println!(
-                    "{:<24} {:<12} {:>8} {:>7} {:<12} {}",
+                    "{:<24} {:<12} {:>8} {:>7} {:>7} {:<12} {}",
                     m.name,
                     m.state,
                     opt(m.serving),
                     opt(m.pinned),
+                    opt(m.canary),
                     m.engine,
                     m.error.as_deref().unwrap_or("")
                 );
+                for (v, why) in &m.rolled_back {
+                    println!("{:<24} version {v} rolled back: {why}", "");
+                }
             }
         }
         ModelsCmd::List => {
@@ -218,6 +299,69 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
                 return print_json(&r);
             }
             println!("{} version {}: {}", r.model, r.version, r.detail);
+        }
+        ModelsCmd::Canary(c) => match (&c.model, c.version) {
+            (Some(model), Some(version)) => {
+                let body = nusa_admin::CanaryStart {
+                    version,
+                    plan: c.plan()?,
+                };
+                let r: CanaryStatus = client
+                    .post(&nusa_admin::canary_path(model), &body)
+                    .await
+                    .with_context(|| {
+                        format!("starting a canary of version {version} of '{model}'")
+                    })?;
+                if args.json {
+                    return print_json(&r);
+                }
+                print_canary(&r);
+            }
+            (Some(model), None) => {
+                let r: CanaryStatus = client.get(&nusa_admin::canary_path(model)).await?;
+                if args.json {
+                    return print_json(&r);
+                }
+                print_canary(&r);
+            }
+            (None, _) => {
+                let r: nusa_admin::Rollouts = client.get(nusa_admin::CANARY).await?;
+                if args.json {
+                    return print_json(&r);
+                }
+                if r.rollouts.is_empty() {
+                    println!("no canary rollout has run");
+                }
+                for s in &r.rollouts {
+                    print_canary(s);
+                }
+            }
+        },
+        ModelsCmd::Promote { model } => {
+            let r: nusa_admin::CanaryEnded = client
+                .post(
+                    &nusa_admin::canary_promote_path(&model),
+                    &serde_json::json!({}),
+                )
+                .await
+                .with_context(|| format!("promoting the canary of '{model}'"))?;
+            if args.json {
+                return print_json(&r);
+            }
+            print_ended(&model, &r);
+        }
+        ModelsCmd::Abort { model, reason } => {
+            let r: nusa_admin::CanaryEnded = client
+                .post(
+                    &nusa_admin::canary_abort_path(&model),
+                    &nusa_admin::CanaryAbort { reason },
+                )
+                .await
+                .with_context(|| format!("aborting the canary of '{model}'"))?;
+            if args.json {
+                return print_json(&r);
+            }
+            print_ended(&model, &r);
         }
         ModelsCmd::History { model } => {
             let path = match &model {
@@ -320,6 +464,74 @@ fn print_change(r: &ChangeReply, json: bool) -> anyhow::Result<()> {
         r.dropped
     );
     Ok(())
+}
+
+fn print_canary(s: &CanaryStatus) {
+    match &s.running {
+        Some(r) => {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let next = r.next_check_ms.map_or_else(
+                || "-".into(),
+                |ms| format!("{:.1} s", ms.saturating_sub(now_ms) as f64 / 1000.0),
+            );
+            println!(
+                "{}: version {} on {}% of requests (step {} of {:?}), stable {}; {} failed check(s); next check in {}",
+                s.model,
+                r.candidate,
+                r.percent,
+                r.step + 1,
+                r.steps,
+                r.stable,
+                r.failed_checks,
+                next
+            );
+            for (arm, f) in [("stable", &r.arms.stable), ("candidate", &r.arms.candidate)] {
+                println!(
+                    "  {:<10} requests {:>8}  errors {:>6} ({:.2}%)  p99 {}",
+                    arm,
+                    f.requests,
+                    f.errors,
+                    f.error_rate * 100.0,
+                    f.p99_ms
+                        .map_or_else(|| "-".into(), |ms| format!("{ms:.2} ms"))
+                );
+            }
+            if let Some(sh) = &r.shadow {
+                println!(
+                    "  shadow     compared {:>8}  agreement {}  max abs diff {:.3e}  max rel diff {:.3e}",
+                    sh.compared,
+                    sh.agreement
+                        .map_or_else(|| "-".into(), |a| format!("{:.2}%", a * 100.0)),
+                    sh.max_abs,
+                    sh.max_rel
+                );
+            }
+            if let Some(last) = &r.last_check {
+                println!("  last check: {last}");
+            }
+        }
+        None => match &s.last {
+            Some(e) => print_ended(&s.model, e),
+            None => println!("{}: no canary rollout has run", s.model),
+        },
+    }
+}
+
+fn print_ended(model: &str, e: &nusa_admin::CanaryEnded) {
+    println!(
+        "{model}: canary of version {} {} at {}% (step {}), stable was {}{}",
+        e.candidate,
+        e.result.replace('_', " "),
+        e.percent,
+        e.step + 1,
+        e.stable,
+        e.reason
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default()
+    );
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {

@@ -46,6 +46,19 @@ pub enum Route {
     AdminHistory {
         model: Option<String>,
     },
+    /// `/v2/nusa/canary` (every rollout) and `/v2/nusa/models/{m}/canary`
+    /// (GET its status, POST starts one) (admin).
+    AdminCanary {
+        model: Option<String>,
+    },
+    /// `/v2/nusa/models/{m}/canary/promote` (admin).
+    AdminCanaryPromote {
+        model: String,
+    },
+    /// `/v2/nusa/models/{m}/canary/abort` (admin).
+    AdminCanaryAbort {
+        model: String,
+    },
 }
 
 impl Route {
@@ -60,6 +73,9 @@ impl Route {
                 | Route::AdminPin { .. }
                 | Route::AdminPull { .. }
                 | Route::AdminHistory { .. }
+                | Route::AdminCanary { .. }
+                | Route::AdminCanaryPromote { .. }
+                | Route::AdminCanaryAbort { .. }
         )
     }
 }
@@ -88,6 +104,14 @@ pub fn parse_route(path: &str) -> Option<Route> {
         ["nusa", "models", m, "history"] => Route::AdminHistory {
             model: Some(owned(m)?),
         },
+        ["nusa", "canary"] => Route::AdminCanary { model: None },
+        ["nusa", "models", m, "canary"] => Route::AdminCanary {
+            model: Some(owned(m)?),
+        },
+        ["nusa", "models", m, "canary", "promote"] => {
+            Route::AdminCanaryPromote { model: owned(m)? }
+        }
+        ["nusa", "models", m, "canary", "abort"] => Route::AdminCanaryAbort { model: owned(m)? },
         ["models", "stats"] => Route::ModelStats {
             model: None,
             version: None,

@@ -9,7 +9,7 @@ use serde::Deserialize;
 /// Model config files are small; anything larger is a mistake.
 const MAX_CONFIG_BYTES: u64 = 64 << 10;
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
     pub versions: VersionPolicy,
@@ -25,6 +25,8 @@ pub struct ModelConfig {
     pub engine: EngineChoice,
     /// The inference a version runs before it takes traffic.
     pub warmup: Warmup,
+    /// `[rollout]`: this model's canary plan keys, over nusad's.
+    pub rollout: Option<nusa_rollout::PlanSpec>,
 }
 
 /// What a newly loaded version runs before it takes traffic (a load whose

@@ -30,8 +30,8 @@ pub use config::{
 };
 pub use demo::{materialize_demo, DEMO_MODEL_NAME};
 pub use digest::VersionDigest;
-pub use lifecycle::ChangeReport;
-pub use state::{Event, MAX_HISTORY_EVENTS};
+pub use lifecycle::{CanaryEnd, ChangeReport, ROLLOUT_POLICY};
+pub use state::{read_json_file, write_json_file, Event, Marks, MAX_HISTORY_EVENTS};
 
 /// One loaded version of a model.
 pub struct ModelVersion {
@@ -160,6 +160,12 @@ pub struct Model {
     pub error: Option<String>,
     /// The version requests without one get (`None`: the latest loaded).
     pub pinned: Option<u64>,
+    /// A version in a canary rollout: loaded beside the serving one, but
+    /// never "latest"; `nusa-canary` sends it its share of requests.
+    pub canary: Option<u64>,
+    /// During a rollout, the version that served when it started: requests
+    /// without a version keep getting it (unless a pin says otherwise).
+    pub stable: Option<u64>,
     /// Unloaded through the repository API: serves nothing, and does not
     /// hold the server's readiness.
     pub unloaded: bool,
@@ -170,16 +176,20 @@ impl Model {
         !self.unloaded && self.error.is_none() && !self.versions.is_empty()
     }
 
+    /// The newest loaded version that is not a canary.
     pub fn latest(&self) -> Option<&Arc<ModelVersion>> {
-        self.versions.values().next_back()
+        self.versions
+            .values()
+            .rev()
+            .find(|v| Some(v.version) != self.canary)
     }
 
-    /// The version a request without one gets: the pinned one, else the
-    /// latest loaded.
+    /// The version a request without one gets (the stable one during a
+    /// canary rollout): the pinned one, else the latest loaded.
     pub fn serving(&self) -> Option<&Arc<ModelVersion>> {
-        match self.pinned {
-            Some(v) => self.versions.get(&v),
-            None => self.latest(),
+        match (self.pinned, self.canary.and(self.stable)) {
+            (Some(v), _) | (None, Some(v)) => self.versions.get(&v),
+            (None, None) => self.latest(),
         }
     }
 }
@@ -278,6 +288,7 @@ impl Repository {
         names.sort();
         let state = state::StateDir::new(state_dir).map_err(RegistryError::State)?;
         let pins = state.pins().map_err(RegistryError::State)?;
+        let marks = state.marks().map_err(RegistryError::State)?;
         let repo = Repository {
             root: root.to_path_buf(),
             engines,
@@ -290,7 +301,7 @@ impl Repository {
         };
         for name in names {
             let model = repo
-                .build_model(&name, pins.get(&name).copied(), None)
+                .build_model(&name, pins.get(&name).copied(), &marks.of(&name), None)
                 .await;
             match &model.error {
                 None => {

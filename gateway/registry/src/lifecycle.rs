@@ -18,11 +18,15 @@ use std::time::Duration;
 
 use nusa_tensor::{element_count, DataType, Tensor, TensorData};
 
-use crate::state::{now_s, Event};
+use crate::state::{now_s, Event, ModelMarks};
 use crate::{
     encrypted, load_version, select, version_digest, ChangeError, Model, ModelConfig, ModelVersion,
     Repository, VersionPolicy, Warmup,
 };
+
+/// A version published with a rollout policy reaches traffic only through
+/// a canary rollout of it.
+pub use nusa_rollout::POLICY_FILE as ROLLOUT_POLICY;
 
 /// A warm-up inference that takes longer than this fails the load.
 const WARMUP_TIMEOUT: Duration = Duration::from_secs(120);
@@ -46,13 +50,101 @@ impl Repository {
     /// warmed up beside the serving ones, then swapped in (Triton's
     /// `POST /v2/repository/models/{m}/load`, with no gap in serving).
     pub async fn load_model(&self, name: &str) -> Result<ChangeReport, ChangeError> {
-        self.change(name, Pin::Keep).await
+        self.change(name, Pin::Keep, Canary::Keep).await
     }
 
     /// Sets the version requests without one get (`None`: the latest
     /// loaded), loading it first when it is not; persisted.
     pub async fn pin(&self, name: &str, version: Option<u64>) -> Result<ChangeReport, ChangeError> {
-        self.change(name, Pin::Set(version)).await
+        self.change(name, Pin::Set(version), Canary::Keep).await
+    }
+
+    /// Loads `version` beside the serving one as a canary: warmed up (and
+    /// its goldens run) like any load, then in the snapshot but never
+    /// "latest", so requests without a version keep getting the stable
+    /// one until `nusa-canary` routes a share to it. Persisted.
+    pub async fn start_canary(
+        &self,
+        name: &str,
+        version: u64,
+    ) -> Result<ChangeReport, ChangeError> {
+        self.change(name, Pin::Keep, Canary::Start(version)).await
+    }
+
+    /// Ends a canary rollout: `Promote` makes the candidate the serving
+    /// version (pinned to it when the model was pinned or a newer version
+    /// is on disk), and the old one leaves as the version policy says;
+    /// `Rollback` unloads the candidate and records it bad on this box
+    /// with the reason: it is never served again by itself. Returns the
+    /// report and the candidate's version.
+    pub async fn end_canary(
+        &self,
+        name: &str,
+        end: CanaryEnd,
+    ) -> Result<(ChangeReport, u64), ChangeError> {
+        let candidate = self
+            .model(name)
+            .ok()
+            .and_then(|m| m.canary)
+            .ok_or_else(|| ChangeError::Refused {
+                model: name.to_string(),
+                reason: "no canary rollout is in progress".into(),
+            })?;
+        let change = match end {
+            CanaryEnd::Promote => Canary::Promote,
+            CanaryEnd::Rollback(reason) => Canary::Rollback(reason),
+        };
+        let report = self.change(name, Pin::Keep, change).await?;
+        Ok((report, candidate))
+    }
+
+    /// Versions published with a rollout policy (`rollout.toml`) that wait
+    /// for their rollout: per model, the newest one newer than the serving
+    /// version that neither passed nor failed a rollout here, with the
+    /// policy's keys (or why they do not parse). Models in a rollout are
+    /// skipped.
+    pub async fn pending_rollouts(
+        &self,
+    ) -> Vec<(String, u64, Result<nusa_rollout::PlanSpec, String>)> {
+        let Ok(marks) = self.changes.lock().await.marks() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for m in self.models() {
+            if m.unloaded || m.canary.is_some() || marks.canary.contains_key(&m.name) {
+                continue;
+            }
+            let Some(serving) = m.serving().map(|v| v.version) else {
+                continue;
+            };
+            let dir = self.root.join(&m.name);
+            let bad = marks.bad_versions(&m.name);
+            let promoted = marks.promoted_versions(&m.name);
+            let newest = self
+                .version_dirs(&dir)
+                .into_iter()
+                .rev()
+                .take_while(|v| *v > serving)
+                .find(|v| {
+                    !bad.contains(v)
+                        && !promoted.contains(v)
+                        && dir.join(v.to_string()).join(ROLLOUT_POLICY).is_file()
+                });
+            if let Some(v) = newest {
+                let path = dir.join(v.to_string()).join(ROLLOUT_POLICY);
+                out.push((m.name.clone(), v, read_policy(&path)));
+            }
+        }
+        out
+    }
+
+    /// Canary and rolled-back versions of every model, as persisted.
+    pub async fn marks(&self) -> Result<crate::Marks, ChangeError> {
+        self.changes
+            .lock()
+            .await
+            .marks()
+            .map_err(ChangeError::State)
     }
 
     /// Stops serving a model: it answers 404 until loaded again. Requests
@@ -75,6 +167,8 @@ impl Repository {
             versions: BTreeMap::new(),
             error: None,
             pinned: previous.pinned,
+            canary: None,
+            stable: None,
             unloaded: true,
         };
         self.models
@@ -108,7 +202,12 @@ impl Repository {
             .map_err(ChangeError::State)
     }
 
-    async fn change(&self, name: &str, pin: Pin) -> Result<ChangeReport, ChangeError> {
+    async fn change(
+        &self,
+        name: &str,
+        pin: Pin,
+        canary: Canary,
+    ) -> Result<ChangeReport, ChangeError> {
         check_name(name)?;
         let dir = self.root.join(name);
         if !dir.is_dir() {
@@ -120,22 +219,96 @@ impl Repository {
             .as_ref()
             .and_then(|m| m.serving())
             .map(|v| v.version);
-        let pinned = match pin {
+        let mut pinned = match pin {
             Pin::Keep => previous.as_ref().and_then(|m| m.pinned),
             Pin::Set(v) => v,
         };
+        let available = self.version_dirs(&dir);
+        let unknown = |v: u64| ChangeError::UnknownVersion {
+            model: name.to_string(),
+            version: v,
+            available: list(&available),
+        };
         if let Pin::Set(Some(v)) = pin {
-            let available = self.version_dirs(&dir);
             if !available.contains(&v) {
-                return Err(ChangeError::UnknownVersion {
-                    model: name.to_string(),
-                    version: v,
-                    available: list(&available),
-                });
+                return Err(unknown(v));
             }
         }
+        let mut marks = state.marks().map_err(ChangeError::State)?;
+        let marks_before = marks.clone();
+        let refused = |reason: String| ChangeError::Refused {
+            model: name.to_string(),
+            reason,
+        };
+        let running = marks.canary.get(name).copied();
+        match &canary {
+            Canary::Keep => {}
+            Canary::Start(v) => {
+                if let Some(c) = running {
+                    return Err(refused(format!(
+                        "a canary rollout of version {c} is in progress: promote or abort it first"
+                    )));
+                }
+                if !available.contains(v) {
+                    return Err(unknown(*v));
+                }
+                if serving_before == Some(*v) {
+                    return Err(refused(format!(
+                        "version {v} is the serving version already"
+                    )));
+                }
+                // An operator's explicit rollout of a version rolled back
+                // before: its mark goes, the rollout judges it anew.
+                if let Some(b) = marks.bad.get_mut(name) {
+                    b.remove(v);
+                }
+                marks.canary.insert(name.to_string(), *v);
+                if let Some(stable) = serving_before {
+                    marks.stable.insert(name.to_string(), stable);
+                }
+            }
+            Canary::Promote => {
+                let Some(c) = running else {
+                    return Err(refused("no canary rollout is in progress".into()));
+                };
+                marks.canary.remove(name);
+                marks.stable.remove(name);
+                marks
+                    .promoted
+                    .entry(name.to_string())
+                    .or_default()
+                    .insert(c);
+                let bad = marks.bad_versions(name);
+                let promoted = marks.promoted_versions(name);
+                let newest = available
+                    .iter()
+                    .rev()
+                    .find(|v| {
+                        !bad.contains(v)
+                            && (promoted.contains(v)
+                                || !dir.join(v.to_string()).join(ROLLOUT_POLICY).is_file())
+                    })
+                    .copied();
+                if pinned.is_some() || newest != Some(c) {
+                    pinned = Some(c);
+                }
+            }
+            Canary::Rollback(reason) => {
+                let Some(c) = running else {
+                    return Err(refused("no canary rollout is in progress".into()));
+                };
+                marks.canary.remove(name);
+                marks.stable.remove(name);
+                marks
+                    .bad
+                    .entry(name.to_string())
+                    .or_default()
+                    .insert(c, reason.clone());
+            }
+        }
+        let pin_changed = pinned != previous.as_ref().and_then(|m| m.pinned);
         let reuse = previous.as_deref().filter(|m| !m.unloaded);
-        let model = self.build_model(name, pinned, reuse).await;
+        let model = self.build_model(name, pinned, &marks.of(name), reuse).await;
         if let Some(reason) = model.error.clone() {
             state.record(Event {
                 at: now_s(),
@@ -165,13 +338,16 @@ impl Repository {
                 reason,
             });
         }
-        if let Pin::Set(v) = pin {
+        if matches!(pin, Pin::Set(_)) || pin_changed {
             let mut pins = state.pins().map_err(ChangeError::State)?;
-            match v {
+            match pinned {
                 Some(v) => pins.insert(name.to_string(), v),
                 None => pins.remove(name),
             };
             state.save_pins(&pins).map_err(ChangeError::State)?;
+        }
+        if marks != marks_before {
+            state.save_marks(&marks).map_err(ChangeError::State)?;
         }
         let mut report = ChangeReport {
             serving_before,
@@ -241,6 +417,37 @@ impl Repository {
                 detail: "no longer in the model's version policy".into(),
             });
         }
+        match &canary {
+            Canary::Keep => {}
+            Canary::Start(v) => state.record(Event {
+                at,
+                model: name.to_string(),
+                version: Some(*v),
+                event: "canary".into(),
+                detail: format!(
+                    "loaded and warmed up beside version {}: serves only the share its rollout gives it",
+                    show(report.serving)
+                ),
+            }),
+            Canary::Promote => state.record(Event {
+                at,
+                model: name.to_string(),
+                version: report.serving,
+                event: "promote".into(),
+                detail: format!(
+                    "the canary passed every step: serving version {} (was {})",
+                    show(report.serving),
+                    show(report.serving_before)
+                ),
+            }),
+            Canary::Rollback(reason) => state.record(Event {
+                at,
+                model: name.to_string(),
+                version: marks_before.canary.get(name).copied(),
+                event: "rollback".into(),
+                detail: format!("rolled back and recorded bad on this box: {reason}"),
+            }),
+        }
         if let Pin::Set(v) = pin {
             state.record(Event {
                 at,
@@ -298,8 +505,16 @@ impl Repository {
         &self,
         name: &str,
         pinned: Option<u64>,
+        marks: &ModelMarks,
         previous: Option<&Model>,
     ) -> Model {
+        let ModelMarks {
+            canary,
+            stable,
+            bad,
+            promoted,
+        } = marks.clone();
+        let stable = canary.and(stable);
         let dir = self.root.join(name);
         let mut model = Model {
             name: name.to_string(),
@@ -308,6 +523,8 @@ impl Repository {
             versions: BTreeMap::new(),
             error: None,
             pinned,
+            canary,
+            stable,
             unloaded: false,
         };
         match ModelConfig::load(&config_path(&dir)) {
@@ -357,12 +574,49 @@ impl Repository {
                 ));
             }
         }
-        if model.config.versions == VersionPolicy::Latest {
-            versions.drain(..versions.len() - 1);
+        if let Some(c) = canary.filter(|c| !versions.contains(c)) {
+            model.error = Some(format!(
+                "canary version {c} is not in the repository (available: {})",
+                list(&versions)
+            ));
         }
-        if let Some(p) = pinned.filter(|p| !versions.contains(p) && model.error.is_none()) {
-            versions.push(p);
-            versions.sort_unstable();
+        let on_disk = versions.clone();
+        // Neither a canary, nor a version rolled back on this box, nor one
+        // published with a rollout policy that has not passed it here is
+        // "latest" or loaded by the policy; a pin or the rollout adds them.
+        versions.retain(|v| {
+            Some(*v) != canary
+                && !bad.contains(v)
+                && (promoted.contains(v) || !dir.join(v.to_string()).join(ROLLOUT_POLICY).is_file())
+        });
+        if model.config.versions == VersionPolicy::Latest {
+            versions.drain(..versions.len().saturating_sub(1));
+        }
+        if let Some(s) = stable {
+            // The rollout's stable version: the policy's pick is not served.
+            if model.config.versions == VersionPolicy::Latest && pinned.is_none() {
+                versions.clear();
+            }
+            if !on_disk.contains(&s) && model.error.is_none() {
+                model.error = Some(format!(
+                    "the rollout's stable version {s} is not in the repository (available: {})",
+                    list(&on_disk)
+                ));
+            }
+        }
+        for extra in [pinned, canary, stable].into_iter().flatten() {
+            if on_disk.contains(&extra) && !versions.contains(&extra) {
+                versions.push(extra);
+            }
+        }
+        versions.sort_unstable();
+        if versions.is_empty() && model.error.is_none() {
+            model.error = Some(format!(
+                "every version under {} was rolled back on this box ({}): pin one or publish a new one",
+                dir.display(),
+                list(&bad)
+            ));
+            return model;
         }
         let same_setup =
             previous.is_some_and(|m| m.config == model.config && m.engine == model.engine);
@@ -440,10 +694,36 @@ impl Repository {
     }
 }
 
+/// A version's `rollout.toml`: `[rollout]` keys at its top level.
+fn read_policy(path: &Path) -> Result<nusa_rollout::PlanSpec, String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(64 << 10).read_to_string(&mut text))
+        .map_err(|e| format!("reading {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 enum Pin {
     /// Keep the model's pin as it is.
     Keep,
     Set(Option<u64>),
+}
+
+/// How a change touches the model's canary.
+enum Canary {
+    Keep,
+    Start(u64),
+    Promote,
+    Rollback(String),
+}
+
+/// How a canary rollout ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CanaryEnd {
+    Promote,
+    /// With the reason, recorded with the version's bad mark.
+    Rollback(String),
 }
 
 /// What a loaded version must pass before it takes traffic: its golden

@@ -1,6 +1,7 @@
 //! What the model repository keeps across restarts and OS updates, on the
-//! data partition: each model's pinned serving version (`pins.json`) and
-//! the history of loads, swaps, unloads, pins and refusals
+//! data partition: each model's pinned serving version (`pins.json`), the
+//! versions in a canary rollout and those rolled back (`rollouts.json`),
+//! and the history of loads, swaps, unloads, pins, rollouts and refusals
 //! (`history.jsonl`, bounded).
 
 use std::collections::BTreeMap;
@@ -9,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// `pins.json` is a small map; anything larger is not ours.
+/// `pins.json` and `rollouts.json` are small maps; anything larger is not
+/// ours.
 const MAX_PINS_BYTES: u64 = 1 << 20;
 /// The history file is cut to its newer half past this size.
 const MAX_HISTORY_BYTES: u64 = 4 << 20;
@@ -25,11 +27,68 @@ struct PinsFile {
     pins: BTreeMap<String, u64>,
 }
 
+/// The registry's side of canary rollouts (the rollout's own progress is
+/// `nusa-canary`'s): which version each model is rolling out beside its
+/// serving one, and which versions were rolled back on this box, with why.
+/// A rolled-back version is never served again by itself: it is neither
+/// "latest" nor loaded by the version policy, until an operator pins it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Marks {
+    #[serde(default)]
+    pub canary: BTreeMap<String, u64>,
+    /// The version serving when each rollout started: it keeps serving
+    /// requests without a version until the rollout ends, whatever else
+    /// lands on disk meanwhile.
+    #[serde(default)]
+    pub stable: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub bad: BTreeMap<String, BTreeMap<u64, String>>,
+    /// Versions published with a rollout policy (`rollout.toml`) that
+    /// passed their rollout here: only these of them are ever "latest".
+    #[serde(default)]
+    pub promoted: BTreeMap<String, std::collections::BTreeSet<u64>>,
+}
+
+/// What the marks say of one model, for building its snapshot.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ModelMarks {
+    pub canary: Option<u64>,
+    pub stable: Option<u64>,
+    pub bad: Vec<u64>,
+    pub promoted: Vec<u64>,
+}
+
+impl Marks {
+    pub(crate) fn of(&self, model: &str) -> ModelMarks {
+        ModelMarks {
+            canary: self.canary.get(model).copied(),
+            stable: self.stable.get(model).copied(),
+            bad: self.bad_versions(model),
+            promoted: self.promoted_versions(model),
+        }
+    }
+
+    pub fn promoted_versions(&self, model: &str) -> Vec<u64> {
+        self.promoted
+            .get(model)
+            .map(|b| b.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn bad_versions(&self, model: &str) -> Vec<u64> {
+        self.bad
+            .get(model)
+            .map(|b| b.keys().copied().collect())
+            .unwrap_or_default()
+    }
+}
+
 /// The state folder (`<data_dir>/models`), or none (tests, tools): then
 /// pins and history live in memory only.
 pub struct StateDir {
     dir: Option<PathBuf>,
     memory: Vec<Event>,
+    marks: Marks,
 }
 
 impl StateDir {
@@ -40,41 +99,46 @@ impl StateDir {
         Ok(StateDir {
             dir,
             memory: Vec::new(),
+            marks: Marks::default(),
         })
     }
 
     pub fn pins(&self) -> Result<BTreeMap<String, u64>, String> {
-        let Some(path) = self.dir.as_ref().map(|d| d.join("pins.json")) else {
-            return Ok(BTreeMap::new());
-        };
-        let text = match read_bounded(&path, MAX_PINS_BYTES) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-            Err(e) => return Err(format!("reading {}: {e}", path.display())),
-        };
-        serde_json::from_str::<PinsFile>(&text)
-            .map(|f| f.pins)
-            .map_err(|e| format!("{}: {e}", path.display()))
+        Ok(self.read_json::<PinsFile>("pins.json")?.pins)
     }
 
-    /// Writes the pins atomically (temporary file, fsync, rename, fsync of
-    /// the folder): a power cut leaves the old file or the new one.
     pub fn save_pins(&self, pins: &BTreeMap<String, u64>) -> Result<(), String> {
-        let Some(dir) = &self.dir else {
+        self.write_json("pins.json", &PinsFile { pins: pins.clone() })
+    }
+
+    /// Canary and rolled-back versions (in memory without a folder).
+    pub fn marks(&self) -> Result<Marks, String> {
+        if self.dir.is_none() {
+            return Ok(self.marks.clone());
+        }
+        self.read_json("rollouts.json")
+    }
+
+    pub fn save_marks(&mut self, marks: &Marks) -> Result<(), String> {
+        if self.dir.is_none() {
+            self.marks = marks.clone();
             return Ok(());
-        };
-        let body = serde_json::to_vec_pretty(&PinsFile { pins: pins.clone() })
-            .map_err(|e| e.to_string())?;
-        let path = dir.join("pins.json");
-        let tmp = dir.join(".pins.json.tmp");
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&body)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(dir)?.sync_all()
-        };
-        write().map_err(|e| format!("writing {}: {e}", path.display()))
+        }
+        self.write_json("rollouts.json", marks)
+    }
+
+    fn read_json<T: Default + serde::de::DeserializeOwned>(&self, name: &str) -> Result<T, String> {
+        match &self.dir {
+            Some(d) => read_json_file(d, name, MAX_PINS_BYTES),
+            None => Ok(T::default()),
+        }
+    }
+
+    fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<(), String> {
+        match &self.dir {
+            Some(d) => write_json_file(d, name, value),
+            None => Ok(()),
+        }
     }
 
     /// Appends an event; a history that cannot be written is logged, never
@@ -140,6 +204,40 @@ fn append(path: &Path, event: &Event) -> std::io::Result<()> {
     f.write_all(&line)
 }
 
+/// A small JSON file of the state folder, read bounded to `max` bytes; a
+/// missing one is the default. (Also `nusa-canary`'s `canary.json`.)
+pub fn read_json_file<T: Default + serde::de::DeserializeOwned>(
+    dir: &Path,
+    name: &str,
+    max: u64,
+) -> Result<T, String> {
+    let path = dir.join(name);
+    let text = match read_bounded(&path, max) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(T::default()),
+        Err(e) => return Err(format!("reading {}: {e}", path.display())),
+    };
+    serde_json::from_str::<T>(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Writes a small JSON file of the state folder atomically (temporary
+/// file, fsync, rename, fsync of the folder): a power cut leaves the old
+/// file or the new one.
+pub fn write_json_file<T: Serialize>(dir: &Path, name: &str, value: &T) -> Result<(), String> {
+    let body = serde_json::to_vec_pretty(value).map_err(|e| e.to_string())?;
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&body)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
 fn read_bounded(path: &Path, max: u64) -> std::io::Result<String> {
     let mut text = String::new();
     std::fs::File::open(path)?
@@ -190,6 +288,34 @@ mod tests {
         assert_eq!(a, vec![0, 2, 4]);
         let newest: Vec<u64> = s.history(None, 2).unwrap().iter().map(|e| e.at).collect();
         assert_eq!(newest, vec![3, 4]);
+    }
+
+    #[test]
+    fn rollout_marks_survive_a_new_state_dir_and_live_in_memory_without_one() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = StateDir::new(Some(d.path().join("models"))).unwrap();
+        assert_eq!(s.marks().unwrap(), Marks::default());
+        let mut m = Marks::default();
+        m.canary.insert("a".into(), 3);
+        m.stable.insert("a".into(), 2);
+        m.bad
+            .entry("b".into())
+            .or_default()
+            .insert(7, "error rate".into());
+        m.promoted.entry("b".into()).or_default().insert(6);
+        s.save_marks(&m).unwrap();
+        let s = StateDir::new(Some(d.path().join("models"))).unwrap();
+        let back = s.marks().unwrap();
+        assert_eq!(back, m);
+        let of_a = back.of("a");
+        assert_eq!((of_a.canary, of_a.stable), (Some(3), Some(2)));
+        assert_eq!(
+            (back.of("b").bad, back.of("b").promoted),
+            (vec![7], vec![6])
+        );
+        let mut mem = StateDir::new(None).unwrap();
+        mem.save_marks(&m).unwrap();
+        assert_eq!(mem.marks().unwrap(), m);
     }
 
     #[test]

@@ -80,6 +80,7 @@ async fn provenance_round_trips() {
         publisher: "ana@example".into(),
         notes: "retrained on\nJanuary data".into(),
         encrypt_for: None,
+        canary: false,
     };
     let report = run_publish(&args).await.unwrap();
     assert_eq!(
