@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import shutil
 import statistics
@@ -343,6 +344,52 @@ def overload(report: Report, tmp: Path, oha_bin: str, quick: bool, seconds: floa
         region.stop()
 
 
+def auth_cost(report: Report, tmp: Path, quick: bool, seconds: float, rounds: int) -> None:
+    """What an API key costs per request: the same cache hits on a server
+    with `auth.mode = "keys"` (key checked, its rate and concurrency limits
+    counted) and on one without, interleaved, server CPU per request."""
+    x, _ = nt.golden_rows([0])
+    body, headers = nt.binary_infer_request(x, binary_output=True)
+    body_path = tmp / "auth-body.bin"
+    body_path.write_bytes(body)
+    cached = dict(nt.batching(max_batch_size=32, max_queue_delay_us=0, max_queue_size=1024))
+    cached["cache"] = {"enabled": True, "ttl_s": 3600}
+    limits = {"limits": {"max_body_bytes": 1 << 20}}
+    open_ = nt.start_server("open", tmp / "auth-open", {nt.MODEL: ((1,), cached)}, limits)
+    keyed = nt.start_server("keys", tmp / "auth-keys", {nt.MODEL: ((1,), cached)},
+                            {**limits, "auth": {"mode": "keys"}})
+    try:
+        nusactl = os.environ.get("NUSACTL_BIN", str(ROOT / "target/release/nusactl"))
+        out = subprocess.run([nusactl, "keys", "--socket", str(keyed.admin_socket), "create", "bench",
+                              "--rps", "1000000", "--burst", "1000000", "--max-concurrent", "10000", "--json"],
+                             capture_output=True, text=True, check=True)
+        key = json.loads(out.stdout)["secret"]
+        path = nt.infer_path()
+        systems = {
+            "keys": (System("keys", f"https://127.0.0.1:{keyed.port}{path}", [keyed.proc.pid], keyed.ca_path),
+                     {**headers, "Authorization": f"Bearer {key}"}),
+            "open": (System("open", f"https://127.0.0.1:{open_.port}{path}", [open_.proc.pid], open_.ca_path),
+                     headers),
+        }
+        for s, h in systems.values():
+            loadtools.wrk(s.url, body_path, h, 1, 1)
+            check_cached(s.url, body_path, h, "nusa-served-by", "cache")
+        by: dict[str, list[Sample]] = {"keys": [], "open": []}
+        for _ in range(rounds):
+            for name in ("keys", "open"):
+                s, h = systems[name]
+                by[name].append(measure(s, lambda: loadtools.wrk(s.url, body_path, h, 16, seconds)))
+        report.table("6. API keys: cache hits with auth.mode = \"keys\" (a key with rate and concurrency limits) "
+                     "against the same server without (HTTP/1.1, c=16)", [("cache hit", by)], ["keys", "open"])
+        extra = med([x.cpu_us_per_req for x in by["keys"]]) - med([x.cpu_us_per_req for x in by["open"]])
+        report.lines += [f"Server CPU per request added by the key check and its limits: {extra:.1f} us "
+                         "(median of rounds; the in-process figure is `cargo run --release -p nusa-auth "
+                         "--example auth_cost`).", ""]
+    finally:
+        keyed.stop()
+        open_.stop()
+
+
 def start_to_ready(tmp: Path, n: int) -> list[float]:
     """Seconds from spawn to a 200 from /v2/health/ready, bundled demo model."""
     out = []
@@ -362,6 +409,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--seconds", type=float, default=None, help="per run (default 8, quick 2)")
     ap.add_argument("--out", default=str(ROOT / "bench/results"))
+    ap.add_argument("--only", choices=["auth"], help="run one section only (its report file says so)")
     args = ap.parse_args()
     quick = args.quick
     rounds = args.rounds or (1 if quick else 5)
@@ -375,6 +423,16 @@ def main() -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.date.today().isoformat() + ("-quick" if quick else "")
     report = Report()
+    if args.only == "auth":
+        with tempfile.TemporaryDirectory() as tmp_s:
+            auth_cost(report, Path(tmp_s), quick, seconds, rounds)
+        out = out_dir / f"{stamp}-auth.md"
+        report.write(out, [f"# API key cost ({stamp})", "",
+                           f"`.venv/bin/python bench/run.py --only auth{' --quick' if quick else ''}`; "
+                           f"{rounds} rounds of {seconds:.0f} s, release build, server on core 0, wrk on core 1 "
+                           f"of {os.cpu_count()}.", ""])
+        print(out.read_text())
+        return 0
 
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
@@ -463,6 +521,7 @@ def main() -> int:
             upstream.stop()
             ours.stop()
         inference(report, tmp, quick, seconds, rounds)
+        auth_cost(report, tmp, quick, seconds, rounds)
         if oha_bin:
             proxy_overhead(report, tmp, oha_bin, quick, seconds, rounds)
             overload(report, tmp, oha_bin, quick, seconds, rounds)

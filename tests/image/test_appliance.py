@@ -140,7 +140,14 @@ def fleet(tmp_path_factory):
                   "--update-setting", f"health_timeout_s = {HEALTH_TIMEOUT_S}",
                   "--overlay", str(OVERLAY_TEST)]
         tls = qemu.make_tls(work / "test-tls")
-        for version, tls_arg, extra in ((BASE, tls, []), (GOOD, None, []),
+        # An admin key provisioned with the box (image/build --keys): the
+        # appliance's public port listens off loopback and wants keys.
+        f.api_key = subprocess.run([str(bins / "nusactl"), "keys", "generate"], check=True,
+                                   capture_output=True, text=True).stdout.strip()
+        keys = work / "bootstrap-keys.toml"
+        keys.write_text(f'[[keys]]\nname = "fleet-admin"\nrole = "admin"\nkey = "{f.api_key}"\n')
+        keys.chmod(0o600)
+        for version, tls_arg, extra in ((BASE, tls, ["--keys", str(keys)]), (GOOD, None, []),
                                         (BROKEN, None, ["--overlay", str(OVERLAY_BROKEN)]),
                                         (FINAL, None, [])):
             out = work / f"image-{version}"
@@ -201,10 +208,15 @@ class Box:
         self.vm.phase(f"console: {line.strip()}")
         return line
 
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.fleet.api_key}"}
+
     def infer(self, rows: list[int]) -> str:
         x, expected = nt.golden_rows(rows)
         body, headers = nt.binary_infer_request(x)
-        resp = nt.https1(self.appliance, "POST", nt.infer_path(), body, headers, timeout=60)
+        resp = nt.https1(self.appliance, "POST", nt.infer_path(), body, {**headers, **self.auth},
+                         timeout=60)
         nt.assert_infer_ok(resp, expected, binary=True)
         return nt.served_by(resp)
 
@@ -236,17 +248,26 @@ def test_1_first_boot_serves_over_https(box, record_property):
     box.boot()
     record_property("boot_to_ready_s", round(box.wait_ready(), 1))
     record_property("accel", qemu.accel())
-    assert box.infer([0, 1, 2, 3]) == "local"
-    box.vm.phase("inference over HTTP/1.1 matches the goldens")
-    import h3client
+    # Off loopback, the public port wants an API key by default.
     x, expected = nt.golden_rows([5])
     body, headers = nt.binary_infer_request(x)
-    resp = h3client.h3_request(box.appliance, "POST", nt.infer_path(), body, headers, timeout=60)
+    nt.assert_error(nt.https1(box.appliance, "POST", nt.infer_path(), body, headers, timeout=60),
+                    401, ["no API key"])
+    assert box.infer([0, 1, 2, 3]) == "local"
+    box.vm.phase("inference over HTTP/1.1 with the provisioned key matches the goldens")
+    import h3client
+    resp = h3client.h3_request(box.appliance, "POST", nt.infer_path(), body,
+                               {**headers, **box.auth}, timeout=60)
     nt.assert_infer_ok(resp, expected, binary=True)
     box.vm.phase("inference over HTTP/3 matches the goldens")
     line = box.boot_line()
     assert f"slot a release {BASE} is up" in line, line
     assert "nusa.slot=a" in box.vm.serial()
+    # A pin set through the admin API (an admin key on the public port)
+    # must outlive the OS update (test 4).
+    r = nt.https1(box.appliance, "POST", f"/v2/nusa/models/{nt.MODEL}/pin", b'{"version": 1}',
+                  box.auth, timeout=60)
+    assert r.status == 200 and r.json()["serving"] == 1, r
     # The timer has looked (and found an empty repository) by now or soon.
     box.vm.wait_serial("update state from=Checking", timeout=slow(60))
 
@@ -298,6 +319,12 @@ def test_4_new_slot_passes_health_gate_and_is_marked_good(box):
     assert "nusa-firstboot: device identity" not in box.vm.serial(), "first boot ran again"
     assert box.infer([0, 1, 2, 3]) in ("local", "cache")
     assert box.infer([7]) == "local"
+    # The key store, the pin and the audit log came through the update.
+    models = nt.https1(box.appliance, "GET", "/v2/nusa/models", headers=box.auth, timeout=60).json()
+    assert models["models"][0]["pinned"] == 1, models
+    audit = nt.https1(box.appliance, "GET", "/v2/nusa/audit", headers=box.auth, timeout=60).json()
+    assert [(r["action"], r["actor"]["id"]) for r in audit["records"]] == \
+        [("model.pin", "fleet-admin")], audit
 
 
 def test_5_broken_release_rolls_back_by_itself_and_is_not_retried(box):

@@ -236,6 +236,9 @@ class NusadServer:
         if config is not None:
             self.config_path = workdir / "nusad.toml"
             self.config_path.write_text(toml_dumps(config))
+        # The address nusad listens on (clients connect to 127.0.0.1 either
+        # way): 0.0.0.0 makes it reachable from off the box.
+        self.listen_host = "127.0.0.1"
         self.port = 0
         self.metrics_port = 0
         self.admin_port = 0
@@ -293,7 +296,7 @@ class NusadServer:
             while len({self.port, self.metrics_port, self.admin_port}) < 3:
                 self.metrics_port, self.admin_port = free_port(), free_port()
             args = [str(nusad_binary()),
-                    "--listen", f"127.0.0.1:{self.port}",
+                    "--listen", f"{self.listen_host}:{self.port}",
                     "--data", str(self.data_dir),
                     "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
                     "--admin-listen", f"127.0.0.1:{self.admin_port}"]

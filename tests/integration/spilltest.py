@@ -65,10 +65,11 @@ def region_entry(name: str, server: nt.NusadServer, url: str | None = None, **ex
 
 def start_main(workdir: Path, slow: sm.SlowModel, regions: list[dict], *, slo_ms: int,
                spill: Mapping | None = None, models: Mapping[str, dict] | None = None,
-               name: str = "main") -> nt.NusadServer:
+               name: str = "main", extra: Mapping | None = None) -> nt.NusadServer:
     spill_table = {"enabled": True, "max_tries": 2, "local_only_clients": [], "probe_interval_ms": 5000}
     spill_table.update(spill or {})
     config: dict = dict(ROOMY_LIMITS)
+    config.update(extra or {})
     config["spill"] = spill_table
     config["regions"] = regions
     if models is None:

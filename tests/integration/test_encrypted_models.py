@@ -152,21 +152,34 @@ def test_encrypted_versions_are_decrypted_in_memory_refused_without_the_key_and_
         m = wait_model(box_b, lambda m: m["error"], "box with key B refuses")
         assert m["serving"] is None and b_id in m["error"] and a_id in m["error"] and \
             "rewrap" in m["error"], m
+        installed_b = box_b.data_dir / "models" / MODEL / "1"
+        assert (installed_b / "model.onnx.enc").is_file()
+        assert not (installed_b / "keys" / b_id).exists()
+
+        # Rotation: wrap the data key for key B. One new signed target; the
+        # version's files and manifest are untouched.
+        manifest_before = sorted((pub.repo / "targets").rglob("*manifest.json"))
+        out = run(str(nt.nusactl_binary()), "models", "rewrap", "--repo", str(pub.repo),
+                  "--keys", str(pub.keys), "--model", MODEL, "--version", "1",
+                  "--old-private", str(a_priv), "--new-public", str(b_pub))
+        assert f"keys/{b_id}/key.json" in out, out
+        assert sorted((pub.repo / "targets").rglob("*manifest.json")) == manifest_before
+        # Twice is refused; so is a key that cannot unwrap it.
+        again = run_fail("rewrap", "--repo", str(pub.repo), "--keys", str(pub.keys), "--model",
+                         MODEL, "--version", "1", "--old-private", str(a_priv), "--new-public",
+                         str(b_pub))
+        assert "already" in again, again
+
+        # The box that installed the version before the rewrap fetches the
+        # new wrapping by itself at its next poll (not the version again)
+        # and serves it, without a restart.
+        wait_model(box_b, lambda m: m["serving"] == 1 and m["state"] == "READY",
+                   "box B picks up the new wrapping")
+        assert (installed_b / "keys" / b_id / "key.json").is_file()
+        np.testing.assert_allclose(served_answer(box_b, x), want, rtol=1e-5, atol=1e-5)
+        assert files_holding([box_b.data_dir], needles) == []
     finally:
         box_b.stop_checked()
-
-    # Rotation: wrap the data key for key B. One new signed target; the
-    # version's files and manifest are untouched.
-    manifest_before = sorted((pub.repo / "targets").rglob("*manifest.json"))
-    out = run(str(nt.nusactl_binary()), "models", "rewrap", "--repo", str(pub.repo),
-              "--keys", str(pub.keys), "--model", MODEL, "--version", "1",
-              "--old-private", str(a_priv), "--new-public", str(b_pub))
-    assert f"keys/{b_id}/key.json" in out, out
-    assert sorted((pub.repo / "targets").rglob("*manifest.json")) == manifest_before
-    # Twice is refused; so is a key that cannot unwrap it.
-    again = run_fail("rewrap", "--repo", str(pub.repo), "--keys", str(pub.keys), "--model", MODEL,
-                     "--version", "1", "--old-private", str(a_priv), "--new-public", str(b_pub))
-    assert "already" in again, again
 
     box_b2 = signed_server(tmp_path / "box-b2", pub, str(pub.repo), decryption_key=str(b_priv))
     try:

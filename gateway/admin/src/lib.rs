@@ -63,6 +63,68 @@ pub fn canary_abort_path(model: &str) -> String {
     format!("{MODELS}/{}/canary/abort", escape(model))
 }
 
+/// `GET`: every API key ([`KeyList`]); `POST` a `nusa_auth::KeySpec`:
+/// create one ([`KeySecret`], the only time the key is shown).
+pub const KEYS: &str = "/v2/nusa/keys";
+
+/// `GET`: one key's record; `POST` a `KeySpec`: change it (same secret).
+pub fn key_path(name: &str) -> String {
+    format!("{KEYS}/{}", escape(name))
+}
+
+/// `POST`: revoke a key now.
+pub fn key_revoke_path(name: &str) -> String {
+    format!("{KEYS}/{}/revoke", escape(name))
+}
+
+/// `POST`: a new secret for a key; the old one stops working at once.
+pub fn key_rotate_path(name: &str) -> String {
+    format!("{KEYS}/{}/rotate", escape(name))
+}
+
+/// `GET ?since=UNIX_S&limit=N`: the audit log's records ([`AuditList`]).
+pub const AUDIT: &str = "/v2/nusa/audit";
+/// `GET`: the chain checked against the box's checkpoints
+/// (`nusa_audit::VerifyReport`).
+pub const AUDIT_VERIFY: &str = "/v2/nusa/audit/verify";
+/// `POST`: sign the head now ([`AuditCheckpoint`]).
+pub const AUDIT_CHECKPOINT: &str = "/v2/nusa/audit/checkpoint";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KeyList {
+    pub keys: Vec<nusa_auth::KeyRecord>,
+}
+
+/// A created or rotated key: the record, and the key itself, shown once.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct KeySecret {
+    pub key: nusa_auth::KeyRecord,
+    pub secret: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuditList {
+    pub records: Vec<nusa_audit::Record>,
+    /// The newest record's seq and hash.
+    pub head: Option<(u64, String)>,
+}
+
+/// `POST /v2/nusa/audit/verify`: checkpoints kept off the box, checked
+/// against this box's checkpoint key and then against the log (a log cut
+/// short of one is found truncated).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditVerify {
+    pub checkpoints: Vec<nusa_audit::Checkpoint>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuditCheckpoint {
+    pub checkpoint: nusa_audit::Checkpoint,
+    /// The box's checkpoint key (hex Ed25519), to verify it with.
+    pub public_key: String,
+}
+
 /// Percent-escapes what is not unreserved in a path segment.
 fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

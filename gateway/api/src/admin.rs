@@ -5,29 +5,106 @@
 //! caller; the public port answers 404 for these paths.
 
 use nusa_admin::{
-    CanaryAbort, CanaryStart, ChangeReply, History, ModelStatus, PinRequest, PullBody, PullReply,
-    Status, VersionStatus,
+    AuditCheckpoint, AuditList, AuditVerify, CanaryAbort, CanaryStart, ChangeReply, History,
+    KeyList, KeySecret, ModelStatus, PinRequest, PullBody, PullReply, Status, VersionStatus,
 };
+use nusa_auth::{KeyRecord, KeySpec, Secret, StoreError};
 use nusa_canary::nusa_rollout::PlanSpec;
 use nusa_canary::{Canaries, CanaryError, CanaryStatus};
 use nusa_proto::{ErrorKind, ProtoError, Route};
 use nusa_registry::{ChangeError, ChangeReport, Model, Repository, MAX_HISTORY_EVENTS};
 use serde_json::{json, Value};
 
+use std::sync::Arc;
+
+use nusa_audit::{Actor, Auditor, Entry, Outcome};
+
+use crate::access::Access;
 use crate::{method_not_allowed, ApiRequest, ApiResponse, Method};
 
 /// The newest events a history answer holds.
 const HISTORY_LIMIT: usize = 1000;
 
-pub(crate) async fn handle(
-    repo: &Repository,
-    canaries: &Canaries,
-    route: Route,
-    req: ApiRequest,
-) -> ApiResponse {
+/// What an admin request works with, and who sent it.
+pub(crate) struct Ctx<'a> {
+    pub repo: &'a Repository,
+    pub canaries: &'a Canaries,
+    pub access: Option<&'a Access>,
+    pub audit: Option<&'a Arc<Auditor>>,
+    pub actor: Actor,
+}
+
+/// Serves an admin request; every action that changes something is
+/// recorded in the audit log with its outcome (and in the journal).
+pub(crate) async fn handle(ctx: &Ctx<'_>, route: Route, req: ApiRequest) -> ApiResponse {
+    let action = audited(&route, &req);
+    let resp = serve(ctx, route, req).await;
+    if let (Some(audit), Some((action, target))) = (ctx.audit, action) {
+        let outcome = if resp.status < 400 {
+            Outcome::Ok
+        } else {
+            Outcome::Error(error_text(&resp))
+        };
+        let entry = Entry::new(ctx.actor.clone(), action, &target)
+            .outcome(outcome)
+            .detail(json!({"status": resp.status}));
+        let audit = Arc::clone(audit);
+        // One write and fsync: off the runtime's workers.
+        let _ = tokio::task::spawn_blocking(move || audit.record(entry)).await;
+    }
+    resp
+}
+
+/// The audit action and target of a request that changes something.
+fn audited(route: &Route, req: &ApiRequest) -> Option<(&'static str, String)> {
+    if req.method != Method::Post {
+        return None;
+    }
+    Some(match route {
+        Route::RepositoryLoad { model } => ("model.load", model.clone()),
+        Route::RepositoryUnload { model } => ("model.unload", model.clone()),
+        Route::AdminPin { model } => ("model.pin", model.clone()),
+        Route::AdminPull { model } => ("model.pull", model.clone()),
+        Route::AdminCanary { model: Some(m) } => ("model.canary.start", m.clone()),
+        Route::AdminCanaryPromote { model } => ("model.canary.promote", model.clone()),
+        Route::AdminCanaryAbort { model } => ("model.canary.abort", model.clone()),
+        Route::AdminKeys => {
+            let body = req.body.clone().into_contiguous();
+            let name = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v.get("name").and_then(Value::as_str).map(str::to_string))
+                .unwrap_or_default();
+            ("key.create", format!("key {name}"))
+        }
+        Route::AdminKey { name } => ("key.update", format!("key {name}")),
+        Route::AdminKeyRevoke { name } => ("key.revoke", format!("key {name}")),
+        Route::AdminKeyRotate { name } => ("key.rotate", format!("key {name}")),
+        Route::AdminAuditCheckpoint => ("audit.checkpoint", "audit log".into()),
+        _ => return None,
+    })
+}
+
+/// The `error` of a JSON error body, for the audit record.
+fn error_text(resp: &ApiResponse) -> String {
+    let body: Vec<u8> = resp.body.iter().flat_map(|b| b.iter().copied()).collect();
+    serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_else(|| format!("status {}", resp.status))
+}
+
+async fn serve(ctx: &Ctx<'_>, route: Route, req: ApiRequest) -> ApiResponse {
+    let (repo, canaries) = (ctx.repo, ctx.canaries);
     let post = req.method == Method::Post;
     let get = req.method == Method::Get;
     let result = match route {
+        Route::AdminKeys
+        | Route::AdminKey { .. }
+        | Route::AdminKeyRevoke { .. }
+        | Route::AdminKeyRotate { .. } => keys(ctx.access, route, &req),
+        Route::AdminAudit | Route::AdminAuditVerify | Route::AdminAuditCheckpoint => {
+            audit(ctx.audit, route, &req).await
+        }
         Route::AdminCanary { model: None } if get => Ok(ApiResponse::json(
             200,
             to_json(&nusa_admin::Rollouts {
@@ -111,6 +188,208 @@ pub(crate) async fn handle(
         ))),
     };
     result.unwrap_or_else(|e| ApiResponse::error(&e))
+}
+
+/// `/v2/nusa/keys...`: the API keys of `auth.mode = "keys"`.
+fn keys(
+    access: Option<&Access>,
+    route: Route,
+    req: &ApiRequest,
+) -> Result<ApiResponse, ProtoError> {
+    let Some(access) = access else {
+        return Err(ProtoError::not_found(
+            "API keys are off (auth.mode = \"none\"): set auth.mode = \"keys\" to manage keys",
+        ));
+    };
+    let store = access.store();
+    let now = crate::access::now_s();
+    let store_error = |e: StoreError| {
+        let kind = match &e {
+            StoreError::NotFound(_) => ErrorKind::NotFound,
+            StoreError::Invalid { .. }
+            | StoreError::NameTaken(_)
+            | StoreError::Revoked(_)
+            | StoreError::SubjectTaken { .. } => ErrorKind::BadRequest,
+            _ => ErrorKind::Internal,
+        };
+        ProtoError::new(kind, e.to_string())
+    };
+    let secret = |(key, secret): (KeyRecord, Secret)| {
+        access.limiter().forget(&key.id);
+        ApiResponse::json(
+            200,
+            to_json(&KeySecret {
+                key,
+                secret: secret.expose().to_string(),
+            }),
+        )
+    };
+    let (get, post) = (req.method == Method::Get, req.method == Method::Post);
+    match route {
+        Route::AdminKeys if get => Ok(ApiResponse::json(
+            200,
+            to_json(&KeyList { keys: store.list() }),
+        )),
+        Route::AdminKeys if post => {
+            let spec: KeySpec = parse(req)?;
+            store.create(spec, now).map(secret).map_err(store_error)
+        }
+        Route::AdminKey { name } if get => store
+            .get(&name)
+            .map(|k| ApiResponse::json(200, to_json(&k)))
+            .ok_or_else(|| ProtoError::not_found(format!("no API key named '{name}'"))),
+        Route::AdminKey { name } if post => {
+            let spec: KeySpec = parse(req)?;
+            let old = store.get(&name).map(|k| k.id);
+            let k = store.update(&name, spec).map_err(store_error)?;
+            if let Some(id) = old {
+                access.limiter().forget(&id);
+            }
+            Ok(ApiResponse::json(200, to_json(&k)))
+        }
+        Route::AdminKeyRevoke { name } if post => {
+            let k = store.revoke(&name, now).map_err(store_error)?;
+            access.limiter().forget(&k.id);
+            Ok(ApiResponse::json(200, to_json(&k)))
+        }
+        Route::AdminKeyRotate { name } if post => {
+            let old = store.get(&name).map(|k| k.id);
+            let rotated = store.rotate(&name, now).map_err(store_error)?;
+            if let Some(id) = old {
+                access.limiter().forget(&id);
+            }
+            Ok(secret(rotated))
+        }
+        Route::AdminKeys | Route::AdminKey { .. } => {
+            Err(method_not_allowed("GET or POST", &req.path))
+        }
+        _ => Err(method_not_allowed("POST", &req.path)),
+    }
+}
+
+/// `/v2/nusa/audit...`: list, verify, checkpoint.
+async fn audit(
+    audit: Option<&Arc<Auditor>>,
+    route: Route,
+    req: &ApiRequest,
+) -> Result<ApiResponse, ProtoError> {
+    let Some(audit) = audit.cloned() else {
+        return Err(ProtoError::not_found("the audit log is off"));
+    };
+    let internal = |e: String| ProtoError::new(ErrorKind::Internal, e);
+    let blocking = |f: Box<dyn FnOnce() -> Result<String, String> + Send>| async move {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)
+    };
+    let (get, post) = (req.method == Method::Get, req.method == Method::Post);
+    let body = match route {
+        Route::AdminAudit if get => {
+            let q = Query::parse(req.query.as_deref())?;
+            blocking(Box::new(move || {
+                let records = audit
+                    .log()
+                    .list(q.since, q.limit.unwrap_or(1000).min(nusa_audit::MAX_LIST))
+                    .map_err(|e| e.to_string())?;
+                Ok(to_json(&AuditList {
+                    records,
+                    head: audit.log().head(),
+                }))
+            }))
+            .await
+            .map_err(internal)?
+        }
+        Route::AdminAuditVerify if get || post => {
+            // Checkpoints the operator kept off the box, checked against
+            // this box's checkpoint key first.
+            let given: Vec<nusa_audit::Checkpoint> = if post {
+                parse::<AuditVerify>(req)?.checkpoints
+            } else {
+                Vec::new()
+            };
+            blocking(Box::new(move || verify_log(&audit, given)))
+                .await
+                .map_err(|e| {
+                    if e.starts_with("checkpoint") {
+                        ProtoError::bad_request(e)
+                    } else {
+                        internal(e)
+                    }
+                })?
+        }
+        Route::AdminAuditCheckpoint if post => blocking(Box::new(move || {
+            let (checkpoint, public_key) = audit.checkpoint().map_err(|e| e.to_string())?;
+            Ok(to_json(&AuditCheckpoint {
+                checkpoint,
+                public_key,
+            }))
+        }))
+        .await
+        .map_err(internal)?,
+        Route::AdminAuditCheckpoint => return Err(method_not_allowed("POST", &req.path)),
+        _ => return Err(method_not_allowed("GET", &req.path)),
+    };
+    Ok(ApiResponse::json(200, body))
+}
+
+/// The chain, against the box's own checkpoints and the operator's
+/// (`given`: each must carry this box's signature).
+fn verify_log(audit: &Auditor, given: Vec<nusa_audit::Checkpoint>) -> Result<String, String> {
+    let path = audit.log().path().to_path_buf();
+    let mut checkpoints = given;
+    if !checkpoints.is_empty() {
+        let key = audit.checkpoint_public_key().map_err(|e| e.to_string())?;
+        for cp in &checkpoints {
+            nusa_audit::verify_checkpoint(cp, &key)
+                .map_err(|e| format!("checkpoint of seq {}: {e}", cp.seq))?;
+        }
+    }
+    let own = nusa_audit::checkpoints_path(&path);
+    if own.exists() {
+        checkpoints.extend(
+            nusa_audit::read_checkpoints(&own)
+                .map_err(|e| e.to_string())?
+                .checkpoints,
+        );
+    }
+    let report = nusa_audit::verify(&path, &checkpoints).map_err(|e| e.to_string())?;
+    Ok(to_json(&report))
+}
+
+/// `?since=UNIX_S&limit=N`.
+struct Query {
+    since: Option<u64>,
+    limit: Option<usize>,
+}
+
+impl Query {
+    fn parse(q: Option<&str>) -> Result<Query, ProtoError> {
+        let mut out = Query {
+            since: None,
+            limit: None,
+        };
+        for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let num = || {
+                v.parse::<u64>().map_err(|_| {
+                    ProtoError::bad_request(format!(
+                        "query parameter '{k}' must be a whole number, got '{v}'"
+                    ))
+                })
+            };
+            match k {
+                "since" => out.since = Some(num()?),
+                "limit" => out.limit = Some(num()? as usize),
+                _ => {
+                    return Err(ProtoError::bad_request(format!(
+                        "unknown query parameter '{k}' (since, limit)"
+                    )))
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Triton's index: one entry per loaded version, one per model that serves

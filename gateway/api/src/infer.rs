@@ -11,17 +11,18 @@ use nusa_sched::SchedError;
 use nusa_tensor::Tensor;
 
 use crate::meta::lookup_error;
-use crate::{Api, ApiRequest, ApiResponse};
+use crate::{Api, ApiRequest, ApiResponse, Caller};
 
 pub(crate) async fn handle(
     api: &Api,
     model: &str,
     version: Option<&str>,
     req: ApiRequest,
+    caller: &Caller,
 ) -> ApiResponse {
     let protocol = req.protocol.label();
     let received = req.received;
-    let (outcome, resp) = match infer(api, model, version, req).await {
+    let (outcome, resp) = match infer(api, model, version, req, caller).await {
         Ok(resp) => ("ok", resp),
         Err(e) => (e.kind.label(), ApiResponse::error(&e)),
     };
@@ -45,15 +46,21 @@ async fn infer(
     model: &str,
     version: Option<&str>,
     req: ApiRequest,
+    caller: &Caller,
 ) -> Result<ApiResponse, ProtoError> {
     // A request that names no version gets the rollout's pick while the
     // model is in a canary rollout; one that names a version bypasses it.
+    // The split's key: the API key's name, else the client's address.
     let peer = req.peer.map(|ip| match ip {
         std::net::IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
         std::net::IpAddr::V6(a) => a.octets(),
     });
+    let split_key = match caller.key() {
+        Some(k) => Some(k.name.as_bytes()),
+        None => peer.as_ref().map(|p| &p[..]),
+    };
     let mut ticket = match version {
-        None | Some("") => api.canaries.route(model, peer.as_ref().map(|p| &p[..])),
+        None | Some("") => api.canaries.route(model, split_key),
         Some(_) => None,
     };
     let picked = ticket.as_ref().map(|t| t.version.to_string());
@@ -82,6 +89,18 @@ async fn infer(
         .order_inputs(std::mem::take(&mut request.inputs), batching)
         .map_err(ProtoError::bad_request)?;
     let model_entry = api.repo.model(model).map_err(lookup_error)?;
+    // The key's residency and spill permission, and its daily quota of
+    // bytes spilled to regions (checked here, counted below when a region
+    // answered).
+    let request_bytes: u64 = inputs.iter().map(|t| t.data.len() as u64).sum();
+    let day = nusa_auth::utc_day(crate::access::now_s());
+    let (caller_residency, caller_may_spill) = match (caller.key(), &api.access) {
+        (Some(k), Some(access)) => (
+            Some(k.residency.as_slice()),
+            k.spill && access.limiter().may_spill(k, model, request_bytes, day),
+        ),
+        _ => (None, true),
+    };
 
     let job = Job {
         model,
@@ -96,6 +115,8 @@ async fn infer(
         priority: request.priority,
         timeout_us: request.timeout_us,
         pinned: request.local_only,
+        caller_residency,
+        caller_may_spill,
         peer: req.peer,
         traceparent: req.traceparent,
         cache_control: req.cache_control,
@@ -119,6 +140,9 @@ async fn infer(
         }
     }
     let (tensors, served_by) = result?;
+    if let (ServedBy::Cloud(_), Some(k), Some(access)) = (&served_by, caller.key(), &api.access) {
+        access.limiter().spilled(k, model, request_bytes, day);
+    }
     if let (Some(t), Some((inputs, rows))) = (ticket, shadow_copy) {
         shadow(api, model, t, inputs, rows, &tensors);
     }

@@ -2,14 +2,18 @@
 //! types: routing, checking requests against the model, calling the
 //! scheduler, encoding answers. HTTP itself is the ingress's business.
 
+mod access;
 mod admin;
 mod infer;
 mod meta;
+
+pub use access::{Access, Caller};
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use nusa_audit::{Actor, Auditor};
 use nusa_canary::Canaries;
 use nusa_dispatch::Dispatcher;
 use nusa_proto::{parse_route, ErrorKind, Frames, ProtoError, Route};
@@ -46,6 +50,8 @@ pub struct ApiRequest {
     pub method: Method,
     /// The path without the query string.
     pub path: String,
+    /// The query string, if any (admin listings: `?since=...`).
+    pub query: Option<String>,
     /// `Inference-Header-Content-Length`, as sent.
     pub header_length: Option<String>,
     pub body: Frames,
@@ -58,6 +64,24 @@ pub struct ApiRequest {
     pub traceparent: Option<String>,
     /// `Cache-Control`, for `no-cache` and `no-store`.
     pub cache_control: Option<String>,
+    /// What the caller presented: API key, client certificate, socket uid.
+    pub credentials: Credentials,
+}
+
+/// Who is calling, as the ingress saw it. Never logged: the key is a
+/// secret.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    /// `Authorization: Bearer <key>`, as sent (trimmed).
+    pub authorization: Option<String>,
+    /// `x-api-key`, which some clients send instead.
+    pub x_api_key: Option<String>,
+    /// The subject of a verified client certificate (mTLS).
+    pub cert_subject: Option<std::sync::Arc<str>>,
+    /// The admin socket's caller (`SO_PEERCRED`).
+    pub uid: Option<u32>,
+    /// The admin listener's token was checked.
+    pub admin_token: bool,
 }
 
 pub struct ApiResponse {
@@ -96,6 +120,10 @@ pub struct Api {
     metrics: Arc<Metrics>,
     dispatch: Arc<Dispatcher>,
     canaries: Arc<Canaries>,
+    /// `auth.mode = "keys"`: API keys on the public port.
+    access: Option<Arc<Access>>,
+    /// Every admin action, recorded.
+    audit: Option<Arc<Auditor>>,
 }
 
 impl Api {
@@ -110,48 +138,111 @@ impl Api {
             metrics,
             dispatch,
             canaries,
+            access: None,
+            audit: None,
         }
+    }
+
+    /// Requires API keys on the public port (`auth.mode = "keys"`).
+    pub fn with_access(mut self, access: Arc<Access>) -> Api {
+        self.access = Some(access);
+        self
+    }
+
+    /// Records every admin action in the audit log.
+    pub fn with_audit(mut self, audit: Arc<Auditor>) -> Api {
+        self.audit = Some(audit);
+        self
     }
 
     pub fn ready(&self) -> bool {
         self.repo.ready()
     }
 
-    /// A request on the public port: inference, health and metadata. The
-    /// admin paths answer 404 here.
+    /// A request on the public port: inference, health and metadata, for
+    /// the key it presents when keys are required; the admin paths for
+    /// `admin` keys only (404 without keys).
     pub async fn handle(&self, req: ApiRequest) -> ApiResponse {
-        self.handle_on(req, false).await
+        let Some(route) = parse_route(&req.path) else {
+            return not_found(&req.path);
+        };
+        let open = matches!(route, Route::Live | Route::Ready);
+        let caller = match &self.access {
+            Some(access) if !open => match access.authenticate(&req.credentials, access::now_s()) {
+                Ok(key) => Caller::Key(key),
+                Err(refused) => return refused,
+            },
+            _ => Caller::Open,
+        };
+        if route.is_admin() {
+            return match caller.key() {
+                Some(k) if k.is_admin() => {
+                    let actor = Actor::key(&k.name);
+                    self.admin(route, req, actor).await
+                }
+                Some(k) => access::forbidden(format!(
+                    "key '{}' has role infer: {} needs a key with role admin",
+                    k.name, req.path
+                )),
+                None => ApiResponse::error(&ProtoError::not_found(format!(
+                    "{} is an admin endpoint: it is served on the admin listener (server.admin_listen) and socket (server.admin_socket), not here",
+                    req.path
+                ))),
+            };
+        }
+        self.serve(route, req, &caller).await
     }
 
     /// A request on the admin listener or socket, whose caller the ingress
     /// has checked: the admin paths, and everything the public port serves.
     pub async fn handle_admin(&self, req: ApiRequest) -> ApiResponse {
-        self.handle_on(req, true).await
-    }
-
-    async fn handle_on(&self, req: ApiRequest, admin: bool) -> ApiResponse {
         let Some(route) = parse_route(&req.path) else {
-            return ApiResponse::error(&ProtoError::not_found(format!(
-                "no endpoint at {}",
-                req.path
-            )));
+            return not_found(&req.path);
         };
         if route.is_admin() {
-            if !admin {
-                return ApiResponse::error(&ProtoError::not_found(format!(
-                    "{} is an admin endpoint: it is served on the admin listener (server.admin_listen) and socket (server.admin_socket), not here",
-                    req.path
-                )));
-            }
-            return admin::handle(&self.repo, &self.canaries, route, req).await;
+            let c = &req.credentials;
+            let actor = match (c.uid, c.admin_token) {
+                (Some(uid), _) => Actor::uid(uid),
+                (None, true) => Actor::token(),
+                (None, false) => Actor::system(),
+            };
+            return self.admin(route, req, actor).await;
         }
+        self.serve(route, req, &Caller::Open).await
+    }
+
+    async fn admin(&self, route: Route, req: ApiRequest, actor: Actor) -> ApiResponse {
+        let ctx = admin::Ctx {
+            repo: &self.repo,
+            canaries: &self.canaries,
+            access: self.access.as_deref(),
+            audit: self.audit.as_ref(),
+            actor,
+        };
+        admin::handle(&ctx, route, req).await
+    }
+
+    async fn serve(&self, route: Route, req: ApiRequest, caller: &Caller) -> ApiResponse {
         let read_only = matches!(req.method, Method::Get | Method::Head);
         let result = match route {
             Route::Infer { model, version } => {
                 if req.method != Method::Post {
                     Err(method_not_allowed("POST", &req.path))
                 } else {
-                    return infer::handle(self, &model, version.as_deref(), req).await;
+                    if let Err(refused) = access::may_call(caller, &model) {
+                        return refused;
+                    }
+                    // The key's limits hold until the answer is made.
+                    let _permit = match (&self.access, caller.key()) {
+                        (Some(access), Some(key)) => {
+                            match access.admit(key, &model, access::now_s()) {
+                                Ok(p) => Some(p),
+                                Err(refused) => return refused,
+                            }
+                        }
+                        _ => None,
+                    };
+                    return infer::handle(self, &model, version.as_deref(), req, caller).await;
                 }
             }
             _ if !read_only => Err(method_not_allowed("GET", &req.path)),
@@ -162,6 +253,13 @@ impl Api {
                 ApiResponse::json(503, r#"{"ready":false}"#.into())
             }),
             Route::ServerMetadata => Ok(meta::server(&self.repo)),
+            Route::ModelMetadata { model, .. }
+            | Route::ModelReady { model, .. }
+            | Route::ModelConfig { model, .. }
+                if access::may_call(caller, &model).is_err() =>
+            {
+                return access::may_call(caller, &model).err().unwrap_or_else(|| not_found(&req.path));
+            }
             Route::ModelMetadata { model, version } => meta::model(&self.repo, &model, version.as_deref()),
             Route::ModelReady { model, version } => Ok(meta::model_ready(&self.repo, &model, version.as_deref())),
             Route::ModelConfig { model, version } => meta::model_config(&self.repo, &model, version.as_deref()),
@@ -177,6 +275,10 @@ impl Api {
         }
         resp
     }
+}
+
+fn not_found(path: &str) -> ApiResponse {
+    ApiResponse::error(&ProtoError::not_found(format!("no endpoint at {path}")))
 }
 
 pub(crate) fn method_not_allowed(allowed: &str, path: &str) -> ProtoError {

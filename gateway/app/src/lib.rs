@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nusa_api::Api;
+use nusa_api::{Access, Api};
 use nusa_cache::{Cache, CacheConfig, CacheMetrics};
 use nusa_canary::Canaries;
-use nusa_config::Config;
+use nusa_config::{AuthMode, Config};
 use nusa_dispatch::{DispatchConfig, DispatchMetrics, Dispatcher};
 use nusa_engine_ort::{init_library, OrtFactory, OrtOptions};
 use nusa_engine_remote::{RegionClient, RegionConfig};
@@ -79,14 +79,17 @@ fn dispatcher(
             message: e.to_string(),
         })?;
         clients.push(Arc::new(client));
-        regions.push(Region::new(
-            r.name.clone(),
-            RegionLimits {
-                requests_per_hour: r.requests_per_hour,
-                bytes_per_hour: r.bytes_per_hour,
-                ..RegionLimits::default()
-            },
-        ));
+        regions.push(
+            Region::new(
+                r.name.clone(),
+                RegionLimits {
+                    requests_per_hour: r.requests_per_hour,
+                    bytes_per_hour: r.bytes_per_hour,
+                    ..RegionLimits::default()
+                },
+            )
+            .in_country(r.country.clone()),
+        );
     }
     let local_only_clients = config
         .spill
@@ -105,6 +108,65 @@ fn dispatcher(
         },
         DispatchMetrics::new(metrics),
     ))
+}
+
+/// Adds the keys provisioned with the box (`auth.bootstrap_keys`) that
+/// the store lacks. The file holds keys in the clear: refused unless only
+/// its owner may read it. Its key texts reach no log or error.
+fn bootstrap_keys(store: &nusa_auth::KeyStore, path: &std::path::Path) -> Result<(), String> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "{} may be read by others (mode {:o}): it holds keys; chmod 600 it",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        ));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(1 << 20).read_to_string(&mut text))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        keys: Vec<toml::Table>,
+    }
+    // The parser's messages could quote a line: say only where.
+    let file: File = toml::from_str(&text).map_err(|e| {
+        format!(
+            "{}: not a [[keys]] file ({})",
+            path.display(),
+            e.span()
+                .map_or("?".into(), |s| format!("at byte {}", s.start))
+        )
+    })?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    for (i, mut entry) in file.keys.into_iter().enumerate() {
+        let key = match entry.remove("key") {
+            Some(toml::Value::String(k)) => zeroize::Zeroizing::new(k),
+            _ => return Err(format!("{}: keys[{i}] has no 'key' text", path.display())),
+        };
+        let spec: nusa_auth::KeySpec = toml::Value::Table(entry)
+            .try_into()
+            .map_err(|e| format!("{}: keys[{i}]: {}", path.display(), e.message()))?;
+        if store.get(&spec.name).is_some() {
+            continue;
+        }
+        let name = spec.name.clone();
+        let record = store
+            .import(spec, &key, now)
+            .map_err(|e| format!("{}: keys[{i}]: {e}", path.display()))?;
+        tracing::info!(key = %name, prefix = %record.id, file = %path.display(), "API key added from the provisioned keys");
+    }
+    Ok(())
 }
 
 /// Signed mode's puller settings and admission, when `models.repository`
@@ -143,6 +205,7 @@ fn signed_models(
             reserve_bytes: m.reserve_bytes,
             models: m.names.iter().cloned().collect(),
         },
+        key_id: None,
     };
     Ok(Some((
         pull,
@@ -276,6 +339,11 @@ pub async fn run_with(
         .map(|path| nusa_model_pull::KeyFileDecryptor::open(path, &models))
         .transpose()
         .map_err(|e| AppError::Models(format!("models.decryption_key: {e}")))?;
+    // The puller fetches new wrappings of installed versions for this key.
+    let signed = signed.map(|(mut pull, admission)| {
+        pull.key_id = decryptor.as_ref().map(|d| d.key_id());
+        (pull, admission)
+    });
     if let Some(d) = &decryptor {
         tracing::info!(key_id = %d.key_id(), "model decryption key loaded: encrypted versions are decrypted into memory at load");
     }
@@ -347,15 +415,41 @@ pub async fn run_with(
         .resume()
         .await
         .map_err(|e| AppError::Models(format!("resuming canary rollouts: {e}")))?;
+    // Every admin action, and the rollouts' own decisions, in the audit
+    // log on the data partition (and the journal).
+    let audit = Arc::new(
+        nusa_audit::Auditor::open(&data.join("audit"))
+            .map_err(|e| AppError::Models(format!("audit log: {e}")))?,
+    );
+    canaries.set_audit(Arc::clone(&audit));
     let canary_loop = tokio::spawn(Arc::clone(&canaries).run());
-    let api = Arc::new(Api::new(
-        repo,
-        Arc::clone(&metrics),
-        Arc::clone(&dispatch),
-        canaries,
-    ));
+    let mut api =
+        Api::new(repo, Arc::clone(&metrics), Arc::clone(&dispatch), canaries).with_audit(audit);
+    match config.auth_mode() {
+        AuthMode::Keys => {
+            let path = config.keys_path();
+            let store = nusa_auth::KeyStore::open(&path)
+                .map_err(|e| AppError::Models(format!("auth.keys: {e}")))?;
+            if let Some(file) = &config.auth.bootstrap_keys {
+                bootstrap_keys(&store, file)
+                    .map_err(|e| AppError::Models(format!("auth.bootstrap_keys: {e}")))?;
+            }
+            tracing::info!(keys = %path.display(), count = store.list().len(), "API keys required on the public port (auth.mode = \"keys\")");
+            api = api.with_access(Arc::new(Access::new(Arc::new(store))));
+        }
+        AuthMode::None if config.auth.mode.is_some() => {
+            tracing::warn!(listen = %config.server.listen, "auth.mode = \"none\": the public port answers anyone who reaches it")
+        }
+        AuthMode::None => {
+            tracing::info!(listen = %config.server.listen, "public port on loopback: open without API keys (auth.mode unset)")
+        }
+    }
+    let api = Arc::new(api);
 
-    let tls = load_or_generate(config.tls.cert.as_deref(), config.tls.key.as_deref(), &data)?;
+    let mut tls = load_or_generate(config.tls.cert.as_deref(), config.tls.key.as_deref(), &data)?;
+    if let Some(ca) = &config.auth.client_ca {
+        tls = tls.with_client_ca(ca)?;
+    }
     let l = &config.limits;
     let ingress_config = IngressConfig {
         listen: config.server.listen,

@@ -12,6 +12,7 @@
 //! from the caller); no line of more than [`MAX_LINE`] bytes is ever written
 //! or held in memory while reading.
 
+mod auditor;
 mod checkpoint;
 mod error;
 mod lines;
@@ -21,6 +22,7 @@ mod record;
 mod test_support;
 mod verify;
 
+pub use auditor::Auditor;
 pub use checkpoint::{
     checkpoint, checkpoint_message, checkpoints_path, key_id, read_checkpoints, verify_checkpoint,
     Checkpoint, CheckpointFile, CheckpointKey, CHECKPOINT_DOMAIN,

@@ -40,6 +40,8 @@ pub enum ActorKind {
     Key,
     /// A client certificate, by subject.
     Cert,
+    /// The admin listener's bearer token (`server.admin_token_file`).
+    Token,
     /// nusad itself (a scheduled rollout, an automatic rollback).
     System,
 }
@@ -106,6 +108,14 @@ impl Actor {
         Actor {
             kind: ActorKind::Cert,
             id: subject.to_owned(),
+        }
+    }
+
+    /// A caller of the admin listener, who showed its token.
+    pub fn token() -> Actor {
+        Actor {
+            kind: ActorKind::Token,
+            id: "admin token".to_owned(),
         }
     }
 
@@ -227,6 +237,7 @@ impl fmt::Display for Actor {
             ActorKind::Key => write!(f, "key {}", self.id),
             ActorKind::Cert => write!(f, "cert {}", self.id),
             ActorKind::System => write!(f, "system {}", self.id),
+            ActorKind::Token => f.write_str(&self.id),
         }
     }
 }

@@ -31,7 +31,7 @@ pub use limiter::{
     SECONDS_PER_DAY,
 };
 pub use record::{KeyRecord, Residency};
-pub use secret::{Secret, KEY_LEN};
+pub use secret::{generate_text, Secret, KEY_LEN};
 pub use spec::{KeySpec, Limits, Role, MAX_REFILL_S, MAX_RPS};
 pub use store::{KeyStore, MAX_RECORD};
 

@@ -142,6 +142,28 @@ pub(crate) fn generate(
 }
 
 /// A random prefix: 8 lowercase hex digits.
+/// A key given from outside (provisioned at flash time, `bootstrap_keys`):
+/// its text checked, then hashed with a new salt like a generated one.
+pub(crate) fn adopt(
+    rng: &SystemRandom,
+    key: &str,
+) -> Option<Result<(String, Hashed), ring::error::Unspecified>> {
+    let prefix = parse(key)?.to_owned();
+    let mut salt = [0; SALT_LEN];
+    Some(
+        rng.fill(&mut salt)
+            .map(|()| (prefix, Hashed::of(salt, key))),
+    )
+}
+
+/// A new key's text, made away from any store (`nusactl keys generate`,
+/// for a box's provisioned keys).
+pub fn generate_text() -> Result<Secret, ring::error::Unspecified> {
+    let rng = SystemRandom::new();
+    let prefix = random_prefix(&rng)?;
+    Ok(generate(&rng, &prefix)?.0)
+}
+
 pub(crate) fn random_prefix(rng: &SystemRandom) -> Result<String, ring::error::Unspecified> {
     let mut b = [0u8; PREFIX_HEX / 2];
     rng.fill(&mut b)?;

@@ -133,6 +133,36 @@ impl KeyStore {
         Ok((record, secret))
     }
 
+    /// Creates a key whose text is given (a provisioned key: an operator
+    /// made it with `nusactl keys generate` and flashed it with the box).
+    /// Stored as any key (salted SHA-256, never the text). Refused when
+    /// the text is malformed or its prefix is taken.
+    pub fn import(&self, spec: KeySpec, key: &str, now_s: u64) -> Result<KeyRecord, StoreError> {
+        let spec = validated(spec)?;
+        let invalid = |reason: &str| StoreError::Invalid {
+            name: spec.name.clone(),
+            reason: reason.to_owned(),
+        };
+        let (prefix, hashed) = match secret::adopt(&self.rng, key) {
+            None => {
+                return Err(invalid(
+                    "the key is malformed (expected nusa_<8 hex digits>_<43 characters>)",
+                ))
+            }
+            Some(r) => r.map_err(|_| StoreError::Random)?,
+        };
+        let _writing = self.writes.lock();
+        self.check_free(&spec.name, spec.cert_subject.as_deref(), None)?;
+        if self.index.read().by_prefix.contains_key(&prefix) {
+            return Err(invalid("another key has the same prefix"));
+        }
+        let entry = Entry {
+            record: Arc::new(KeyRecord::new(prefix, spec, now_s)),
+            hashed,
+        };
+        self.commit(entry)
+    }
+
     /// Every key, revoked ones included, by name.
     pub fn list(&self) -> Vec<KeyRecord> {
         let mut all: Vec<KeyRecord> = self

@@ -414,3 +414,33 @@ fn flipped_byte_at_rest_is_caught_at_open() {
         .expect("a flipped byte must not open");
     assert!(matches!(err, StoreError::Damaged { .. }), "{err:?}");
 }
+
+#[test]
+fn an_imported_key_authenticates_and_survives_reopening_but_is_stored_hashed() {
+    let (_dir, path, store) = open();
+    let text = nusa_auth::generate_text().unwrap();
+    let record = store.import(spec("flashed"), text.expose(), NOW).unwrap();
+    assert_eq!(record.id, text.prefix());
+    assert_eq!(*store.authenticate(text.expose(), NOW).unwrap(), record);
+    // The same text or name again, a malformed text: refused.
+    assert!(matches!(
+        store.import(spec("flashed"), text.expose(), NOW),
+        Err(StoreError::NameTaken(_))
+    ));
+    let e = store.import(spec("twin"), text.expose(), NOW).unwrap_err();
+    assert!(e.to_string().contains("same prefix"), "{e}");
+    let e = store.import(spec("bad"), "hunter2", NOW).unwrap_err();
+    assert!(
+        e.to_string().contains("malformed") && !e.to_string().contains("hunter2"),
+        "{e}"
+    );
+    drop(store);
+    let bytes = std::fs::read(&path).unwrap();
+    let tail = &text.expose()[14..];
+    assert!(!bytes.windows(tail.len()).any(|w| w == tail.as_bytes()));
+    let store = KeyStore::open(&path).unwrap();
+    assert_eq!(
+        store.authenticate(text.expose(), NOW).unwrap().name,
+        "flashed"
+    );
+}

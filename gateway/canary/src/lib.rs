@@ -67,6 +67,8 @@ pub struct Canaries {
     ops: tokio::sync::Mutex<()>,
     /// Published rollouts tried (and not started) by this process.
     refused: Mutex<std::collections::BTreeSet<(String, u64)>>,
+    /// Where the judgement's own promotions and rollbacks are recorded.
+    audit: std::sync::OnceLock<Arc<nusa_audit::Auditor>>,
 }
 
 /// How often versions with a published rollout policy are looked for.
@@ -220,7 +222,14 @@ impl Canaries {
             clock: Clock::new(),
             ops: tokio::sync::Mutex::new(()),
             refused: Mutex::new(std::collections::BTreeSet::new()),
+            audit: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Records the promotions and rollbacks the judgement decides (actor
+    /// `system`) in the audit log; operators' are recorded by the admin API.
+    pub fn set_audit(&self, audit: Arc<nusa_audit::Auditor>) {
+        let _ = self.audit.set(audit);
     }
 
     /// After a restart: each rollout the registry still has a canary for
@@ -479,10 +488,12 @@ impl Canaries {
                         .await;
                 }
                 Decision::Promote => {
-                    self.finish(&a, decision.clone(), "promoted").await;
+                    let ended = self.finish(&a, decision.clone(), "promoted").await;
+                    self.audit_decision(&a, &ended).await;
                 }
                 Decision::Rollback { .. } => {
-                    self.finish(&a, decision.clone(), "rolled_back").await;
+                    let ended = self.finish(&a, decision.clone(), "rolled_back").await;
+                    self.audit_decision(&a, &ended).await;
                 }
             }
         }
@@ -554,6 +565,29 @@ impl Canaries {
         self.metrics.step(&a.model, 0);
         self.persist();
         ended
+    }
+
+    async fn audit_decision(&self, a: &Active, ended: &Ended) {
+        let Some(audit) = self.audit.get().cloned() else {
+            return;
+        };
+        let action = if ended.result == "promoted" {
+            "model.canary.promote"
+        } else {
+            "model.canary.rollback"
+        };
+        let entry = nusa_audit::Entry::new(
+            nusa_audit::Actor::system(),
+            action,
+            &format!("{}/{}", a.model, a.candidate),
+        )
+        .detail(serde_json::json!({
+            "stable": a.stable,
+            "step": ended.step,
+            "percent": ended.percent,
+            "reason": ended.reason,
+        }));
+        let _ = tokio::task::spawn_blocking(move || audit.record(entry)).await;
     }
 
     fn insert(&self, model: &str, rollout: Rollout) {

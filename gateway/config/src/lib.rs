@@ -27,6 +27,8 @@ pub struct Config {
     pub regions: Vec<Region>,
     /// Signed models pulled from a model repository.
     pub models: Models,
+    /// `[auth]`: who may call the public port.
+    pub auth: Auth,
     /// `[rollout]`: the canary plan every rollout starts from (a model's
     /// `[rollout]`, a published policy and the operator's flags layer over
     /// it). Keys: see `nusa-rollout`'s README.
@@ -131,6 +133,10 @@ impl Default for Spill {
 pub struct Region {
     /// Shown in `nusa-served-by: cloud:<name>` and metrics.
     pub name: String,
+    /// Where the region runs (ISO 3166-1 alpha-2, upper case: `"SG"`), for
+    /// residency. Unset: only requests whose residency is "any" go there.
+    #[serde(default)]
+    pub country: Option<String>,
     /// `https://host:port` of the region's Open Inference Protocol endpoint.
     pub url: String,
     /// PEM CA bundle that the region's certificate must chain to.
@@ -152,6 +158,9 @@ pub struct Region {
     #[serde(default = "default_region_response")]
     pub max_response_bytes: u64,
 }
+
+/// `nusa_spill::RegionSet::CAPACITY`: more regions could never be chosen.
+const MAX_REGIONS: usize = 64;
 
 fn default_region_timeout() -> u64 {
     2_000
@@ -215,6 +224,55 @@ impl Server {
         self.admin_token_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join("admin.token"))
+    }
+}
+
+/// `[auth]`: API keys on the public port.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// `"keys"`: every request but the health checks needs an API key (or
+    /// a client certificate mapped to one); `"none"`: no check (logged as a
+    /// warning at start). Unset: `"keys"` unless `server.listen` is on
+    /// loopback, so a box reachable from the network is never open by
+    /// default, and the demo on 127.0.0.1 stays open.
+    pub mode: Option<AuthMode>,
+    /// The key store (redb); default `data_dir/keys.redb`.
+    pub keys: Option<PathBuf>,
+    /// PEM CA certificates: client certificates chaining to them are
+    /// verified and their subject maps to a key (`cert_subject`).
+    pub client_ca: Option<PathBuf>,
+    /// Keys provisioned with the box (TOML `[[keys]]`, each a key spec
+    /// plus its `key` text from `nusactl keys generate`; mode 0600): each
+    /// one whose name the store lacks is added at start, hashed. A missing
+    /// file is no error.
+    pub bootstrap_keys: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    Keys,
+    None,
+}
+
+impl Config {
+    /// The auth mode in force: as set, else keys off loopback.
+    pub fn auth_mode(&self) -> AuthMode {
+        self.auth
+            .mode
+            .unwrap_or(if self.server.listen.ip().is_loopback() {
+                AuthMode::None
+            } else {
+                AuthMode::Keys
+            })
+    }
+
+    pub fn keys_path(&self) -> PathBuf {
+        self.auth
+            .keys
+            .clone()
+            .unwrap_or_else(|| self.server.data_dir.join("keys.redb"))
     }
 }
 
@@ -348,6 +406,7 @@ impl Default for Config {
             regions: Vec::new(),
             models: Models::default(),
             rollout: nusa_rollout::PlanSpec::default(),
+            auth: Auth::default(),
         }
     }
 }
@@ -495,6 +554,15 @@ impl Config {
                 });
             }
         }
+        if self.regions.len() > MAX_REGIONS {
+            return Err(ConfigError::Invalid {
+                key: "regions",
+                message: format!(
+                    "{} regions; at most {MAX_REGIONS} (a request's allowed regions are a 64-bit set)",
+                    self.regions.len()
+                ),
+            });
+        }
         for (i, r) in self.regions.iter().enumerate() {
             let bad = |message: String| ConfigError::Region {
                 index: i,
@@ -523,6 +591,13 @@ impl Config {
             }
             if r.timeout_ms == 0 {
                 return Err(bad("timeout_ms must be greater than 0".into()));
+            }
+            if let Some(c) = &r.country {
+                if c.len() != 2 || !c.bytes().all(|b| b.is_ascii_uppercase()) {
+                    return Err(bad(format!(
+                        "country must be an ISO 3166-1 alpha-2 code in upper case (\"SG\"), got '{c}'"
+                    )));
+                }
             }
         }
         for c in &self.spill.local_only_clients {
@@ -600,6 +675,30 @@ mod tests {
         assert!(e.contains("ca"), "{e}");
         let e = err("[spill]\nlocal_only_clients = [\"nope\"]\n");
         assert!(e.starts_with("spill.local_only_clients"), "{e}");
+    }
+
+    #[test]
+    fn region_countries() {
+        let region = |name: &str, country: &str| {
+            format!("[[regions]]\nname = \"{name}\"\nurl = \"https://{name}:8443\"\nca = \"/ca.pem\"\n{country}")
+        };
+        let c = Config::parse(&(region("sg-1", "country = \"SG\"\n") + &region("any-1", "")))
+            .ok()
+            .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.regions[0].country.as_deref(), Some("SG"));
+        assert_eq!(c.regions[1].country, None, "optional");
+        for bad in ["sg", "SGP", "S", "", "S1"] {
+            let e = err(&(region("id-1", "country = \"ID\"\n")
+                + &region("sg-1", &format!("country = \"{bad}\"\n"))));
+            assert!(e.starts_with("regions[1] (sg-1): country "), "{bad}: {e}");
+            assert!(e.contains(&format!("'{bad}'")), "{bad}: {e}");
+        }
+        let e = err(&region("sg-1", "country = 65\n"));
+        assert!(e.contains("country"), "{e}");
+        let many: String = (0..65).map(|i| region(&format!("r{i}"), "")).collect();
+        let e = err(&many);
+        assert!(e.starts_with("regions: 65 regions; at most 64"), "{e}");
     }
 
     #[test]

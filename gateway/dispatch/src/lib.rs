@@ -8,8 +8,13 @@
 //! miss, the spill decision; local run, or a region with bounded tries on
 //! other regions; a region's answer is checked against the model's outputs
 //! before it is returned or cached.
+//!
+//! Residency: each request carries the set of regions it may go to
+//! ([`RegionSet`], built in `residency.rs` from the regions' countries and
+//! the model's and caller's rules), and the core never sends it outside.
 
 mod metrics;
+mod residency;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -19,9 +24,9 @@ use nusa_cache::{Cache, CacheKey, EntryPolicy, Mode, Served};
 use nusa_engine::ModelMetadata;
 use nusa_engine_remote::{check_outputs, RegionClient};
 use nusa_proto::{ErrorKind, ProtoError};
-use nusa_registry::{ModelConfig, ModelVersion, Placement, Residency};
+use nusa_registry::{ModelConfig, ModelVersion, Placement};
 use nusa_sched::SchedError;
-use nusa_spill::{predict_wait, Decision, Micros, Reason, RequestFacts, Spill};
+use nusa_spill::{predict_wait, Decision, Micros, Reason, RegionSet, RequestFacts, Spill};
 use nusa_tensor::Tensor;
 use parking_lot::Mutex;
 
@@ -70,6 +75,12 @@ pub struct Job<'a> {
     pub timeout_us: u64,
     /// The request's own `residency: "local"`.
     pub pinned: bool,
+    /// The caller's residency rule (from its API key): `["local"]`,
+    /// `["any"]` or country codes, as a model's; `None`: no caller
+    /// restriction. Intersected with the model's.
+    pub caller_residency: Option<&'a [String]>,
+    /// false: the caller's requests never leave the box, as if pinned.
+    pub caller_may_spill: bool,
     pub peer: Option<IpAddr>,
     pub traceparent: Option<String>,
     pub cache_control: Option<String>,
@@ -79,13 +90,17 @@ pub struct Dispatcher {
     cache: Option<Cache>,
     spill: Mutex<Spill>,
     regions: Vec<Arc<RegionClient>>,
+    /// The regions' jurisdictions, read once from the core's regions so
+    /// that a request's allowed set is built without taking its lock.
+    countries: residency::Countries,
     config: DispatchConfig,
     metrics: DispatchMetrics,
     origin: Instant,
 }
 
 impl Dispatcher {
-    /// `regions` and `spill.regions` are index-aligned.
+    /// `regions` and `spill.regions` are index-aligned; each region's
+    /// country is `spill.regions[i].country`.
     pub fn new(
         cache: Option<Cache>,
         spill: Spill,
@@ -95,6 +110,7 @@ impl Dispatcher {
     ) -> Dispatcher {
         Dispatcher {
             cache,
+            countries: residency::Countries::new(spill.regions.iter().map(|r| r.country.clone())),
             spill: Mutex::new(spill),
             regions,
             config,
@@ -160,7 +176,7 @@ impl Dispatcher {
         let predicted = predict_wait(&view, &service, job.rows, sched.now());
         let facts = RequestFacts {
             bytes: job.inputs.iter().map(|t| t.data.len() as u64).sum(),
-            local_only: self.local_only(job),
+            allowed: self.allowed_regions(job),
             slo_us: job.config.slo_ms.map(|ms| ms * 1_000),
             queue_full: sched.queue_full(),
             prefer_region: job.config.placement == Placement::Region,
@@ -183,6 +199,19 @@ impl Dispatcher {
                 Decision::Reject { reason } => {
                     self.metrics.rejected(job.model, reason.label());
                     return Err(reject_error(job, reason, predicted));
+                }
+                Decision::Spill { region, .. } if !facts.allowed.contains(region) => {
+                    // The core's invariant, checked once more where the
+                    // request would leave: a breach sends data abroad.
+                    tracing::error!(
+                        region,
+                        model = job.model,
+                        "spill decision outside the allowed regions: not sent"
+                    );
+                    return match local_or_reject(&facts) {
+                        Decision::Local => self.run_local(job, predicted).await,
+                        _ => Err(reject_error(job, Reason::QueueFull, predicted)),
+                    };
                 }
                 Decision::Spill { region, reason } => {
                     self.metrics
@@ -208,15 +237,34 @@ impl Dispatcher {
         }
     }
 
-    fn local_only(&self, job: &Job<'_>) -> bool {
-        job.pinned
-            || job.config.residency == Residency::Local
+    /// The regions this request may go to: none when it is pinned here (by
+    /// itself, its client's address or its caller), else the regions whose
+    /// country both the model's and the caller's residency allow.
+    fn allowed_regions(&self, job: &Job<'_>) -> RegionSet {
+        let pinned = job.pinned
+            || !job.caller_may_spill
             || job.peer.is_some_and(|ip| {
                 self.config
                     .local_only_clients
                     .iter()
                     .any(|&p| prefix::contains(p, ip))
-            })
+            });
+        if pinned {
+            return RegionSet::NONE;
+        }
+        self.countries.allowed(
+            residency::Rule::of_model(&job.config.residency),
+            job.caller_residency
+                .map_or(residency::Rule::Any, residency::Rule::of_caller),
+        )
+    }
+
+    /// The jurisdiction of the region named `name` (as in
+    /// `ServedBy::Cloud`), for cost and audit records; `None` when it
+    /// declares none or there is no such region.
+    pub fn region_country(&self, name: &str) -> Option<&str> {
+        let i = self.regions.iter().position(|r| r.name() == name)?;
+        self.countries.of(i)
     }
 
     async fn run_local(

@@ -20,7 +20,7 @@ use nusa_proto::{ErrorKind, ProtoError};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 
-use crate::request::{AdminCheck, Shared};
+use crate::request::{AdminCheck, ConnInfo, Shared};
 use crate::tcp::{self, TcpIngress};
 use crate::tls::TlsMaterial;
 use crate::track::{LogLimit, Tracker};
@@ -230,7 +230,12 @@ async fn serve_unix(
                         let shared = Arc::clone(&shared);
                         async move {
                             let resp = if allowed {
-                                tcp::handle(&shared, req, std::net::IpAddr::from([127, 0, 0, 1])).await
+                                let info = ConnInfo {
+                                    peer: std::net::IpAddr::from([127, 0, 0, 1]),
+                                    uid,
+                                    cert_subject: None,
+                                };
+                                tcp::handle(&shared, req, &info).await
                             } else {
                                 let e = ProtoError::new(
                                     ErrorKind::Forbidden,

@@ -13,7 +13,7 @@ use h3::server::RequestStream;
 use nusa_api::{ApiResponse, Protocol};
 use tokio::sync::watch;
 
-use crate::request::{self, Shared};
+use crate::request::{self, ConnInfo, Shared};
 use crate::tls::TlsMaterial;
 use crate::track::Tracker;
 use crate::{IngressConfig, IngressError};
@@ -39,7 +39,7 @@ impl QuicIngress {
         ))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| tls_err(&e))?
-        .with_no_client_auth()
+        .with_client_cert_verifier(tls.client_verifier().map_err(|e| tls_err(&e))?)
         .with_single_cert(tls.certs.clone(), tls.key.clone_key())
         .map_err(|e| tls_err(&e))?;
         crypto.alpn_protocols = vec![b"h3".to_vec()];
@@ -181,6 +181,7 @@ impl Connection {
                 None => return,
             }
         };
+        let quic = conn.clone();
         let built = h3::server::builder()
             .max_field_section_size(self.max_header_bytes)
             .build::<_, Bytes>(h3_quinn::Connection::new(conn))
@@ -199,11 +200,22 @@ impl Connection {
                     Ok(Some(resolver)) => {
                         let shared = Arc::clone(&self.shared);
                         let handshake = Arc::clone(&handshake);
+                        let quic = quic.clone();
                         tokio::spawn(async move {
                             match resolver.resolve_request().await {
                                 Ok((req, stream)) => {
                                     let early = !handshake.complete();
-                                    serve_request(&shared, req, stream, early, peer.ip()).await;
+                                    // A client certificate is known once the
+                                    // handshake completed (never in 0-RTT).
+                                    let certs = quic.peer_identity().and_then(|id| {
+                                        id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()
+                                    });
+                                    let info = ConnInfo {
+                                        peer: peer.ip(),
+                                        uid: None,
+                                        cert_subject: crate::tls::client_subject(certs.as_deref().map(|c| c.as_slice())),
+                                    };
+                                    serve_request(&shared, req, stream, early, &info).await;
                                 }
                                 Err(e) => tracing::debug!(error = %e, "bad HTTP/3 request"),
                             }
@@ -251,7 +263,7 @@ async fn serve_request(
     req: http::Request<()>,
     mut stream: Stream,
     early: bool,
-    peer: std::net::IpAddr,
+    conn: &ConnInfo,
 ) {
     let received = Instant::now();
     let limits = &shared.limits;
@@ -293,7 +305,8 @@ async fn serve_request(
                     frames,
                     Protocol::Http3,
                     received,
-                    peer,
+                    conn,
+                    false,
                 );
                 let left = limits.request_timeout.saturating_sub(received.elapsed());
                 match tokio::time::timeout(left, shared.serve(api_req)).await {

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method as HttpMethod, StatusCode};
-use nusa_api::{Api, ApiRequest, ApiResponse, Method, Protocol};
+use nusa_api::{Api, ApiRequest, ApiResponse, Credentials, Method, Protocol};
 use nusa_proto::{ErrorKind, Frames, ProtoError, HEADER_LENGTH};
 
 use crate::{IngressConfig, Limits};
@@ -141,6 +141,18 @@ pub(crate) fn timed_out_serving(limits: &Limits) -> ApiResponse {
     ))
 }
 
+/// What a connection tells of its caller: the address, the admin socket's
+/// uid, a verified client certificate's subject.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnInfo {
+    pub peer: std::net::IpAddr,
+    pub uid: Option<u32>,
+    pub cert_subject: Option<Arc<str>>,
+}
+
+// The request's parts as TCP and QUIC hold them: grouping them would only
+// move the same eight values into a struct each caller fills.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn api_request(
     method: &HttpMethod,
     uri: &http::Uri,
@@ -148,7 +160,8 @@ pub(crate) fn api_request(
     body: Vec<Bytes>,
     protocol: Protocol,
     received: Instant,
-    peer: std::net::IpAddr,
+    conn: &ConnInfo,
+    admin_token: bool,
 ) -> ApiRequest {
     let text = |name: &str| {
         headers
@@ -158,11 +171,19 @@ pub(crate) fn api_request(
             .map(|v| v.trim().to_string())
     };
     ApiRequest {
-        peer: Some(peer),
+        peer: Some(conn.peer),
+        credentials: Credentials {
+            authorization: text("authorization"),
+            x_api_key: text("x-api-key"),
+            cert_subject: conn.cert_subject.clone(),
+            uid: conn.uid,
+            admin_token,
+        },
         traceparent: traceparent(headers),
         cache_control: text("cache-control"),
         method: self::method(method),
         path: uri.path().to_string(),
+        query: uri.query().map(str::to_string),
         header_length: headers
             .get(HEADER_LENGTH)
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::FramesBody;
-use crate::request::{self, Shared};
+use crate::request::{self, ConnInfo, Shared};
 use crate::tls::TlsMaterial;
 use crate::track::{Activity, LogLimit, Tracker};
 use crate::{IngressConfig, IngressError};
@@ -43,7 +43,7 @@ impl TcpIngress {
         ))
         .with_safe_default_protocol_versions()
         .map_err(|e| IngressError::Tls(e.to_string()))?
-        .with_no_client_auth()
+        .with_client_cert_verifier(tls.client_verifier().map_err(IngressError::Tls)?)
         .with_single_cert(tls.certs.clone(), tls.key.clone_key())
         .map_err(|e| IngressError::Tls(e.to_string()))?;
         server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -143,14 +143,20 @@ impl Connection {
         let activity = Activity::new();
         let shared = Arc::clone(&self.shared);
         let act = activity.clone();
+        let info = Arc::new(ConnInfo {
+            peer: peer.ip(),
+            uid: None,
+            cert_subject: crate::tls::client_subject(tls.get_ref().1.peer_certificates()),
+        });
         let svc = service_fn(move |req: Request<Incoming>| {
             let shared = Arc::clone(&shared);
+            let info = Arc::clone(&info);
             // Counted here, when hyper hands the head over, not when the
             // future first runs (hyper spawns HTTP/2 streams' futures).
             let busy = act.busy();
             async move {
                 let _busy = busy;
-                Ok::<_, Infallible>(handle(&shared, req, peer.ip()).await)
+                Ok::<_, Infallible>(handle(&shared, req, &info).await)
             }
         });
         let mut conn = pin!(self.builder.serve_connection(TokioIo::new(tls), svc));
@@ -203,7 +209,7 @@ impl Connection {
 pub(crate) async fn handle(
     shared: &Shared,
     req: Request<Incoming>,
-    peer: std::net::IpAddr,
+    conn: &ConnInfo,
 ) -> Response<FramesBody> {
     let received = Instant::now();
     let protocol = if req.version() == http::Version::HTTP_2 {
@@ -238,7 +244,8 @@ pub(crate) async fn handle(
                         frames,
                         protocol,
                         received,
-                        peer,
+                        conn,
+                        matches!(shared.admin, Some(request::AdminCheck::Token(_))),
                     );
                     let left = limits.request_timeout.saturating_sub(received.elapsed());
                     match tokio::time::timeout(left, shared.serve(api_req)).await {

@@ -4,6 +4,7 @@
 mod local_ca;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -17,6 +18,58 @@ pub struct TlsMaterial {
     /// The generated CA's certificate, for clients to trust; `None` when the
     /// certificate was configured.
     pub generated_ca: Option<PathBuf>,
+    /// Client certificates chaining to these are verified and their subject
+    /// passed on (`auth.client_ca`); a client may still connect without one.
+    pub client_roots: Option<Arc<rustls::RootCertStore>>,
+}
+
+impl TlsMaterial {
+    /// Verifies client certificates against the CA certificates in `path`
+    /// (PEM), optional for the client (an API key serves as well).
+    pub fn with_client_ca(mut self, path: &Path) -> Result<TlsMaterial, TlsError> {
+        let err = |message: String| TlsError::File {
+            path: path.to_path_buf(),
+            message,
+        };
+        let pem = read_bounded(path)?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| err(format!("not a PEM certificate: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| err(format!("not a usable CA certificate: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(err("no certificate in the file".into()));
+        }
+        self.client_roots = Some(Arc::new(roots));
+        Ok(self)
+    }
+
+    /// What the server asks of clients: nothing, or an optional
+    /// certificate verified against `client_roots`.
+    pub(crate) fn client_verifier(
+        &self,
+    ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+        match &self.client_roots {
+            None => Ok(rustls::server::WebPkiClientVerifier::no_client_auth()),
+            Some(roots) => rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::clone(roots),
+                Arc::new(rustls::crypto::ring::default_provider()),
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| format!("auth.client_ca: {e}")),
+        }
+    }
+}
+
+/// The subject of a verified client certificate (the leaf), in RFC 4514
+/// form (`CN=robot-1, O=Acme`), as API keys name it (`cert_subject`).
+pub(crate) fn client_subject(certs: Option<&[CertificateDer<'static>]>) -> Option<Arc<str>> {
+    let leaf = certs?.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    Some(Arc::from(cert.subject().to_string()))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +136,7 @@ fn load(cert: &Path, key: &Path, generated_ca: Option<PathBuf>) -> Result<TlsMat
         certs,
         key: key_der,
         generated_ca,
+        client_roots: None,
     })
 }
 

@@ -97,6 +97,10 @@ pub struct Facts {
     pub keep: BTreeMap<String, BTreeSet<u64>>,
     /// Versions an operator asked for, to pull now.
     pub requested: BTreeSet<(String, u64)>,
+    /// Installed encrypted versions without a wrapping of their data key for
+    /// this box's key, where the repository now has one (the fleet key was
+    /// rotated by re-wrapping): fetched again, which adds the wrapping.
+    pub stale_keys: BTreeSet<(String, u64)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -178,6 +182,17 @@ pub fn plan(policy: &Policy, published: &[Published], facts: &Facts) -> Vec<Step
             bytes: p.bytes,
             requested,
         });
+    }
+    // A new wrapping is a few hundred bytes: fetched whatever the window.
+    for (model, version) in &facts.stale_keys {
+        if installed(model, *version) && wanted(model) {
+            steps.push(Step::Pull {
+                model: model.clone(),
+                version: *version,
+                bytes: 0,
+                requested: false,
+            });
+        }
     }
     let keep_n = policy.keep_versions.max(1);
     for (model, versions) in &facts.installed {
@@ -327,6 +342,26 @@ mod tests {
             free_bytes: free,
             ..Facts::default()
         }
+    }
+
+    #[test]
+    fn an_installed_version_missing_this_boxs_wrapping_is_fetched_again_at_any_hour() {
+        let p = published(&[("a", 1, 10), ("a", 2, 20)]);
+        let mut f = facts(12 * 60, 1 << 20);
+        f.installed.insert("a".into(), BTreeSet::from([1, 2]));
+        assert!(plan(&policy(), &p, &f).is_empty());
+        f.stale_keys.insert(("a".into(), 1));
+        // Not installed here: nothing to refresh.
+        f.stale_keys.insert(("b".into(), 7));
+        assert_eq!(
+            plan(&policy(), &p, &f),
+            vec![Step::Pull {
+                model: "a".into(),
+                version: 1,
+                bytes: 0,
+                requested: false
+            }]
+        );
     }
 
     #[test]

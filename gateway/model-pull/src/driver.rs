@@ -35,6 +35,10 @@ pub struct PullConfig {
     pub poll_interval: Duration,
     pub max_bytes_per_second: u64,
     pub policy: Policy,
+    /// This box's fleet model key id (`models.decryption_key`): installed
+    /// encrypted versions without a wrapping for it are fetched again when
+    /// the repository has one (rotation by re-wrapping).
+    pub key_id: Option<String>,
 }
 
 #[derive(Clone)]
@@ -260,6 +264,18 @@ impl Puller {
                 .await;
             }
         }
+        // Versions the repository has a wrapping for this box's key of.
+        let stale_candidates: Vec<(String, u64)> = match &self.config.key_id {
+            Some(kid) => {
+                let wrapping = format!("keys/{kid}/key.json");
+                listed
+                    .iter()
+                    .filter(|p| p.targets.iter().any(|(path, _)| path.ends_with(&wrapping)))
+                    .map(|p| (p.manifest.model.clone(), p.manifest.version))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
         let published: Vec<Published> = listed
             .into_iter()
             .map(|p| Published {
@@ -283,10 +299,12 @@ impl Puller {
             }
             known
         });
+        let installed = installed(&self.config.store);
         let facts = Facts {
             minute: local_minute(),
             free_bytes: free_bytes(&self.config.store),
-            installed: installed(&self.config.store),
+            stale_keys: self.stale_keys(&stale_candidates, &installed),
+            installed,
             keep: self.keep(),
             requested: asked.iter().map(|r| (r.model.clone(), r.version)).collect(),
         };
@@ -403,6 +421,34 @@ impl Puller {
         self.record(model, Some(version), "pull", detail.clone())
             .await;
         Ok(detail)
+    }
+
+    /// Of `candidates`, the installed versions whose folder lacks this
+    /// box's wrapping.
+    fn stale_keys(
+        &self,
+        candidates: &[(String, u64)],
+        installed: &BTreeMap<String, BTreeSet<u64>>,
+    ) -> BTreeSet<(String, u64)> {
+        let Some(kid) = &self.config.key_id else {
+            return BTreeSet::new();
+        };
+        candidates
+            .iter()
+            .filter(|(m, v)| installed.get(m).is_some_and(|s| s.contains(v)))
+            .filter(|(m, v)| {
+                !self
+                    .config
+                    .store
+                    .join(m)
+                    .join(v.to_string())
+                    .join("keys")
+                    .join(kid)
+                    .join("key.json")
+                    .is_file()
+            })
+            .cloned()
+            .collect()
     }
 
     /// Serving and pinned versions, which are never pruned.

@@ -1,6 +1,7 @@
 //! `nusactl`: the appliance's admin CLI. Argument parsing only; the work is
 //! in `nusa-ota` (updates on the box, publishing releases).
 
+mod access;
 mod models;
 mod release;
 mod update;
@@ -24,6 +25,10 @@ enum Cmd {
     Update(update::UpdateArgs),
     /// The models nusad serves (over its admin socket).
     Models(models::ModelsArgs),
+    /// API keys of the public port (over nusad's admin socket).
+    Keys(access::KeysArgs),
+    /// The audit log: list, verify, checkpoint (over the admin socket).
+    Audit(access::AuditArgs),
     /// Publish signed releases (a release engineer's machine).
     Release {
         #[command(subcommand)]
@@ -47,6 +52,8 @@ async fn main() -> std::process::ExitCode {
         Cmd::Release { cmd } => release::run(cmd).await,
         Cmd::Update(args) => update::run(args).await,
         Cmd::Models(args) => models::run(args).await,
+        Cmd::Keys(args) => access::keys(args).await,
+        Cmd::Audit(args) => access::audit(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

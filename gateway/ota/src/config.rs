@@ -70,6 +70,12 @@ pub struct HealthConfig {
     pub ca: Option<PathBuf>,
     /// The model the self-test inference runs.
     pub model: String,
+    /// nusad's admin socket: the self-test's metadata and inference go over
+    /// it (the updater runs as root, which the socket admits), so they pass
+    /// when the public port wants API keys; readiness is still checked on
+    /// `url`. Not there: everything over `url`.
+    #[serde(default = "d::admin_socket")]
+    pub admin_socket: Option<PathBuf>,
 }
 
 impl Default for HealthConfig {
@@ -78,6 +84,7 @@ impl Default for HealthConfig {
             url: "https://127.0.0.1:8443".into(),
             ca: Some("/var/lib/nusa/tls/ca.pem".into()),
             model: "tiny-cnn".into(),
+            admin_socket: d::admin_socket(),
         }
     }
 }
@@ -114,6 +121,10 @@ mod d {
     pub fn boot_tries() -> u8 {
         3
     }
+    pub fn admin_socket() -> Option<PathBuf> {
+        Some("/var/lib/nusa/admin.sock".into())
+    }
+
     pub fn health_timeout_s() -> u64 {
         300
     }
@@ -196,7 +207,8 @@ impl UpdateConfig {
         let backend = nusa_ota_slots::from_config(&self.bootloader)
             .map_err(|e| invalid(format!("bootloader: {e}")))?;
         let gate = GatewayGate::new(&self.health.url, self.health.ca.clone(), &self.health.model)
-            .map_err(|e| invalid(format!("health: {e}")))?;
+            .map_err(|e| invalid(format!("health: {e}")))?
+            .with_admin_socket(self.health.admin_socket.clone());
         Ok(Setup {
             variant,
             running,

@@ -24,12 +24,18 @@ pub trait HealthGate: Send + Sync {
     fn check(&self, within: Duration) -> GateFuture<'_>;
 }
 
-/// The gateway's own endpoints over HTTPS: `/v2/health/ready`, then one
-/// inference of `model` with zero inputs, pinned to the device.
+/// The gateway's own endpoints: `/v2/health/ready` over HTTPS on the
+/// public port, then the model's metadata and one inference of `model`
+/// with zero inputs, pinned to the device. With `admin_socket` (nusad's
+/// admin socket, where the caller's uid is the credential: the updater
+/// runs as root) those two go over it, so the self-test works when the
+/// public port wants API keys (`auth.mode = "keys"`, the default off
+/// loopback); without it, or before nusad made it, over the public port.
 pub struct GatewayGate {
     base: String,
     model: String,
     ca: Option<PathBuf>,
+    admin_socket: Option<PathBuf>,
 }
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -46,7 +52,52 @@ impl GatewayGate {
             base: base.trim_end_matches('/').to_string(),
             model: model.to_string(),
             ca,
+            admin_socket: None,
         })
+    }
+
+    /// Runs the metadata and inference checks over nusad's admin socket
+    /// when it exists.
+    pub fn with_admin_socket(mut self, socket: Option<PathBuf>) -> Self {
+        self.admin_socket = socket;
+        self
+    }
+
+    /// GET or POST over the admin socket: the status and the JSON answer.
+    async fn call_socket(
+        &self,
+        socket: &std::path::Path,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(StatusCode, Value), String> {
+        let client = nusa_admin::Client::new(socket, Duration::from_secs(10));
+        let r = match body {
+            None => client.get::<Value>(path).await,
+            Some(b) => client.post::<Value, Value>(path, &b).await,
+        };
+        match r {
+            Ok(v) => Ok((StatusCode::OK, v)),
+            Err(nusa_admin::AdminError::Refused { status, message }) => Ok((
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                json!({ "error": message }),
+            )),
+            Err(e) => Err(format!("{path} over {}: {e}", socket.display())),
+        }
+    }
+
+    /// A model call: over the admin socket when there is one, else the
+    /// public port.
+    async fn call_model(
+        &self,
+        client: &HttpsClient,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(StatusCode, Value), String> {
+        match self.admin_socket.as_deref().filter(|s| s.exists()) {
+            Some(socket) => self.call_socket(socket, path, body).await,
+            None => self.call(client, method, path, body).await,
+        }
     }
 
     fn client(&self) -> Result<HttpsClient, String> {
@@ -103,7 +154,9 @@ impl GatewayGate {
             return Err(format!("/v2/health/ready answered {s}"));
         }
         let meta_path = format!("/v2/models/{}", self.model);
-        let (s, meta) = self.call(&client, Method::GET, &meta_path, None).await?;
+        let (s, meta) = self
+            .call_model(&client, Method::GET, &meta_path, None)
+            .await?;
         if s != StatusCode::OK {
             return Err(format!("{meta_path} answered {s}"));
         }
@@ -111,7 +164,9 @@ impl GatewayGate {
             zero_inputs(&meta).ok_or_else(|| format!("{meta_path}: no usable input metadata"))?;
         let body = json!({"inputs": inputs, "parameters": {"residency": "local"}});
         let infer = format!("/v2/models/{}/infer", self.model);
-        let (s, out) = self.call(&client, Method::POST, &infer, Some(body)).await?;
+        let (s, out) = self
+            .call_model(&client, Method::POST, &infer, Some(body))
+            .await?;
         let outputs = out
             .get("outputs")
             .and_then(Value::as_array)

@@ -59,6 +59,24 @@ pub enum Route {
     AdminCanaryAbort {
         model: String,
     },
+    /// `/v2/nusa/keys`: GET lists, POST creates (admin).
+    AdminKeys,
+    /// `/v2/nusa/keys/{name}`: GET shows, POST changes (admin).
+    AdminKey {
+        name: String,
+    },
+    /// `/v2/nusa/keys/{name}/revoke` and `/rotate` (admin).
+    AdminKeyRevoke {
+        name: String,
+    },
+    AdminKeyRotate {
+        name: String,
+    },
+    /// `/v2/nusa/audit` (GET, `?since=&limit=`), `/v2/nusa/audit/verify`
+    /// (GET), `/v2/nusa/audit/checkpoint` (POST) (admin).
+    AdminAudit,
+    AdminAuditVerify,
+    AdminAuditCheckpoint,
 }
 
 impl Route {
@@ -76,6 +94,13 @@ impl Route {
                 | Route::AdminCanary { .. }
                 | Route::AdminCanaryPromote { .. }
                 | Route::AdminCanaryAbort { .. }
+                | Route::AdminKeys
+                | Route::AdminKey { .. }
+                | Route::AdminKeyRevoke { .. }
+                | Route::AdminKeyRotate { .. }
+                | Route::AdminAudit
+                | Route::AdminAuditVerify
+                | Route::AdminAuditCheckpoint
         )
     }
 }
@@ -105,6 +130,13 @@ pub fn parse_route(path: &str) -> Option<Route> {
             model: Some(owned(m)?),
         },
         ["nusa", "canary"] => Route::AdminCanary { model: None },
+        ["nusa", "keys"] => Route::AdminKeys,
+        ["nusa", "keys", k] => Route::AdminKey { name: owned(k)? },
+        ["nusa", "keys", k, "revoke"] => Route::AdminKeyRevoke { name: owned(k)? },
+        ["nusa", "keys", k, "rotate"] => Route::AdminKeyRotate { name: owned(k)? },
+        ["nusa", "audit"] => Route::AdminAudit,
+        ["nusa", "audit", "verify"] => Route::AdminAuditVerify,
+        ["nusa", "audit", "checkpoint"] => Route::AdminAuditCheckpoint,
         ["nusa", "models", m, "canary"] => Route::AdminCanary {
             model: Some(owned(m)?),
         },

@@ -68,14 +68,86 @@ pub enum Placement {
     Region,
 }
 
-/// Whether this model's requests may leave the box.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
+/// Where this model's requests may be processed besides this box:
+/// `residency = "any"`, `"local"`, or a list of country codes
+/// (`["ID", "SG"]`). `["any"]` and `["local"]` alone mean the same as the
+/// strings, as in API keys.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Residency {
+    /// Any region, whether it declares a country or not.
     #[default]
     Any,
     /// Never sent to a region, under any load.
     Local,
+    /// Only regions that declare one of these countries (ISO 3166-1
+    /// alpha-2, upper case, each once, at least one), under any load.
+    Countries(Vec<String>),
+}
+
+impl Residency {
+    fn from_list(values: Vec<String>) -> Result<Residency, String> {
+        match values.as_slice() {
+            [] => return Err("an empty list allows no region: write \"local\"".into()),
+            [one] if one == "any" => return Ok(Residency::Any),
+            [one] if one == "local" => return Ok(Residency::Local),
+            _ => {}
+        }
+        let mut codes: Vec<String> = Vec::with_capacity(values.len());
+        for v in values {
+            if !is_country_code(&v) {
+                return Err(format!(
+                    "{v:?} is not a country code: \"any\" or \"local\" alone, or ISO 3166-1 alpha-2 codes in upper case (\"ID\")"
+                ));
+            }
+            if !codes.contains(&v) {
+                codes.push(v);
+            }
+        }
+        Ok(Residency::Countries(codes))
+    }
+}
+
+/// ISO 3166-1 alpha-2 in its upper-case spelling (the shape; the list of
+/// assigned codes is not checked).
+fn is_country_code(s: &str) -> bool {
+    s.len() == 2 && s.bytes().all(|b| b.is_ascii_uppercase())
+}
+
+impl<'de> Deserialize<'de> for Residency {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Residency, D::Error> {
+        struct Visitor;
+
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Residency;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"any\", \"local\" or a list of ISO 3166-1 alpha-2 country codes")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Residency, E> {
+                match v {
+                    "any" => Ok(Residency::Any),
+                    "local" => Ok(Residency::Local),
+                    other => Err(E::custom(format!(
+                        "expected \"any\", \"local\" or a list of country codes ([\"ID\"]), got {other:?}"
+                    ))),
+                }
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Residency, A::Error> {
+                let mut values = Vec::new();
+                while let Some(v) = seq.next_element::<String>()? {
+                    values.push(v);
+                }
+                Residency::from_list(values).map_err(serde::de::Error::custom)
+            }
+        }
+
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// The edge cache for this model (off unless enabled, as in Triton).
@@ -173,7 +245,9 @@ impl ModelConfig {
     pub fn parse(text: &str) -> Result<ModelConfig, String> {
         let de = toml::Deserializer::parse(text).map_err(|e| first_line(&e.to_string()))?;
         let c: ModelConfig = serde_path_to_error::deserialize(de)
-            .map_err(|e| format!("{}: {}", e.path(), first_line(&e.inner().to_string())))?;
+            // The message alone: the error's Display starts with its
+            // position, and the key already says where.
+            .map_err(|e| format!("{}: {}", e.path(), first_line(e.inner().message())))?;
         let b = &c.batching;
         if b.priority_levels > 0 && b.default_priority_level > b.priority_levels {
             return Err(format!(
@@ -242,5 +316,48 @@ mod tests {
         assert!(e.starts_with("engine"), "{e}");
         let e = ModelConfig::parse("[instances]\ncount = 0\n").unwrap_err();
         assert!(e.starts_with("instances.count"), "{e}");
+    }
+
+    fn residency(value: &str) -> Result<Residency, String> {
+        ModelConfig::parse(&format!("residency = {value}\n")).map(|c| c.residency)
+    }
+
+    #[test]
+    fn old_spellings_and_country_lists() {
+        assert_eq!(ModelConfig::parse("").unwrap().residency, Residency::Any);
+        assert_eq!(residency("\"any\""), Ok(Residency::Any));
+        assert_eq!(residency("\"local\""), Ok(Residency::Local));
+        assert_eq!(residency("[\"any\"]"), Ok(Residency::Any));
+        assert_eq!(residency("[\"local\"]"), Ok(Residency::Local));
+        assert_eq!(
+            residency("[\"ID\"]"),
+            Ok(Residency::Countries(vec!["ID".into()]))
+        );
+        assert_eq!(
+            residency("[\"ID\", \"SG\", \"ID\"]"),
+            Ok(Residency::Countries(vec!["ID".into(), "SG".into()])),
+            "each once"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (value, mentions) in [
+            ("\"cloud\"", "cloud"),
+            ("\"ID\"", "\"ID\""),
+            ("[]", "empty"),
+            ("[\"id\"]", "\"id\""),
+            ("[\"IDN\"]", "IDN"),
+            ("[\"ID\", \"any\"]", "any"),
+            ("[\"ID\", \"local\"]", "local"),
+            ("[1]", "integer"),
+            ("3", "integer"),
+        ] {
+            let e = residency(value).unwrap_err();
+            // `residency[0]: ...` for a list element of the wrong type.
+            assert!(e.starts_with("residency"), "{value}: {e}");
+            assert!(e.contains(mentions), "{value}: {e}");
+            assert!(!e.contains('\n'), "{value}: {e}");
+        }
     }
 }

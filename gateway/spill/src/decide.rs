@@ -2,7 +2,7 @@
 
 use crate::breaker::{Breaker, BreakerConfig, BreakerState};
 use crate::spend::SpendCap;
-use crate::Micros;
+use crate::{Micros, RegionSet};
 
 #[derive(Clone, Debug, Default)]
 pub struct RegionLimits {
@@ -17,6 +17,11 @@ pub struct RegionLimits {
 #[derive(Clone, Debug)]
 pub struct Region {
     pub name: String,
+    /// Where the region runs (ISO 3166-1 alpha-2), for residency; `None`:
+    /// undeclared, so only requests that may go anywhere are sent to it.
+    /// The core does not read it: the driver turns it into each request's
+    /// [`RequestFacts::allowed`].
+    pub country: Option<String>,
     breaker: Breaker,
     spend: SpendCap,
     /// Requests sent and not yet answered.
@@ -48,6 +53,7 @@ impl Region {
     pub fn new(name: impl Into<String>, limits: RegionLimits) -> Region {
         Region {
             name: name.into(),
+            country: None,
             breaker: Breaker::new(limits.breaker),
             spend: SpendCap::new(limits.requests_per_hour, limits.bytes_per_hour),
             in_flight: 0,
@@ -56,6 +62,12 @@ impl Region {
             per_extra_us: None,
             rtt_us: None,
         }
+    }
+
+    /// The jurisdiction the region runs in.
+    pub fn in_country(mut self, country: Option<String>) -> Region {
+        self.country = country;
+        self
     }
 
     pub fn observe_rtt(&mut self, rtt: Micros) {
@@ -99,8 +111,13 @@ impl Region {
 pub struct RequestFacts {
     /// Request bytes as sent to a region (tensor bytes).
     pub bytes: u64,
-    /// Pinned to this box (residency "local", by request, model or client).
-    pub local_only: bool,
+    /// The regions this request may be sent to: the intersection of the
+    /// model's and the caller's residency, less everything when the
+    /// request is pinned to this box (residency "local", by request, model,
+    /// key or client) or its caller may not spill. A set with none of
+    /// [`Spill::regions`] in it pins the request here. The default is
+    /// empty: a request may leave only when the driver says where to.
+    pub allowed: RegionSet,
     /// The model's latency objective; `None`: spill only when the queue is full.
     pub slo_us: Option<Micros>,
     /// The local queue has no room.
@@ -163,6 +180,10 @@ impl Spill {
     /// regions that already failed this request. A region chosen here has
     /// the request counted against its spend cap and, if half-open, its
     /// probe slot taken.
+    ///
+    /// **Invariant:** the region of a `Spill` is in `facts.allowed`, under
+    /// any load; a request allowed no region gets only `Local` or
+    /// `Reject`.
     pub fn decide(
         &mut self,
         facts: &RequestFacts,
@@ -176,7 +197,9 @@ impl Spill {
             _ => false,
         };
         let retry = !tried.is_empty();
-        let placed = facts.prefer_region && !facts.local_only;
+        let allowed = facts.allowed & RegionSet::first(self.regions.len());
+        let pinned = allowed.is_empty();
+        let placed = facts.prefer_region && !pinned;
         if !facts.queue_full && !misses && !retry && !placed {
             return Decision::Local;
         }
@@ -191,7 +214,7 @@ impl Spill {
         };
         let local_fallback = if facts.queue_full {
             Decision::Reject { reason }
-        } else if facts.local_only && misses {
+        } else if pinned && misses {
             // Pinned and late: the client is told to come back rather than
             // kept waiting past its objective.
             Decision::Reject {
@@ -200,7 +223,7 @@ impl Spill {
         } else {
             Decision::Local
         };
-        if facts.local_only {
+        if pinned {
             return local_fallback;
         }
         // A model placed in the regions goes to any region that can take it.
@@ -209,7 +232,7 @@ impl Spill {
             .regions
             .iter_mut()
             .enumerate()
-            .filter(|(i, _)| !tried.contains(i))
+            .filter(|(i, _)| allowed.contains(*i) && !tried.contains(i))
             .filter_map(|(i, r)| {
                 let expected = r.expected_us(local_service, now);
                 let in_time = budget.is_none_or(|slo| expected <= slo);

@@ -12,16 +12,19 @@
 //! - [`Region`]: per region, measured latency, a circuit breaker and a spend
 //!   cap.
 //! - [`Spill::decide`]: local, a region, or 503, given the model's latency
-//!   objective and the request's residency.
+//!   objective and the regions the request's residency allows
+//!   ([`RegionSet`]).
 
 mod breaker;
 mod decide;
 mod predict;
+mod region_set;
 mod spend;
 
 pub use breaker::{Breaker, BreakerConfig, BreakerState};
 pub use decide::{Decision, Reason, Region, RegionLimits, RequestFacts, Spill, LATENCY_STALE_US};
 pub use predict::{predict_wait, QueueView, ServiceTimes};
+pub use region_set::RegionSet;
 pub use spend::SpendCap;
 
 /// Time in microseconds from an origin the caller chooses.

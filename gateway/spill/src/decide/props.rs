@@ -1,7 +1,8 @@
 //! Property test of the spill decision: whatever the regions have learnt
 //! (latencies, failures, spend, probes) and whatever the request says, a
-//! pinned request never leaves the box, and a retry never goes back to a
-//! region that already failed it.
+//! request never goes to a region outside its allowed set (so a pinned
+//! request, allowed none, never leaves the box), and a retry never goes
+//! back to a region that already failed it.
 
 use proptest::prelude::*;
 
@@ -11,7 +12,7 @@ use super::*;
 enum Op {
     Decide {
         bytes: u64,
-        local_only: bool,
+        allowed: RegionSet,
         slo_us: Option<Micros>,
         queue_full: bool,
         prefer_region: bool,
@@ -29,13 +30,24 @@ enum Op {
     Advance(Micros),
 }
 
+/// Any subset of the (at most 4) regions, often none or all, and sometimes
+/// bits of regions that do not exist.
+fn allowed() -> impl Strategy<Value = RegionSet> {
+    prop_oneof![
+        2 => Just(RegionSet::NONE),
+        2 => Just(RegionSet::ALL),
+        4 => (0u64..16).prop_map(RegionSet::from_bits),
+        1 => any::<u64>().prop_map(RegionSet::from_bits),
+    ]
+}
+
 fn op() -> impl Strategy<Value = Op> {
     let us = || 0u64..200_000;
     prop_oneof![
-        5 => (0u64..5_000, any::<bool>(), proptest::option::of(us()), any::<bool>(), any::<bool>(),
+        5 => (0u64..5_000, allowed(), proptest::option::of(us()), any::<bool>(), any::<bool>(),
               proptest::option::of(us()), proptest::option::of(us()), proptest::collection::vec(0usize..3, 0..3))
-            .prop_map(|(bytes, local_only, slo_us, queue_full, prefer_region, predicted, local_service, tried)|
-                Op::Decide { bytes, local_only, slo_us, queue_full, prefer_region, predicted, local_service, tried }),
+            .prop_map(|(bytes, allowed, slo_us, queue_full, prefer_region, predicted, local_service, tried)|
+                Op::Decide { bytes, allowed, slo_us, queue_full, prefer_region, predicted, local_service, tried }),
         2 => (0usize..3, proptest::option::of(us()), any::<bool>())
             .prop_map(|(region, answered_in, counts_against)| Op::Record { region, answered_in, counts_against }),
         1 => (0usize..3, us()).prop_map(|(r, t)| Op::Rtt(r, t)),
@@ -48,7 +60,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
-    fn pinned_requests_never_leave_and_retries_never_return(
+    fn never_a_region_outside_the_allowed_set_and_retries_never_return(
         n in 0usize..4,
         caps in (0u64..5, 0u64..20_000),
         ops in proptest::collection::vec(op(), 1..120),
@@ -58,15 +70,20 @@ proptest! {
         let mut now: Micros = 0;
         for op in ops {
             match op {
-                Op::Decide { bytes, local_only, slo_us, queue_full, prefer_region, predicted, local_service, tried } => {
-                    let facts = RequestFacts { bytes, local_only, slo_us, queue_full, prefer_region };
+                Op::Decide { bytes, allowed, slo_us, queue_full, prefer_region, predicted, local_service, tried } => {
+                    let facts = RequestFacts { bytes, allowed, slo_us, queue_full, prefer_region };
+                    let spent_before: Vec<_> = s.regions.iter().map(|r| r.spent(now)).collect();
                     match s.decide(&facts, predicted, local_service, &tried, now) {
                         Decision::Spill { region, .. } => {
-                            prop_assert!(!local_only, "a pinned request was sent to region {region}");
+                            prop_assert!(allowed.contains(region), "sent to region {region}, outside {allowed:?}");
                             prop_assert!(region < n);
                             prop_assert!(!tried.contains(&region), "retried on region {region}, which failed it");
                         }
                         Decision::Local | Decision::Reject { .. } => {}
+                    }
+                    // Nor is a refused region charged for it.
+                    for (i, r) in s.regions.iter().enumerate().filter(|(i, _)| !allowed.contains(*i)) {
+                        prop_assert_eq!(r.spent(now), spent_before[i], "region {} was charged", i);
                     }
                 }
                 Op::Record { region, answered_in, counts_against } => s.record(region, now, answered_in, counts_against, 10),

@@ -19,6 +19,7 @@ fn facts(slo: Micros) -> RequestFacts {
     RequestFacts {
         bytes: 100,
         slo_us: Some(slo),
+        allowed: RegionSet::ALL,
         ..RequestFacts::default()
     }
 }
@@ -70,7 +71,7 @@ fn spills_to_the_fastest_region_that_meets_the_objective() {
 fn residency_pins_to_local_under_any_load() {
     let mut s = spill(&[("a", 1, RegionLimits::default())]);
     let pinned = RequestFacts {
-        local_only: true,
+        allowed: RegionSet::NONE,
         ..facts(10_000)
     };
     assert_eq!(
@@ -107,7 +108,7 @@ fn a_full_queue_spills_even_without_an_objective() {
         queue_full: true,
         slo_us: None,
         bytes: 1,
-        local_only: false,
+        allowed: RegionSet::ALL,
         prefer_region: false,
     };
     assert_eq!(
@@ -274,12 +275,102 @@ fn a_model_placed_in_the_regions_goes_there_whatever_the_local_wait() {
         "served here when none is left"
     );
     let pinned = RequestFacts {
-        local_only: true,
+        allowed: RegionSet::NONE,
         ..placed
     };
     assert_eq!(
         s.decide(&pinned, Some(100), Some(100), &[], 0),
         Decision::Local,
         "residency wins"
+    );
+}
+
+#[test]
+fn residency_keeps_requests_inside_the_allowed_regions_under_any_load() {
+    // "sg" is the fastest, but the request may go to "id" only.
+    let mut s = spill(&[
+        ("sg", 1_000, RegionLimits::default()),
+        ("id", 4_000, RegionLimits::default()),
+        ("id-far", 30_000, RegionLimits::default()),
+    ]);
+    let only_id = RequestFacts {
+        allowed: RegionSet::NONE.with(1).with(2),
+        ..facts(10_000)
+    };
+    assert_eq!(
+        s.decide(&only_id, Some(15_000), Some(500), &[], 0),
+        Decision::Spill {
+            region: 1,
+            reason: Reason::Slo
+        }
+    );
+    // "id" failed it; "id-far" would miss the objective: served here, late.
+    assert_eq!(
+        s.decide(&only_id, Some(15_000), Some(500), &[1], 0),
+        Decision::Local
+    );
+    // A full queue: the allowed regions or 503, never "sg".
+    let full = RequestFacts {
+        queue_full: true,
+        slo_us: None,
+        ..only_id
+    };
+    assert_eq!(
+        s.decide(&full, None, None, &[1], 0),
+        Decision::Spill {
+            region: 2,
+            reason: Reason::Retry
+        }
+    );
+    assert_eq!(
+        s.decide(&full, None, None, &[1, 2], 0),
+        Decision::Reject {
+            reason: Reason::Retry
+        }
+    );
+    // Placed in the regions: still only where it may go.
+    let placed = RequestFacts {
+        prefer_region: true,
+        ..only_id
+    };
+    assert!(matches!(
+        s.decide(&placed, Some(100), Some(100), &[], 0),
+        Decision::Spill { region: 1, .. }
+    ));
+    assert_eq!(s.regions[0].spent(0), (0, 0), "nothing counted against sg");
+    assert_eq!(s.regions[0].in_flight(), 0);
+}
+
+#[test]
+fn a_request_allowed_no_configured_region_is_pinned() {
+    let mut s = spill(&[
+        ("a", 1_000, RegionLimits::default()),
+        ("b", 1_000, RegionLimits::default()),
+    ]);
+    // Region 5 does not exist here: nowhere to go, so as if pinned.
+    let elsewhere = RequestFacts {
+        allowed: RegionSet::NONE.with(5),
+        ..facts(10_000)
+    };
+    assert_eq!(
+        s.decide(&elsewhere, Some(50_000), None, &[], 0),
+        Decision::Reject {
+            reason: Reason::Slo
+        },
+        "late and allowed nowhere: 503 rather than late"
+    );
+    assert_eq!(
+        s.decide(&elsewhere, Some(5_000), None, &[], 0),
+        Decision::Local
+    );
+    let placed = RequestFacts {
+        prefer_region: true,
+        ..elsewhere
+    };
+    assert_eq!(s.decide(&placed, Some(100), None, &[], 0), Decision::Local);
+    assert_eq!(
+        RequestFacts::default().allowed,
+        RegionSet::NONE,
+        "a request leaves only when the driver says where to"
     );
 }

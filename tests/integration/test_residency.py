@@ -1,0 +1,185 @@
+"""Residency by jurisdiction under overload: two regions, real nusad
+processes that declare `country = "SG"` and `country = "ID"`.
+
+A model with `residency = ["ID"]` spills only to the ID region: the SG
+region receives none of its requests (its request counter, and main's
+counters for it, stay 0) even while the ID region is capped and SG is idle,
+every answer is correct, and what can be served neither here nor in ID gets
+503 with Retry-After. A model with `residency = "any"`, under the same
+load, spills to both (so the SG check above is not vacuous).
+
+Set-up and load come from spilltest.py (see there for how the objective is
+derived from the region's idle latency).
+"""
+from __future__ import annotations
+
+import pytest
+
+import loadgen
+import nusatest as nt
+import slowmodel as sm
+import spilltest as st
+
+pytestmark = pytest.mark.timeout(240)
+
+ID_MODEL = "id-mlp"    # the slow model under another name, residency = ["ID"]
+ANY_MODEL = st.SLOW    # residency = "any" (the default, written out)
+LOAD_S = 4.0
+CLIENTS = 24
+ID_CAP = 20            # requests per hour to the ID region in the ["ID"] run
+ID_QUEUE = 2           # main's queue for the ["ID"] model: full under this load
+
+
+class Env:
+    def __init__(self, slow, sg, id_, work, slo_ms):
+        self.slow, self.sg, self.id, self.work, self.slo_ms = slow, sg, id_, work, slo_ms
+        self.servers = [sg, id_]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    slow = sm.calibrated()
+    models = (ANY_MODEL, ID_MODEL)
+    sg = st.start_region(tmp_path_factory.mktemp("nusad-sg"), slow, name="region-sg", models=models)
+    try:
+        id_ = st.start_region(tmp_path_factory.mktemp("nusad-id"), slow, name="region-id", models=models)
+        try:
+            work = st.Workload.make(slow)
+            row_s = st.measure_row_s(id_, work)
+            slo_ms = st.slo_for(row_s)
+            print(f"\n[residency] {slow.describe()}; idle request on a region {row_s * 1000:.1f} ms; "
+                  f"slo_ms = {slo_ms}; {CLIENTS} clients")
+            yield Env(slow, sg, id_, work, slo_ms)
+        finally:
+            id_.stop_checked("region-id")
+    finally:
+        sg.stop_checked("region-sg")
+
+
+@pytest.fixture
+def mains():
+    started: list[nt.NusadServer] = []
+    yield started
+    for s in started:
+        s.stop()
+
+
+def regions(env: Env, id_extra: dict | None = None) -> list[dict]:
+    return [st.region_entry("sg-1", env.sg, country="SG"),
+            st.region_entry("id-1", env.id, country="ID", **(id_extra or {}))]
+
+
+def model(env: Env, residency, max_queue_size: int = 64) -> dict:
+    config = st.model_config(env.slo_ms, max_queue_size=max_queue_size)
+    config["residency"] = residency
+    return config
+
+
+def overload(main: nt.NusadServer, env: Env, model_name: str, label: str) -> loadgen.Summary:
+    s = loadgen.closed_loop(main, env.work.maker(model_name), clients=CLIENTS, duration_s=LOAD_S,
+                            output=sm.OUTPUT, ramp_s=st.RAMP_S)
+    print(f"\n[{label}] {s.describe()}\n  timeline {s.timeline(1.0)}")
+    return s
+
+
+def region_requests(samples, region: str) -> float:
+    return nt.metric_sum(samples, "nusa_region_requests_total", region=region)
+
+
+def received(server: nt.NusadServer) -> float:
+    """Inference requests a region nusad counted, any model."""
+    return nt.metric_sum(nt.scrape_metrics(server), "nusa_requests_total")
+
+
+def test_a_model_resident_in_id_never_reaches_sg_under_overload(tmp_path, env, mains):
+    """The ID region is capped at ID_CAP requests and main's queue is tiny, so
+    most of the load can be served neither here nor in ID: it gets 503 with
+    Retry-After, while SG stays idle and untouched."""
+    main = st.start_main(tmp_path / "main", env.slow, regions(env, {"requests_per_hour": ID_CAP}),
+                         slo_ms=env.slo_ms, models={ID_MODEL: model(env, ["ID"], ID_QUEUE)},
+                         name="main-id")
+    mains.append(main)
+    st.warm_up(main, env.work, ID_MODEL)
+    sg_before, id_before = received(env.sg), received(env.id)
+
+    s = overload(main, env, ID_MODEL, 'residency = ["ID"]')
+    st.assert_no_errors(s, 'residency = ["ID"]', allow_503=True)  # and every 503 has Retry-After
+    served = s.by_served()
+    assert set(served) <= {"local", "cloud:id-1"}, f"served outside here and ID: {served}"
+    cloud = s.served("cloud:id-1")
+    assert 1 <= cloud <= ID_CAP, f"{cloud} answers from id-1 (cap {ID_CAP}): {served}"
+    assert s.served("local") > 0, f"nothing answered here: {s.describe()}"
+    rejected = s.statuses().get(503, 0)
+    assert rejected > 0, f"ID capped and the queue full, yet no 503: {s.describe()}"
+    assert all(r.retry_after for r in s.results if r.status == 503)
+
+    sg_got = received(env.sg) - sg_before
+    assert sg_got == 0, f"the SG region received {sg_got:g} requests of a model resident in ID"
+    assert received(env.id) - id_before >= cloud
+
+    def counted(samples):
+        assert region_requests(samples, "id-1") == cloud, \
+            f"nusa_region_requests_total{{id-1}} = {region_requests(samples, 'id-1'):g}, {cloud} answers"
+
+    after = nt.wait_for_metrics(main, counted)
+    assert region_requests(after, "sg-1") == 0, "main sent requests to sg-1"
+    assert st.spilled(after, ID_MODEL, "sg-1") == 0
+    print(f"[residency = [\"ID\"]] id-1 answered {cloud}, 503 with Retry-After {rejected}, "
+          f"sg-1 received {sg_got:g}; nusa_spill_rejected_total "
+          f"{nt.metric_sum(after, 'nusa_spill_rejected_total', model=ID_MODEL):g}")
+
+
+def test_a_model_with_residency_any_spills_to_both(tmp_path, env, mains):
+    main = st.start_main(tmp_path / "main", env.slow, regions(env), slo_ms=env.slo_ms,
+                         models={ANY_MODEL: model(env, "any")}, name="main-any")
+    mains.append(main)
+    st.warm_up(main, env.work, ANY_MODEL)
+    s = overload(main, env, ANY_MODEL, 'residency = "any"')
+    st.assert_no_errors(s, 'residency = "any"', allow_503=False)
+    served = s.by_served()
+    assert set(served) <= {"local", "cloud:sg-1", "cloud:id-1"}, served
+    assert s.served("cloud:sg-1") > 0 and s.served("cloud:id-1") > 0, \
+        f"did not spill to both regions: {served}"
+    after = nt.scrape_metrics(main)
+    assert region_requests(after, "sg-1") > 0 and region_requests(after, "id-1") > 0
+
+
+def test_a_keys_residency_and_spill_permission_hold_under_overload(tmp_path, env, mains):
+    """Per-key residency (issue 15): with API keys, a tenant whose key says
+    `--residency ID` never reaches SG although its model may go anywhere,
+    and a key with `--no-spill` never leaves the box."""
+    import subprocess
+
+    main = st.start_main(tmp_path / "main", env.slow, regions(env), slo_ms=env.slo_ms,
+                         models={ANY_MODEL: model(env, "any")}, name="main-keys",
+                         extra={"auth": {"mode": "keys"}})
+    mains.append(main)
+
+    def key(name: str, *flags: str) -> dict[str, str]:
+        out = subprocess.run([str(nt.nusactl_binary()), "keys", "--socket", str(main.admin_socket),
+                              "create", name, *flags], capture_output=True, text=True, check=True)
+        return {"Authorization": f"Bearer {out.stdout.strip()}"}
+
+    id_tenant = key("id-tenant", "--residency", "ID")
+    local_tenant = key("box-only", "--no-spill")
+    # Warm-up, with the key (st.warm_up sends none).
+    for i in range(3):
+        path, body, headers, _ = env.work.maker(ANY_MODEL, id_tenant)(0, i)
+        assert nt.https1(main, "POST", path, body, headers).status == 200
+    sg_before = received(env.sg)
+
+    s = loadgen.closed_loop(main, env.work.maker(ANY_MODEL, id_tenant), clients=CLIENTS,
+                            duration_s=LOAD_S, output=sm.OUTPUT, ramp_s=st.RAMP_S)
+    print(f"\n[key --residency ID] {s.describe()}")
+    st.assert_no_errors(s, "key --residency ID", allow_503=True)
+    assert set(s.by_served()) <= {"local", "cloud:id-1"}, s.by_served()
+    assert s.served("cloud:id-1") > 0, f"the ID tenant never spilled: {s.by_served()}"
+    assert received(env.sg) - sg_before == 0, "the SG region received an ID tenant's request"
+
+    before = received(env.sg) + received(env.id)
+    s = loadgen.closed_loop(main, env.work.maker(ANY_MODEL, local_tenant), clients=CLIENTS,
+                            duration_s=LOAD_S, output=sm.OUTPUT, ramp_s=st.RAMP_S)
+    print(f"[key --no-spill] {s.describe()}")
+    st.assert_no_errors(s, "key --no-spill", allow_503=True)
+    assert set(s.by_served()) <= {"local"}, s.by_served()
+    assert received(env.sg) + received(env.id) - before == 0, "a --no-spill key's request left the box"
