@@ -276,3 +276,62 @@ def test_keys_provisioned_with_the_box_are_added_at_start(tmp_path):
         assert_no_secret_anywhere(s, [key, new])
     finally:
         s.stop_checked()
+
+
+def make_client_pki(d: Path) -> tuple[Path, Path, Path, Path, Path]:
+    """A client CA and two client certificates, with openssl: one the CA
+    signed, one self-signed with the same subject."""
+    def ossl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+    ca_key, ca = d / "ca.key", d / "ca.pem"
+    ossl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", str(ca_key), "-out", str(ca), "-days", "2", "-subj", "/CN=Test Client CA",
+         "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
+    ext = d / "client.ext"
+    ext.write_text("basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n")
+    key, csr, cert = d / "client.key", d / "client.csr", d / "client.pem"
+    ossl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+         str(key), "-out", str(csr), "-subj", "/CN=camera-7/O=Acme")
+    ossl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+         "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(ext))
+    rogue = d / "rogue.pem"
+    ossl("req", "-x509", "-key", str(key), "-out", str(rogue), "-days", "2",
+         "-subj", "/CN=camera-7/O=Acme")
+    return ca, cert, key, rogue, ext
+
+
+def test_a_client_certificate_authenticates_as_its_key(tmp_path):
+    import http.client
+    import ssl
+
+    ca, cert, key, rogue, _ = make_client_pki(tmp_path)
+    (tmp_path / "s").mkdir()
+    s = nt.NusadServer("mtls", tmp_path / "s", None,
+                       {"auth": {"mode": "keys", "client_ca": str(ca)}})
+    s.start()
+    try:
+        nusactl(s, "keys", "create", "camera-7", "--cert-subject", "CN=camera-7, O=Acme")
+        x, expected = nt.golden()
+        body, headers = nt.binary_infer_request(x)
+
+        def call(client_cert: Path | None) -> nt.Response:
+            ctx = ssl.create_default_context(cafile=str(s.ca_path))
+            if client_cert is not None:
+                ctx.load_cert_chain(str(client_cert), str(key))
+            conn = http.client.HTTPSConnection(s.host, s.port, timeout=30, context=ctx)
+            try:
+                conn.request("POST", nt.infer_path(), body=body, headers=headers)
+                r = conn.getresponse()
+                return nt.Response(r.status, nt.join_headers(r.getheaders()), r.read(), "1.1")
+            finally:
+                conn.close()
+
+        nt.assert_infer_ok(call(cert), expected)
+        nt.assert_error(call(None), 401, ["no API key"])
+        # The same subject, not signed by the client CA: the handshake fails.
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            call(rogue)
+        nusactl(s, "keys", "revoke", "camera-7")
+        nt.assert_error(call(cert), 401, ["revoked"])
+    finally:
+        s.stop_checked()

@@ -148,7 +148,7 @@ pub struct KeySpec {
     #[serde(default = "yes")]
     pub spill: bool,
     /// The subject of an mTLS client certificate that authenticates as this
-    /// key (as the TLS layer renders it, e.g. `CN=camera-7,O=Acme`).
+    /// key (as the TLS layer renders it, e.g. `CN=camera-7, O=Acme`).
     #[serde(default)]
     pub cert_subject: Option<String>,
 }

@@ -91,7 +91,7 @@ struct KeyFlags {
     #[arg(long)]
     no_spill: bool,
     /// The subject of a client certificate that authenticates as this key
-    /// (`CN=camera-7,O=Acme`).
+    /// (`CN=camera-7, O=Acme`).
     #[arg(long)]
     cert_subject: Option<String>,
 }
