@@ -112,6 +112,9 @@ def toml_dumps(tables: Mapping[str, Any]) -> str:
             return json.dumps(os.fspath(v))
         if isinstance(v, (list, tuple)):
             return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, Mapping):
+            # An inline table (a table's table: `regions = { "sg-1" = {...} }`).
+            return "{ " + ", ".join(f"{json.dumps(k)} = {value(x)}" for k, x in v.items()) + " }"
         raise TypeError(f"toml_dumps: unsupported value {v!r}")
 
     def is_table_array(v: Any) -> bool:

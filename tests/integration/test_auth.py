@@ -335,3 +335,50 @@ def test_a_client_certificate_authenticates_as_its_key(tmp_path):
         nt.assert_error(call(cert), 401, ["revoked"])
     finally:
         s.stop_checked()
+
+
+def test_cost_figures_match_what_was_sent(tmp_path):
+    """`nusactl cost` by key and by place: requests and bytes equal what the
+    clients sent and received, money follows [pricing], and the totals equal
+    the Prometheus counters."""
+    (tmp_path / "s").mkdir()
+    config = {"auth": {"mode": "keys"},
+              "pricing": {"local_per_compute_second": 0.5, "egress_per_gb": 0.08}}
+    models = tmp_path / "models"
+    nt.make_model_repo(models, {nt.MODEL: ((1,), {"cache": {"enabled": True, "ttl_s": 3600}})})
+    s = nt.NusadServer("cost", tmp_path / "s", models, config).start()
+    try:
+        a, b = create_key(s, "team-a"), create_key(s, "team-b")
+        sent = {"team-a": [0, 0, 0], "team-b": [0, 0, 0]}  # requests, bytes in, bytes out
+        for name, key, rows in (("team-a", a, [0, 1, 2, 0, 0]), ("team-b", b, [3, 4])):
+            for row in rows:
+                x, expected = nt.golden_rows([row])
+                body, h = nt.binary_infer_request(x)
+                r = nt.https1(s, "POST", nt.infer_path(), body, {**h, **bearer(key)})
+                nt.assert_infer_ok(r, expected, binary=True)
+                sent[name][0] += 1
+                sent[name][1] += len(body)
+                sent[name][2] += len(r.body)
+        report = json.loads(nusactl(s, "cost", "--by", "key", "--json").stdout)
+        got = {row["group"]: [row["requests"], row["bytes_in"], row["bytes_out"]]
+               for row in report["rows"]}
+        assert got == sent, (got, sent)
+        t = report["totals"]
+        assert t["requests"] == 7 and t["jurisdictions"] == {"local": 7}, t
+        assert t["compute_s"] > 0
+        egress = t["bytes_out"] / 2**30 * 0.08
+        assert abs(t["cost"] - (t["compute_s"] * 0.5 + egress)) < 1e-9, t
+        by_place = {r["group"]: r["requests"] for r in
+                    json.loads(nusactl(s, "cost", "--by", "place", "--json").stdout)["rows"]}
+        assert by_place == {"local": 5, "cache": 2}, by_place  # row 0 three times: two hits
+        samples = nt.scrape_metrics(s)
+        assert nt.metric_sum(samples, "nusa_cost_requests_total") == 7
+        assert nt.metric_sum(samples, "nusa_cost_requests_total", key="team-a") == 5
+        assert abs(nt.metric_sum(samples, "nusa_cost_money_total") - t["cost"]) < 1e-9
+        text = nusactl(s, "cost", "--by", "key").stdout
+        assert "team-a" in text and "TOTAL" in text, text
+        # A wrong grouping is a clear error.
+        r = nusactl(s, "cost", "--by", "colour", check=False)
+        assert r.returncode != 0 and "colour" in r.stderr, r.stderr
+    finally:
+        s.stop_checked()

@@ -183,3 +183,53 @@ def test_a_keys_residency_and_spill_permission_hold_under_overload(tmp_path, env
     st.assert_no_errors(s, "key --no-spill", allow_503=True)
     assert set(s.by_served()) <= {"local"}, s.by_served()
     assert received(env.sg) + received(env.id) - before == 0, "a --no-spill key's request left the box"
+
+
+def test_a_spent_budget_with_stop_spill_keeps_requests_home(tmp_path, env, mains):
+    """Spend budgets (issue 15): a key's daily budget with `stop-spill`;
+    once what its requests cost in the regions reaches it, they are
+    answered here (or 503) and no region sees them again that day; the
+    cost report shows each answer's jurisdiction and the budget."""
+    import json
+    import subprocess
+
+    extra = {"auth": {"mode": "keys"},
+             "pricing": {"regions": {"sg-1": {"per_request": 0.001},
+                                     "id-1": {"per_request": 0.001}}},
+             "budgets": {"keys": {"thrifty": {"daily": 0.005, "action": "stop-spill"}}}}
+    main = st.start_main(tmp_path / "main", env.slow, regions(env), slo_ms=env.slo_ms,
+                         models={ANY_MODEL: model(env, "any")}, name="main-budget", extra=extra)
+    mains.append(main)
+    out = subprocess.run([str(nt.nusactl_binary()), "keys", "--socket", str(main.admin_socket),
+                          "create", "thrifty"], capture_output=True, text=True, check=True)
+    auth = {"Authorization": f"Bearer {out.stdout.strip()}"}
+    for i in range(3):
+        path, body, headers, _ = env.work.maker(ANY_MODEL, auth)(0, i)
+        assert nt.https1(main, "POST", path, body, headers).status == 200
+
+    first = loadgen.closed_loop(main, env.work.maker(ANY_MODEL, auth), clients=CLIENTS,
+                                duration_s=LOAD_S, output=sm.OUTPUT, ramp_s=st.RAMP_S)
+    print(f"\n[budget, first] {first.describe()}")
+    st.assert_no_errors(first, "budget", allow_503=True)
+    spilled_first = first.served("cloud:sg-1") + first.served("cloud:id-1")
+    # 5 spills reach the budget; a few more may have been on their way.
+    assert 5 <= spilled_first <= 5 + CLIENTS, first.by_served()
+    before = received(env.sg) + received(env.id)
+    second = loadgen.closed_loop(main, env.work.maker(ANY_MODEL, auth), clients=CLIENTS,
+                                 duration_s=LOAD_S, output=sm.OUTPUT, ramp_s=st.RAMP_S)
+    print(f"[budget, second] {second.describe()}")
+    st.assert_no_errors(second, "budget", allow_503=True)
+    assert set(second.by_served()) <= {"local"}, second.by_served()
+    assert received(env.sg) + received(env.id) - before == 0
+
+    report = json.loads(subprocess.run(
+        [str(nt.nusactl_binary()), "cost", "--socket", str(main.admin_socket), "--by", "key",
+         "--json"], capture_output=True, text=True, check=True).stdout)
+    [budget] = report["budgets"]
+    assert budget["spill_stopped"] and budget["reached"] == 100, budget
+    row = next(r for r in report["rows"] if r["group"] == "thrifty")
+    assert row["region_requests"] == spilled_first, (row, spilled_first)
+    answered = sum(1 for r in first.results + second.results if r.status == 200) + 3
+    assert row["requests"] == answered, (row, answered)
+    assert set(row["jurisdictions"]) <= {"local", "SG", "ID"}, row
+    assert abs(row["cost"] - 0.001 * spilled_first) < 1e-9, row

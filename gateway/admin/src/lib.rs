@@ -82,6 +82,10 @@ pub fn key_rotate_path(name: &str) -> String {
     format!("{KEYS}/{}/rotate", escape(name))
 }
 
+/// `GET ?since=24h&by=key|model|version|region|place`: what answers cost
+/// (`nusa_cost::Report`).
+pub const COST: &str = "/v2/nusa/cost";
+
 /// `GET ?since=UNIX_S&limit=N`: the audit log's records ([`AuditList`]).
 pub const AUDIT: &str = "/v2/nusa/audit";
 /// `GET`: the chain checked against the box's checkpoints

@@ -31,6 +31,7 @@ pub(crate) struct Ctx<'a> {
     pub canaries: &'a Canaries,
     pub access: Option<&'a Access>,
     pub audit: Option<&'a Arc<Auditor>>,
+    pub costs: Option<&'a nusa_cost::Costs>,
     pub actor: Actor,
 }
 
@@ -105,6 +106,8 @@ async fn serve(ctx: &Ctx<'_>, route: Route, req: ApiRequest) -> ApiResponse {
         Route::AdminAudit | Route::AdminAuditVerify | Route::AdminAuditCheckpoint => {
             audit(ctx.audit, route, &req).await
         }
+        Route::AdminCost if get => cost(ctx.costs, &req),
+        Route::AdminCost => Err(method_not_allowed("GET", &req.path)),
         Route::AdminCanary { model: None } if get => Ok(ApiResponse::json(
             200,
             to_json(&nusa_admin::Rollouts {
@@ -355,6 +358,34 @@ fn verify_log(audit: &Auditor, given: Vec<nusa_audit::Checkpoint>) -> Result<Str
     }
     let report = nusa_audit::verify(&path, &checkpoints).map_err(|e| e.to_string())?;
     Ok(to_json(&report))
+}
+
+/// `/v2/nusa/cost?since=24h&by=key|model|version|region|place`.
+fn cost(costs: Option<&nusa_cost::Costs>, req: &ApiRequest) -> Result<ApiResponse, ProtoError> {
+    let Some(costs) = costs else {
+        return Err(ProtoError::not_found("cost accounting is off"));
+    };
+    let (mut since, mut by) = ("24h".to_string(), "model".to_string());
+    for pair in req
+        .query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=') {
+            Some(("since", v)) => since = v.to_string(),
+            Some(("by", v)) => by = v.to_string(),
+            _ => {
+                return Err(ProtoError::bad_request(format!(
+                    "unknown query parameter '{pair}' (since, by)"
+                )))
+            }
+        }
+    }
+    let hours = nusa_cost::parse_since(&since).map_err(ProtoError::bad_request)?;
+    let by: nusa_cost::By = by.parse().map_err(ProtoError::bad_request)?;
+    Ok(ApiResponse::json(200, to_json(&costs.report(hours, by))))
 }
 
 /// `?since=UNIX_S&limit=N`.

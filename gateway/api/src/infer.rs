@@ -1,6 +1,7 @@
 //! `POST /v2/models/{m}[/versions/{v}]/infer`.
 
 use nusa_canary::Ticket;
+use nusa_cost::{Place, Usage};
 use nusa_dispatch::{Job, ServedBy};
 use nusa_engine::ModelMetadata;
 use nusa_proto::SoleInput;
@@ -82,6 +83,7 @@ async fn infer(
         }),
         _ => None,
     };
+    let bytes_in = req.body.len() as u64;
     let mut request = decode_infer_request(req.header_length.as_deref(), req.body, sole)?;
     let wanted = requested_outputs(meta, &request)?;
     let batching = mv.scheduler.batching();
@@ -117,6 +119,7 @@ async fn infer(
         pinned: request.local_only,
         caller_residency,
         caller_may_spill,
+        caller: caller.key().map(|k| k.name.as_str()),
         peer: req.peer,
         traceparent: req.traceparent,
         cache_control: req.cache_control,
@@ -128,7 +131,7 @@ async fn infer(
     let result = api.dispatch.infer(job).await;
     if let Some(t) = &ticket {
         match &result {
-            Ok((_, ServedBy::Local { compute_us })) => t.record(false, Some(*compute_us)),
+            Ok((_, ServedBy::Local { compute_us, .. })) => t.record(false, Some(*compute_us)),
             Ok((_, ServedBy::Cache)) => t.record(false, None),
             // A region's answer says nothing of this box's versions.
             Ok((_, ServedBy::Cloud(_))) => {}
@@ -163,6 +166,32 @@ async fn infer(
     let version_str = mv.version.to_string();
     let encoded = encode_infer_response(model, Some(&version_str), request.id.as_deref(), &outputs)
         .map_err(|e| ProtoError::bad_request(format!("encoding the response: {e}")))?;
+    if let Some(costs) = &api.costs {
+        let place = match &served_by {
+            ServedBy::Cache => Place::Cache,
+            ServedBy::Local { .. } => Place::Local,
+            ServedBy::Cloud(name) => Place::Region {
+                name,
+                country: api.dispatch.region_country(name),
+            },
+        };
+        let compute_s = match served_by {
+            ServedBy::Local {
+                compute_us,
+                batch_rows,
+            } => nusa_cost::share(compute_us as f64 / 1e6, rows, batch_rows),
+            _ => 0.0,
+        };
+        costs.record(&Usage {
+            model,
+            version: mv.version,
+            key: caller.key().map(|k| k.name.as_str()),
+            place,
+            compute_s,
+            bytes_in,
+            bytes_out: encoded.frames.iter().map(|f| f.len() as u64).sum(),
+        });
+    }
     let mut headers = Vec::with_capacity(4);
     match encoded.header_length {
         Some(n) => {

@@ -124,6 +124,8 @@ pub struct Api {
     access: Option<Arc<Access>>,
     /// Every admin action, recorded.
     audit: Option<Arc<Auditor>>,
+    /// What each answer cost, by model, version, key and place.
+    costs: Option<Arc<nusa_cost::Costs>>,
 }
 
 impl Api {
@@ -140,7 +142,14 @@ impl Api {
             canaries,
             access: None,
             audit: None,
+            costs: None,
         }
+    }
+
+    /// Counts what each answer costs (`nusactl cost`).
+    pub fn with_costs(mut self, costs: Arc<nusa_cost::Costs>) -> Api {
+        self.costs = Some(costs);
+        self
     }
 
     /// Requires API keys on the public port (`auth.mode = "keys"`).
@@ -217,6 +226,7 @@ impl Api {
             canaries: &self.canaries,
             access: self.access.as_deref(),
             audit: self.audit.as_ref(),
+            costs: self.costs.as_deref(),
             actor,
         };
         admin::handle(&ctx, route, req).await

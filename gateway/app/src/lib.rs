@@ -423,8 +423,44 @@ pub async fn run_with(
     );
     canaries.set_audit(Arc::clone(&audit));
     let canary_loop = tokio::spawn(Arc::clone(&canaries).run());
-    let mut api =
-        Api::new(repo, Arc::clone(&metrics), Arc::clone(&dispatch), canaries).with_audit(audit);
+    // What each answer costs, and the spend budgets (their stop-spill
+    // action guards the spill decision).
+    let costs = Arc::new(
+        nusa_cost::Costs::open(
+            nusa_cost::Config {
+                pricing: config.pricing.clone(),
+                budgets: config.budgets.clone(),
+                bounds: config.cost.clone(),
+            },
+            &metrics,
+            Some(data.join("cost").join("ledger.json")),
+            nusa_cost::utc_clock(),
+        )
+        .map_err(|e| AppError::Models(format!("cost ledger: {e}")))?,
+    );
+    {
+        let c = Arc::clone(&costs);
+        dispatch.set_spill_guard(Arc::new(move |key, region| c.may_spill(key, region)));
+    }
+    let cost_ticks = {
+        let c = Arc::clone(&costs);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            every.tick().await;
+            loop {
+                every.tick().await;
+                let c = Arc::clone(&c);
+                match tokio::task::spawn_blocking(move || c.tick()).await {
+                    Ok(Err(e)) => tracing::error!(error = %e, "saving the cost ledger"),
+                    Err(e) => tracing::error!(error = %e, "saving the cost ledger"),
+                    Ok(Ok(())) => {}
+                }
+            }
+        })
+    };
+    let mut api = Api::new(repo, Arc::clone(&metrics), Arc::clone(&dispatch), canaries)
+        .with_audit(audit)
+        .with_costs(Arc::clone(&costs));
     match config.auth_mode() {
         AuthMode::Keys => {
             let path = config.keys_path();
@@ -513,6 +549,10 @@ pub async fn run_with(
         puller
     );
     canary_loop.abort();
+    cost_ticks.abort();
+    if let Err(e) = costs.persist() {
+        tracing::error!(error = %e, "saving the cost ledger at shutdown");
+    }
     dispatch.flush().await;
     tracing::info!("stopped");
     Ok(())

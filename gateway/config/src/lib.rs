@@ -29,6 +29,13 @@ pub struct Config {
     pub models: Models,
     /// `[auth]`: who may call the public port.
     pub auth: Auth,
+    /// `[pricing]`: what compute, regions and egress cost (`nusa-cost`).
+    pub pricing: nusa_cost::Pricing,
+    /// `[budgets]`: daily spend per key and per region, and what happens
+    /// at 100% (`alert` or `stop-spill`).
+    pub budgets: nusa_cost::Budgets,
+    /// `[cost]`: the ledger's bounds (series, days kept).
+    pub cost: nusa_cost::Bounds,
     /// `[rollout]`: the canary plan every rollout starts from (a model's
     /// `[rollout]`, a published policy and the operator's flags layer over
     /// it). Keys: see `nusa-rollout`'s README.
@@ -407,6 +414,9 @@ impl Default for Config {
             models: Models::default(),
             rollout: nusa_rollout::PlanSpec::default(),
             auth: Auth::default(),
+            pricing: nusa_cost::Pricing::default(),
+            budgets: nusa_cost::Budgets::default(),
+            cost: nusa_cost::Bounds::default(),
         }
     }
 }
@@ -429,6 +439,9 @@ pub enum ConfigError {
     Syntax { path: PathBuf, message: String },
     #[error("{key}: {message}")]
     Invalid { key: &'static str, message: String },
+    /// A key whose name is built (`pricing.regions.sg-1.per_gb`).
+    #[error("{key}: {message}")]
+    Named { key: String, message: String },
     #[error("regions[{index}] ({name}): {message}")]
     Region {
         index: usize,
@@ -498,6 +511,22 @@ impl Config {
     /// Checks that hold across keys or need more than a type.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.server.admin_addr()?;
+        let names: Vec<&str> = self.regions.iter().map(|r| r.name.as_str()).collect();
+        let cost_checks = [
+            self.pricing.check(),
+            self.pricing.check_regions(names.iter().copied()),
+            self.budgets.check(),
+            self.budgets.check_regions(names.iter().copied()),
+            self.cost.check(),
+        ];
+        for r in cost_checks {
+            if let Err(e) = r {
+                return Err(ConfigError::Named {
+                    key: e.key,
+                    message: e.message,
+                });
+            }
+        }
         if let Err(e) = nusa_rollout::Plan::default().with(&self.rollout) {
             return Err(ConfigError::Invalid {
                 key: "rollout",

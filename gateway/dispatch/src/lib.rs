@@ -40,6 +40,9 @@ pub enum ServedBy {
     /// (the batch's compute time), for the canary's judgement.
     Local {
         compute_us: u64,
+        /// Rows in the batch it ran in (its share of the compute is its
+        /// rows over these).
+        batch_rows: usize,
     },
     Cloud(String),
 }
@@ -81,6 +84,8 @@ pub struct Job<'a> {
     pub caller_residency: Option<&'a [String]>,
     /// false: the caller's requests never leave the box, as if pinned.
     pub caller_may_spill: bool,
+    /// The caller's key name, for the spend budgets' spill guard.
+    pub caller: Option<&'a str>,
     pub peer: Option<IpAddr>,
     pub traceparent: Option<String>,
     pub cache_control: Option<String>,
@@ -96,9 +101,21 @@ pub struct Dispatcher {
     config: DispatchConfig,
     metrics: DispatchMetrics,
     origin: Instant,
+    /// Whether a caller (key name) may still spill to a region (by name)
+    /// today: the spend budgets' `stop-spill` action.
+    spill_guard: std::sync::OnceLock<SpillGuard>,
 }
 
+/// `(caller key name, region name) -> may spill there`.
+pub type SpillGuard = Arc<dyn Fn(Option<&str>, &str) -> bool + Send + Sync>;
+
 impl Dispatcher {
+    /// Consults `guard` for every region a request may go to (spend
+    /// budgets); without one, residency alone decides.
+    pub fn set_spill_guard(&self, guard: SpillGuard) {
+        let _ = self.spill_guard.set(guard);
+    }
+
     /// `regions` and `spill.regions` are index-aligned; each region's
     /// country is `spill.regions[i].country`.
     pub fn new(
@@ -116,6 +133,7 @@ impl Dispatcher {
             config,
             metrics,
             origin: Instant::now(),
+            spill_guard: std::sync::OnceLock::new(),
         }
     }
 
@@ -160,10 +178,10 @@ impl Dispatcher {
             })
             .await?;
         let by = match how {
-            Served::Computed => served
-                .lock()
-                .take()
-                .unwrap_or(ServedBy::Local { compute_us: 0 }),
+            Served::Computed => served.lock().take().unwrap_or(ServedBy::Local {
+                compute_us: 0,
+                batch_rows: 0,
+            }),
             // A coalesced waiter did not compute: another request did.
             Served::Memory | Served::Disk | Served::Coalesced => ServedBy::Cache,
         };
@@ -252,11 +270,17 @@ impl Dispatcher {
         if pinned {
             return RegionSet::NONE;
         }
-        self.countries.allowed(
+        let allowed = self.countries.allowed(
             residency::Rule::of_model(&job.config.residency),
             job.caller_residency
                 .map_or(residency::Rule::Any, residency::Rule::of_caller),
-        )
+        );
+        match self.spill_guard.get() {
+            None => allowed,
+            Some(guard) => RegionSet::from_fn(self.regions.len(), |i| {
+                allowed.contains(i) && guard(job.caller, self.regions[i].name())
+            }),
+        }
     }
 
     /// The jurisdiction of the region named `name` (as in
@@ -292,6 +316,7 @@ impl Dispatcher {
             outputs,
             ServedBy::Local {
                 compute_us: outcome.timing.compute.as_micros() as u64,
+                batch_rows: outcome.timing.batch_rows,
             },
         ))
     }

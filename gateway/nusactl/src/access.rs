@@ -404,3 +404,74 @@ fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
+
+#[derive(Debug, Args)]
+pub struct CostArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// How far back: hours or days (`24h`, `7d`).
+    #[arg(long, default_value = "24h")]
+    since: String,
+    /// Group by `key`, `model`, `version`, `region` or `place`.
+    #[arg(long, default_value = "model")]
+    by: String,
+}
+
+/// `nusactl cost`: requests, compute, bytes and money by group, with the
+/// totals and today's budgets.
+pub async fn cost(args: CostArgs) -> anyhow::Result<()> {
+    let path = format!("{}?since={}&by={}", nusa_admin::COST, args.since, args.by);
+    let r: nusa_cost::Report = args.conn.client().get(&path).await?;
+    if args.conn.json {
+        return print_json(&r);
+    }
+    println!(
+        "{:<32} {:>10} {:>12} {:>12} {:>12} {:>9} {:>12}  JURISDICTIONS",
+        format!("{:?}", r.by).to_uppercase(),
+        "REQUESTS",
+        "COMPUTE S",
+        "BYTES IN",
+        "BYTES OUT",
+        "REGION",
+        r.currency
+    );
+    let line = |group: &str, t: &nusa_cost::Totals| {
+        let places: Vec<String> = t
+            .jurisdictions
+            .iter()
+            .map(|(j, n)| format!("{j}:{n}"))
+            .collect();
+        println!(
+            "{:<32} {:>10} {:>12.3} {:>12} {:>12} {:>9} {:>12.6}  {}",
+            group,
+            t.requests,
+            t.compute_s,
+            t.bytes_in,
+            t.bytes_out,
+            t.region_requests,
+            t.cost,
+            places.join(" ")
+        );
+    };
+    for row in &r.rows {
+        line(&row.group, &row.totals);
+    }
+    line("TOTAL", &r.totals);
+    for b in &r.budgets {
+        println!(
+            "budget {:?}: {:.6} of {:.6} {} today ({:.0}%, {:?}){}",
+            b.scope,
+            b.spent,
+            b.daily,
+            r.currency,
+            b.ratio * 100.0,
+            b.action,
+            if b.spill_stopped {
+                ": spilling stopped"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}

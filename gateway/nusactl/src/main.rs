@@ -29,6 +29,8 @@ enum Cmd {
     Keys(access::KeysArgs),
     /// The audit log: list, verify, checkpoint (over the admin socket).
     Audit(access::AuditArgs),
+    /// What answers cost, by key, model, version, region or place.
+    Cost(access::CostArgs),
     /// Publish signed releases (a release engineer's machine).
     Release {
         #[command(subcommand)]
@@ -54,6 +56,7 @@ async fn main() -> std::process::ExitCode {
         Cmd::Models(args) => models::run(args).await,
         Cmd::Keys(args) => access::keys(args).await,
         Cmd::Audit(args) => access::audit(args).await,
+        Cmd::Cost(args) => access::cost(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -77,6 +77,8 @@ pub enum Route {
     AdminAudit,
     AdminAuditVerify,
     AdminAuditCheckpoint,
+    /// `/v2/nusa/cost` (GET, `?since=24h&by=key`) (admin).
+    AdminCost,
 }
 
 impl Route {
@@ -101,6 +103,7 @@ impl Route {
                 | Route::AdminAudit
                 | Route::AdminAuditVerify
                 | Route::AdminAuditCheckpoint
+                | Route::AdminCost
         )
     }
 }
@@ -137,6 +140,7 @@ pub fn parse_route(path: &str) -> Option<Route> {
         ["nusa", "audit"] => Route::AdminAudit,
         ["nusa", "audit", "verify"] => Route::AdminAuditVerify,
         ["nusa", "audit", "checkpoint"] => Route::AdminAuditCheckpoint,
+        ["nusa", "cost"] => Route::AdminCost,
         ["nusa", "models", m, "canary"] => Route::AdminCanary {
             model: Some(owned(m)?),
         },
