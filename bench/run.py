@@ -26,6 +26,8 @@ Comparisons in this version:
      seconds against without, failed requests (any fails the run), load-call
      durations, RSS after 1 swap vs after many; MLServer's reload the same
      way (full mode).
+  7. API keys: server CPU per cached request with auth.mode = "keys" against
+     the same server without (`--only auth` runs this section alone).
 """
 from __future__ import annotations
 
@@ -379,7 +381,7 @@ def auth_cost(report: Report, tmp: Path, quick: bool, seconds: float, rounds: in
             for name in ("keys", "open"):
                 s, h = systems[name]
                 by[name].append(measure(s, lambda: loadtools.wrk(s.url, body_path, h, 16, seconds)))
-        report.table("6. API keys: cache hits with auth.mode = \"keys\" (a key with rate and concurrency limits) "
+        report.table("7. API keys: cache hits with auth.mode = \"keys\" (a key with rate and concurrency limits) "
                      "against the same server without (HTTP/1.1, c=16)", [("cache hit", by)], ["keys", "open"])
         extra = med([x.cpu_us_per_req for x in by["keys"]]) - med([x.cpu_us_per_req for x in by["open"]])
         report.lines += [f"Server CPU per request added by the key check and its limits: {extra:.1f} us "
