@@ -647,8 +647,9 @@ def main() -> int:
             built = ROOT / "target/release/nusad"
             if not built.exists():
                 raise SystemExit(f"no release build at {built}: cargo build --release -p nusad")
-            shutil.copy2(built, tmp / "nusad")
-            os.environ["NUSAD_BIN"] = str(tmp / "nusad")
+            (tmp / "bin").mkdir()
+            shutil.copy2(built, tmp / "bin" / "nusad")
+            os.environ["NUSAD_BIN"] = str(tmp / "bin" / "nusad")
         use_release_build()
         results = run(tmp, args.quick, mlserver=not args.no_mlserver and (args.mlserver or not args.quick))
     lines = section(results, number="")

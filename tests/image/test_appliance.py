@@ -323,8 +323,11 @@ def test_4_new_slot_passes_health_gate_and_is_marked_good(box):
     models = nt.https1(box.appliance, "GET", "/v2/nusa/models", headers=box.auth, timeout=60).json()
     assert models["models"][0]["pinned"] == 1, models
     audit = nt.https1(box.appliance, "GET", "/v2/nusa/audit", headers=box.auth, timeout=60).json()
-    assert [(r["action"], r["actor"]["id"]) for r in audit["records"]] == \
-        [("model.pin", "fleet-admin")], audit
+    got = [(r["action"], r["actor"]["id"]) for r in audit["records"]]
+    # The pin, then the updater's steps (as root, over nusad's admin socket).
+    assert got[0] == ("model.pin", "fleet-admin"), got
+    for step in ("update.download", "update.apply", "update.mark_good"):
+        assert (step, "uid 0") in got, got
 
 
 def test_5_broken_release_rolls_back_by_itself_and_is_not_retried(box):

@@ -239,6 +239,12 @@ def test_every_admin_action_is_audited_and_tampering_is_found(server):
     assert r.returncode != 0 and "checkpoint of seq 4" in r.stderr, r.stderr
     # The journal (nusad's log) has the records too.
     assert "key.create" in s.log_path.read_text()
+    # Another process's action (the OS updater) is recorded as its caller.
+    r = nt.admin(s, "POST", "/v2/nusa/audit",
+                 json.dumps({"action": "update.apply", "target": "release 1.1.0"}).encode())
+    assert r.status == 200 and r.json()["actor"] == {"kind": "token", "id": "admin token"}, r
+    r = nt.admin(s, "POST", "/v2/nusa/audit", b'{"action": "Not A Name", "target": "x"}')
+    nt.assert_error(r, 400, ["action"])
 
 
 def test_keys_provisioned_with_the_box_are_added_at_start(tmp_path):

@@ -86,8 +86,25 @@ pub fn key_rotate_path(name: &str) -> String {
 /// (`nusa_cost::Report`).
 pub const COST: &str = "/v2/nusa/cost";
 
-/// `GET ?since=UNIX_S&limit=N`: the audit log's records ([`AuditList`]).
+/// `GET ?since=UNIX_S&limit=N`: the audit log's records ([`AuditList`]);
+/// `POST` an [`AuditAppend`]: record an action another process took (the
+/// OS updater), as its caller.
 pub const AUDIT: &str = "/v2/nusa/audit";
+
+/// An action done outside nusad, recorded in its audit log under the
+/// caller's identity (the socket's uid).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditAppend {
+    /// Dotted lowercase: `update.apply`.
+    pub action: String,
+    pub target: String,
+    /// Set when the action failed.
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub detail: serde_json::Value,
+}
 /// `GET`: the chain checked against the box's checkpoints
 /// (`nusa_audit::VerifyReport`).
 pub const AUDIT_VERIFY: &str = "/v2/nusa/audit/verify";

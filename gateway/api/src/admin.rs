@@ -5,8 +5,9 @@
 //! caller; the public port answers 404 for these paths.
 
 use nusa_admin::{
-    AuditCheckpoint, AuditList, AuditVerify, CanaryAbort, CanaryStart, ChangeReply, History,
-    KeyList, KeySecret, ModelStatus, PinRequest, PullBody, PullReply, Status, VersionStatus,
+    AuditAppend, AuditCheckpoint, AuditList, AuditVerify, CanaryAbort, CanaryStart, ChangeReply,
+    History, KeyList, KeySecret, ModelStatus, PinRequest, PullBody, PullReply, Status,
+    VersionStatus,
 };
 use nusa_auth::{KeyRecord, KeySpec, Secret, StoreError};
 use nusa_canary::nusa_rollout::PlanSpec;
@@ -103,6 +104,7 @@ async fn serve(ctx: &Ctx<'_>, route: Route, req: ApiRequest) -> ApiResponse {
         | Route::AdminKey { .. }
         | Route::AdminKeyRevoke { .. }
         | Route::AdminKeyRotate { .. } => keys(ctx.access, route, &req),
+        Route::AdminAudit if post => append(ctx, &req).await,
         Route::AdminAudit | Route::AdminAuditVerify | Route::AdminAuditCheckpoint => {
             audit(ctx.audit, route, &req).await
         }
@@ -268,6 +270,27 @@ fn keys(
         }
         _ => Err(method_not_allowed("POST", &req.path)),
     }
+}
+
+/// `POST /v2/nusa/audit`: an action another process took (the updater),
+/// recorded under the caller's identity.
+async fn append(ctx: &Ctx<'_>, req: &ApiRequest) -> Result<ApiResponse, ProtoError> {
+    let Some(audit) = ctx.audit.cloned() else {
+        return Err(ProtoError::not_found("the audit log is off"));
+    };
+    let body: AuditAppend = parse(req)?;
+    let outcome = match body.error {
+        Some(e) => Outcome::Error(e),
+        None => Outcome::Ok,
+    };
+    let entry = Entry::new(ctx.actor.clone(), &body.action, &body.target)
+        .outcome(outcome)
+        .detail(body.detail);
+    let record = tokio::task::spawn_blocking(move || audit.try_record(entry))
+        .await
+        .map_err(|e| ProtoError::new(ErrorKind::Internal, e.to_string()))?
+        .map_err(|e| ProtoError::bad_request(format!("audit record: {e}")))?;
+    Ok(ApiResponse::json(200, to_json(&record)))
 }
 
 /// `/v2/nusa/audit...`: list, verify, checkpoint.

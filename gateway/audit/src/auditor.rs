@@ -33,16 +33,25 @@ impl Auditor {
     /// Appends `entry` now, and writes it to the journal. Blocking (one
     /// write and fsync): call it off the runtime's workers when it matters.
     pub fn record(&self, entry: Entry) -> Option<Record> {
-        match self.log.append(entry.clone(), now_s()) {
-            Ok(r) => {
-                tracing::info!(target: "audit", seq = r.seq, actor = %r.entry.actor, action = %r.entry.action, target = %r.entry.target, outcome = %r.entry.outcome, "audit");
-                Some(r)
-            }
+        let (actor, action, target) = (
+            entry.actor.clone(),
+            entry.action.clone(),
+            entry.target.clone(),
+        );
+        match self.try_record(entry) {
+            Ok(r) => Some(r),
             Err(e) => {
-                tracing::error!(target: "audit", actor = %entry.actor, action = %entry.action, target = %entry.target, error = %e, "writing the audit log");
+                tracing::error!(target: "audit", actor = %actor, action = %action, target = %target, error = %e, "writing the audit log");
                 None
             }
         }
+    }
+
+    /// As `record`, with the error (an entry the log refuses, or the file).
+    pub fn try_record(&self, entry: Entry) -> Result<Record, AuditError> {
+        let r = self.log.append(entry, now_s())?;
+        tracing::info!(target: "audit", seq = r.seq, actor = %r.entry.actor, action = %r.entry.action, target = %r.entry.target, outcome = %r.entry.outcome, "audit");
+        Ok(r)
     }
 
     /// The checkpoint key's public half (hex), to check checkpoints with;

@@ -227,6 +227,7 @@ impl UpdateConfig {
                 ..UpdaterConfig::default()
             },
             max_wait: Duration::from_secs(self.max_wait_s),
+            audit_socket: self.health.admin_socket.clone(),
             on_progress: None,
             boot_files: self.boot_files.clone(),
             metrics_file: self.metrics_file.clone(),

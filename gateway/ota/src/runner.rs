@@ -66,6 +66,11 @@ pub struct Setup {
     /// Tests: stop dead (as at a power cut) when this many bytes of the
     /// slot have been written.
     pub cut_write_at: Option<u64>,
+    /// nusad's admin socket: each update step that changes the box
+    /// (downloaded and written, applied, marked good, failed or rolled
+    /// back) is recorded in nusad's audit log through it, as this
+    /// process's uid. Best effort: nusad down, the update goes on.
+    pub audit_socket: Option<PathBuf>,
     /// Tests: stop dead before carrying out the n-th command (1-based).
     pub cut_after_commands: Option<u64>,
 }

@@ -10,12 +10,50 @@ use crate::slotdev::SlotDevice;
 type Done = Result<Result<(), Fail>, RunError>;
 
 impl Runner {
+    /// Records a state that changes the box in nusad's audit log (over its
+    /// admin socket); other states, or nusad not answering, record nothing.
+    async fn audit(&self, state: &State) {
+        let Some(socket) = self.setup.audit_socket.as_deref().filter(|s| s.exists()) else {
+            return;
+        };
+        let (action, version, error) = match state {
+            State::Staged { release, .. } => ("update.download", &release.version, None),
+            State::Rebooting { release, .. } => ("update.apply", &release.version, None),
+            State::Good { release, .. } => ("update.mark_good", &release.version, None),
+            State::Failed {
+                release: Some(release),
+                reason,
+                step,
+                ..
+            } => (
+                "update.fail",
+                &release.version,
+                Some(format!("{step:?}: {reason}")),
+            ),
+            _ => return,
+        };
+        let body = nusa_admin::AuditAppend {
+            action: action.into(),
+            target: format!("release {version}"),
+            error,
+            detail: serde_json::json!({ "state": state.name() }),
+        };
+        let client = nusa_admin::Client::new(socket, std::time::Duration::from_secs(5));
+        if let Err(e) = client
+            .post::<_, serde_json::Value>(nusa_admin::AUDIT, &body)
+            .await
+        {
+            tracing::warn!(%action, error = %e, "recording the update step in nusad's audit log");
+        }
+    }
+
     pub(super) async fn exec(&mut self, cmd: Command) -> Done {
         let backend = self.setup.backend.name();
         let slots = |source| RunError::Slots { backend, source };
         match cmd {
             Command::Persist(state) => {
                 self.setup.store.save_state(&state)?;
+                self.audit(&state).await;
                 self.write_metrics(&format!(
                     "# HELP nusa_update_state The updater's state (1 for the current one).\n# TYPE nusa_update_state gauge\nnusa_update_state{{state=\"{}\"}} 1\n",
                     state.name()

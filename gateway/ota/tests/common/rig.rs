@@ -176,6 +176,7 @@ impl Rig {
             boot_files: None,
             metrics_file: Some(self.state.join("metrics.prom")),
             cut_write_at: None,
+            audit_socket: None,
             cut_after_commands: None,
         }
     }
