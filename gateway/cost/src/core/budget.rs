@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::config::{Action, Budget, Budgets};
-use super::ledger::Ledger;
 use super::usage::NO_KEY;
 
 /// Whose budget.
@@ -170,16 +169,15 @@ fn charge(
     state.spent / budget.daily
 }
 
-impl Ledger {
-    /// Every configured budget on `day`, keys then regions, by name.
-    pub fn budget_state(&self, day: u64) -> Vec<BudgetStatus> {
-        let b = &self.config.budgets;
-        let keys = b.keys.iter().map(|(name, budget)| {
-            let spend = self.budgets.keys.get(name).copied().unwrap_or_default();
+impl BudgetBook {
+    /// Every budget of `budgets` on `day`, keys then regions, by name.
+    pub(crate) fn state(&self, budgets: &Budgets, day: u64) -> Vec<BudgetStatus> {
+        let keys = budgets.keys.iter().map(|(name, budget)| {
+            let spend = self.keys.get(name).copied().unwrap_or_default();
             status(Scope::Key(name.clone()), budget, spend, day)
         });
-        let regions = b.regions.iter().map(|(name, budget)| {
-            let spend = self.budgets.regions.get(name).copied().unwrap_or_default();
+        let regions = budgets.regions.iter().map(|(name, budget)| {
+            let spend = self.regions.get(name).copied().unwrap_or_default();
             status(Scope::Region(name.clone()), budget, spend, day)
         });
         keys.chain(regions).collect()
@@ -187,11 +185,16 @@ impl Ledger {
 
     /// Whether a request of `key` may be sent to `region` on `day`: not
     /// once a `stop-spill` budget of either reached 100% that day.
-    pub fn may_spill(&self, key: Option<&str>, region: &str, day: u64) -> bool {
-        let b = &self.config.budgets;
+    pub(crate) fn may_spill(
+        &self,
+        budgets: &Budgets,
+        key: Option<&str>,
+        region: &str,
+        day: u64,
+    ) -> bool {
         let key = key.unwrap_or(NO_KEY);
-        !(stopped(b.keys.get(key), self.budgets.keys.get(key), day)
-            || stopped(b.regions.get(region), self.budgets.regions.get(region), day))
+        !(stopped(budgets.keys.get(key), self.keys.get(key), day)
+            || stopped(budgets.regions.get(region), self.regions.get(region), day))
     }
 }
 

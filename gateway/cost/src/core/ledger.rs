@@ -5,7 +5,7 @@ use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 
-use super::budget::{BudgetBook, Crossing};
+use super::budget::{BudgetBook, BudgetStatus, Crossing};
 use super::config::{Config, ConfigError};
 use super::usage::{At, Place, Usage, UNKNOWN_JURISDICTION};
 
@@ -506,4 +506,18 @@ pub(super) fn floor_day(hour: u64) -> u64 {
 /// `hour`'s.
 pub(super) fn retention_floor(hour: u64, days: u32) -> u64 {
     (hour / 24 + 1).saturating_sub(u64::from(days)) * 24
+}
+
+impl Ledger {
+    /// Every configured budget on `day`, keys then regions, by name.
+    pub fn budget_state(&self, day: u64) -> Vec<BudgetStatus> {
+        self.budgets.state(&self.config.budgets, day)
+    }
+
+    /// Whether a request of `key` may be sent to `region` on `day`: not
+    /// once a `stop-spill` budget of either reached 100% that day.
+    pub fn may_spill(&self, key: Option<&str>, region: &str, day: u64) -> bool {
+        self.budgets
+            .may_spill(&self.config.budgets, key, region, day)
+    }
 }
