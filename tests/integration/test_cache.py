@@ -424,3 +424,32 @@ def test_new_weights_under_the_same_version_never_get_old_answers(tmp_path, slow
         sm.assert_close(slow_output(r), old_expected[0:1], "row 0, old weights back")
     finally:
         server.stop()
+
+
+def test_an_operator_purge_empties_both_tiers_and_is_audited(tmp_path, slow):
+    """`nusactl cache purge` (issue 15's audited actions): answers are
+    computed again, after a restart too (the disk tier was emptied), and
+    the audit log says who purged."""
+    import json
+    import subprocess
+
+    xs = sm.rows(2, seed=907)
+    path = nt.infer_path(SLOW)
+    server = cache_only_server(tmp_path, slow)
+    try:
+        for i in range(2):
+            expect_served(post(server, path, slow_request(xs[i:i + 1])), "local", f"first {i}")
+            expect_served(post(server, path, slow_request(xs[i:i + 1])), "cache", f"again {i}")
+        r = subprocess.run([str(nt.nusactl_binary()), "cache", "--socket", str(server.admin_socket),
+                            "purge"], capture_output=True, text=True)
+        assert r.returncode == 0 and "purged" in r.stdout, r.stderr
+        expect_served(post(server, path, slow_request(xs[0:1])), "local", "after the purge")
+        assert server.stop() == 0
+        server.start()
+        expect_served(post(server, path, slow_request(xs[1:2])), "local", "after a restart")
+        out = subprocess.run([str(nt.nusactl_binary()), "audit", "--socket", str(server.admin_socket),
+                              "list", "--json"], capture_output=True, text=True, check=True).stdout
+        records = json.loads(out)["records"]
+        assert [(x["action"], x["actor"]["kind"]) for x in records] == [("cache.purge", "uid")], records
+    finally:
+        server.stop_checked()

@@ -82,6 +82,9 @@ pub fn key_rotate_path(name: &str) -> String {
     format!("{KEYS}/{}/rotate", escape(name))
 }
 
+/// `POST`: empty the edge cache (both tiers).
+pub const CACHE_PURGE: &str = "/v2/nusa/cache/purge";
+
 /// `GET ?since=24h&by=key|model|version|region|place`: what answers cost
 /// (`nusa_cost::Report`).
 pub const COST: &str = "/v2/nusa/cost";

@@ -33,6 +33,7 @@ pub(crate) struct Ctx<'a> {
     pub access: Option<&'a Access>,
     pub audit: Option<&'a Arc<Auditor>>,
     pub costs: Option<&'a nusa_cost::Costs>,
+    pub dispatch: &'a nusa_dispatch::Dispatcher,
     pub actor: Actor,
 }
 
@@ -82,6 +83,7 @@ fn audited(route: &Route, req: &ApiRequest) -> Option<(&'static str, String)> {
         Route::AdminKeyRevoke { name } => ("key.revoke", format!("key {name}")),
         Route::AdminKeyRotate { name } => ("key.rotate", format!("key {name}")),
         Route::AdminAuditCheckpoint => ("audit.checkpoint", "audit log".into()),
+        Route::AdminCachePurge => ("cache.purge", "edge cache".into()),
         _ => return None,
     })
 }
@@ -108,6 +110,16 @@ async fn serve(ctx: &Ctx<'_>, route: Route, req: ApiRequest) -> ApiResponse {
         Route::AdminAudit | Route::AdminAuditVerify | Route::AdminAuditCheckpoint => {
             audit(ctx.audit, route, &req).await
         }
+        Route::AdminCachePurge if post => {
+            if ctx.dispatch.purge_cache().await {
+                Ok(ApiResponse::json(200, r#"{"purged":true}"#.into()))
+            } else {
+                Err(ProtoError::not_found(
+                    "the edge cache is off (cache.memory_bytes = 0)",
+                ))
+            }
+        }
+        Route::AdminCachePurge => Err(method_not_allowed("POST", &req.path)),
         Route::AdminCost if get => cost(ctx.costs, &req),
         Route::AdminCost => Err(method_not_allowed("GET", &req.path)),
         Route::AdminCanary { model: None } if get => Ok(ApiResponse::json(

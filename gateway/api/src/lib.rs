@@ -227,6 +227,7 @@ impl Api {
             access: self.access.as_deref(),
             audit: self.audit.as_ref(),
             costs: self.costs.as_deref(),
+            dispatch: &self.dispatch,
             actor,
         };
         admin::handle(&ctx, route, req).await

@@ -102,6 +102,8 @@ enum Op {
         put: Option<u64>,
     },
     Flush(oneshot::Sender<()>),
+    /// Removes every entry (an operator's purge).
+    Purge,
 }
 
 pub(crate) enum Lookup {
@@ -208,6 +210,15 @@ impl DiskTier {
         if tx.try_send(Op::Put { key, record }).is_err() {
             self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
             self.shared.metrics.disk_write_dropped();
+        }
+    }
+
+    /// Removes every entry, then waits until that is committed. Puts
+    /// queued before it are purged too.
+    pub async fn purge(&self) {
+        let Some(tx) = &self.tx else { return };
+        if tx.send(Op::Purge).await.is_ok() {
+            self.flush().await;
         }
     }
 

@@ -211,6 +211,16 @@ impl Cache {
         }
     }
 
+    /// Removes every stored answer from both tiers (an operator's purge):
+    /// requests from then on are computed again. A flight in progress
+    /// still completes and stores its answer.
+    pub async fn purge(&self) {
+        self.inner.memory.clear();
+        if let Some(disk) = &self.inner.disk {
+            disk.purge().await;
+        }
+    }
+
     /// Runs the memory tier's pending admissions and evictions now; they
     /// otherwise run a little at a time as the cache is used.
     pub fn run_pending_tasks(&self) {

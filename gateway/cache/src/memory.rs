@@ -75,6 +75,12 @@ impl MemoryTier {
             .set_bytes(Tier::Memory, self.cache.weighted_size());
     }
 
+    /// Drops every entry (an operator's purge).
+    pub fn clear(&self) {
+        self.cache.invalidate_all();
+        self.run_pending_tasks();
+    }
+
     pub fn weighted_size(&self) -> u64 {
         self.cache.weighted_size()
     }

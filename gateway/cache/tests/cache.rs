@@ -175,6 +175,38 @@ async fn a_miss_then_a_memory_hit() {
 }
 
 #[tokio::test]
+async fn a_purge_empties_both_tiers_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.redb");
+    let cache = reopen(&path).await;
+    for v in 1..=3 {
+        get(&cache, key(v), Mode::Normal, v).await;
+    }
+    cache.flush().await;
+    assert_eq!(
+        get(&cache, key(1), Mode::Normal, 9).await,
+        (answer(1), Served::Memory)
+    );
+    cache.purge().await;
+    // Computed again (the new answer 9 proves it), in memory and on disk.
+    assert_eq!(
+        get(&cache, key(1), Mode::Normal, 9).await,
+        (answer(9), Served::Computed)
+    );
+    cache.flush().await;
+    drop(cache);
+    let cache = reopen(&path).await;
+    assert_eq!(
+        get(&cache, key(2), Mode::Normal, 8).await,
+        (answer(8), Served::Computed)
+    );
+    assert_eq!(
+        get(&cache, key(1), Mode::Normal, 7).await,
+        (answer(9), Served::Disk)
+    );
+}
+
+#[tokio::test]
 async fn a_restart_serves_from_disk_then_from_memory() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cache.redb");

@@ -110,6 +110,17 @@ pub struct Dispatcher {
 pub type SpillGuard = Arc<dyn Fn(Option<&str>, &str) -> bool + Send + Sync>;
 
 impl Dispatcher {
+    /// Empties the edge cache (both tiers); `false` when there is none.
+    pub async fn purge_cache(&self) -> bool {
+        match &self.cache {
+            Some(c) => {
+                c.purge().await;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Consults `guard` for every region a request may go to (spend
     /// budgets); without one, residency alone decides.
     pub fn set_spill_guard(&self, guard: SpillGuard) {

@@ -475,3 +475,35 @@ pub async fn cost(args: CostArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    cmd: CacheCmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum CacheCmd {
+    /// Empty the edge cache (memory and disk): answers are computed again.
+    Purge,
+}
+
+pub async fn cache(args: CacheArgs) -> anyhow::Result<()> {
+    match args.cmd {
+        CacheCmd::Purge => {
+            let r: serde_json::Value = args
+                .conn
+                .client()
+                .post(nusa_admin::CACHE_PURGE, &serde_json::json!({}))
+                .await
+                .context("purging the edge cache")?;
+            if args.conn.json {
+                return print_json(&r);
+            }
+            println!("edge cache purged");
+            Ok(())
+        }
+    }
+}

@@ -31,6 +31,8 @@ enum Cmd {
     Audit(access::AuditArgs),
     /// What answers cost, by key, model, version, region or place.
     Cost(access::CostArgs),
+    /// The edge cache (over the admin socket).
+    Cache(access::CacheArgs),
     /// Publish signed releases (a release engineer's machine).
     Release {
         #[command(subcommand)]
@@ -57,6 +59,7 @@ async fn main() -> std::process::ExitCode {
         Cmd::Keys(args) => access::keys(args).await,
         Cmd::Audit(args) => access::audit(args).await,
         Cmd::Cost(args) => access::cost(args).await,
+        Cmd::Cache(args) => access::cache(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -79,6 +79,8 @@ pub enum Route {
     AdminAuditCheckpoint,
     /// `/v2/nusa/cost` (GET, `?since=24h&by=key`) (admin).
     AdminCost,
+    /// `/v2/nusa/cache/purge` (POST) (admin).
+    AdminCachePurge,
 }
 
 impl Route {
@@ -104,6 +106,7 @@ impl Route {
                 | Route::AdminAuditVerify
                 | Route::AdminAuditCheckpoint
                 | Route::AdminCost
+                | Route::AdminCachePurge
         )
     }
 }
@@ -141,6 +144,7 @@ pub fn parse_route(path: &str) -> Option<Route> {
         ["nusa", "audit", "verify"] => Route::AdminAuditVerify,
         ["nusa", "audit", "checkpoint"] => Route::AdminAuditCheckpoint,
         ["nusa", "cost"] => Route::AdminCost,
+        ["nusa", "cache", "purge"] => Route::AdminCachePurge,
         ["nusa", "models", m, "canary"] => Route::AdminCanary {
             model: Some(owned(m)?),
         },

@@ -165,6 +165,12 @@ fn apply(
                     }
                 }
                 Op::Flush(_) => {}
+                Op::Purge => {
+                    records.retain(|_, _| false)?;
+                    index.retain(|_, _| false)?;
+                    by_seq.retain(|_, _| false)?;
+                    next.total = 0;
+                }
             }
         }
         while next.total > shared.budget {
