@@ -438,7 +438,9 @@ pub async fn run_with(
         )
         .map_err(|e| AppError::Models(format!("cost ledger: {e}")))?,
     );
-    {
+    // Only with budgets: without any, the guard would take the ledger's
+    // lock for every region of every request to answer "yes".
+    if !config.budgets.keys.is_empty() || !config.budgets.regions.is_empty() {
         let c = Arc::clone(&costs);
         dispatch.set_spill_guard(Arc::new(move |key, region| c.may_spill(key, region)));
     }
