@@ -92,10 +92,20 @@ class Summary:
 
 
 def check_answer(resp: nt.Response, output: str, expected: np.ndarray | None) -> str | None:
-    """None when resp is a correct 200 (or a proper 503 with Retry-After), else why not."""
+    """None when resp is a correct 200 (or a proper 503 with Retry-After, or a
+    429 with Retry-After naming a key's limit), else why not. Which statuses
+    a test expects is the test's to check (spilltest.assert_no_errors)."""
     if resp.status == 503:
         if not resp.headers.get("retry-after"):
             return f"503 without Retry-After: {resp}"
+        return None
+    if resp.status == 429:
+        try:
+            limit = resp.json().get("limit")
+        except ValueError:
+            limit = None
+        if not resp.headers.get("retry-after") or not limit:
+            return f"429 without Retry-After or a named limit: {resp}"
         return None
     if resp.status != 200:
         return f"status {resp.status}: {resp.body[:300]!r}"
@@ -193,7 +203,7 @@ def closed_loop(server: nt.NusadServer, make: Callable[[int, int], Request], *, 
                 mine.append(Result(t0, lat, resp.status, nt.served_by(resp),
                                    resp.headers.get("retry-after"),
                                    check_answer(resp, output, expected)))
-                if resp.status == 503:
+                if resp.status in (429, 503):
                     time.sleep(min(_retry_after_s(resp), backoff_503_s))
         finally:
             conn.close()

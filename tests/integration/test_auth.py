@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from tritonclient.utils import InferenceServerException
 
 import h3client
 import nusatest as nt
+import slowmodel as sm
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -171,6 +173,64 @@ def test_limits_answer_429_naming_the_limit(server):
     # Until the next UTC midnight.
     now = int(time.time())
     assert abs(int(r.headers["retry-after"]) - (86400 - now % 86400)) <= 5, r.headers
+
+
+def test_concurrency_limits_of_a_key_and_of_its_calls_to_one_model(tmp_path):
+    """Requests in flight at once: a model whose one row takes about 600 ms
+    holds the first request while the others arrive."""
+    slow = sm.scaled(sm.calibrated(), 600 / sm.TARGET_MS)
+    models = nt.make_model_repo(tmp_path / "models", {"slow": ([1], None), "twin": ([1], None)},
+                                model_files={"slow": slow.model, "twin": slow.model})
+    s = nt.NusadServer("auth-conc", tmp_path, models, {"auth": {"mode": "keys"}}).start()
+    # A new row for every call, so that none is a cache hit.
+    seeds = iter(range(1000))
+
+    def call(key: str, model: str) -> tuple[nt.Response, np.ndarray]:
+        x = sm.rows(1, next(seeds))
+        body, h = nt.infer_request({sm.INPUT: x})
+        return nt.https1(s, "POST", nt.infer_path(model), body, {**h, **bearer(key)}), x
+
+    def assert_ok(answer: tuple[nt.Response, np.ndarray]) -> None:
+        r, x = answer
+        assert r.status == 200, r
+        sm.assert_close(nt.decode_infer_response(r)[1][sm.OUTPUT], slow.expected(x))
+
+    def while_one_is_in_flight(first: tuple[str, str], then: list[tuple[str, str]]):
+        with ThreadPoolExecutor(1 + len(then)) as ex:
+            held = ex.submit(call, *first)
+            time.sleep(0.25)
+            assert not held.done(), f"the first request was not in flight any more: {held.result()}"
+            answers = [f.result() for f in [ex.submit(call, *t) for t in then]]
+            return held.result(), answers
+
+    try:
+        one = create_key(s, "one-at-a-time", "--max-concurrent", "1")
+        per_model = create_key(s, "per-model", "--model-limit", "slow:max_concurrent=1")
+        listed = nusactl(s, "keys", "list").stdout
+        assert "slow: 1 at once" in listed, listed
+
+        # The key's own limit: a second request of any model is refused.
+        first, [(second, _)] = while_one_is_in_flight((one, "slow"), [(one, "twin")])
+        assert_ok(first)
+        assert second.status == 429, second
+        body = second.json()
+        assert body["limit"] == "concurrency" and body["scope"] == "key", body
+        assert "one-at-a-time" in body["error"] and second.headers["retry-after"] == "1", second
+        # The slot is given back with the answer.
+        assert_ok(call(one, "twin"))
+
+        # The key's limit for one model: the same model refused, another served.
+        first, [(same, _), other] = while_one_is_in_flight(
+            (per_model, "slow"), [(per_model, "slow"), (per_model, "twin")])
+        assert_ok(first)
+        assert same.status == 429, same
+        assert same.json()["limit"] == "concurrency", same
+        assert same.json()["scope"] == "model slow", same
+        assert_ok(other)
+        limited = nt.metric_sum(nt.scrape_metrics(s), "nusa_requests_total", outcome="over_limit")
+        assert limited == 2, f"nusa_requests_total{{outcome=over_limit}} = {limited}"
+    finally:
+        s.stop_checked()
 
 
 def test_the_default_off_loopback_refuses_anonymous_requests(tmp_path):

@@ -13,6 +13,8 @@ derived from the region's idle latency).
 """
 from __future__ import annotations
 
+import time
+
 import pytest
 
 import loadgen
@@ -233,3 +235,62 @@ def test_a_spent_budget_with_stop_spill_keeps_requests_home(tmp_path, env, mains
     assert row["requests"] == answered, (row, answered)
     assert set(row["jurisdictions"]) <= {"local", "SG", "ID"}, row
     assert abs(row["cost"] - 0.001 * spilled_first) < 1e-9, row
+
+
+def test_a_keys_daily_spill_quota_keeps_its_requests_home_then_answers_429(tmp_path, env, mains):
+    """A key's daily quota of bytes spilled to regions (issue 15): once its
+    requests' bytes sent to regions reach it, they are answered here, and
+    what here cannot take (a queue of 2 under this load) gets 429 naming
+    `daily_spill_bytes` with Retry-After until UTC midnight instead of the
+    box's 503."""
+    import subprocess
+
+    row_bytes = 4 * sm.DIM                   # one FP32 row of the slow model's input
+    quota_rows = 5
+    main = st.start_main(tmp_path / "main", env.slow, regions(env), slo_ms=env.slo_ms,
+                         models={ANY_MODEL: model(env, "any", ID_QUEUE)}, name="main-spill-quota",
+                         extra={"auth": {"mode": "keys"}})
+    mains.append(main)
+    out = subprocess.run([str(nt.nusactl_binary()), "keys", "--socket", str(main.admin_socket),
+                          "create", "quota", "--daily-spill-bytes", str(quota_rows * row_bytes)],
+                         capture_output=True, text=True, check=True)
+    auth = {"Authorization": f"Bearer {out.stdout.strip()}"}
+    for i in range(3):
+        path, body, headers, _ = env.work.maker(ANY_MODEL, auth)(0, i)
+        assert nt.https1(main, "POST", path, body, headers).status == 200
+
+    first = loadgen.closed_loop(main, env.work.maker(ANY_MODEL, auth), clients=CLIENTS,
+                                duration_s=LOAD_S, output=sm.OUTPUT, ramp_s=st.RAMP_S)
+    print(f"\n[spill quota, first] {first.describe()}\n  timeline {first.timeline(1.0)}")
+    assert not first.errors, [r.error for r in first.errors[:5]]
+    assert set(first.statuses()) <= {200, 429, 503}, first.statuses()
+    spilled = first.served("cloud:sg-1") + first.served("cloud:id-1")
+    # The quota's rows; requests already past the check when it ran out
+    # may add at most one row each.
+    assert quota_rows <= spilled <= quota_rows + CLIENTS, first.by_served()
+    assert first.statuses().get(429, 0) > 0, f"the quota ran out, yet no 429: {first.describe()}"
+
+    before = received(env.sg) + received(env.id)
+    second = loadgen.closed_loop(main, env.work.maker(ANY_MODEL, auth), clients=CLIENTS,
+                                 duration_s=LOAD_S, output=sm.OUTPUT, ramp_s=st.RAMP_S)
+    print(f"[spill quota, second] {second.describe()}")
+    assert not second.errors, [r.error for r in second.errors[:5]]
+    assert set(second.by_served()) <= {"local"}, second.by_served()
+    assert set(second.statuses()) <= {200, 429}, second.statuses()
+    assert second.statuses().get(429, 0) > 0, second.describe()
+    assert received(env.sg) + received(env.id) - before == 0, "a request left past the quota"
+
+    # What a refused client reads.
+    path, body, headers, _ = env.work.maker(ANY_MODEL, auth)(0, 0)
+    burst = nt.fire_at_once(main, [(body, headers)] * 12, path)
+    refused = [r for r in burst if r.status == 429]
+    assert refused and {r.status for r in burst} <= {200, 429}, [str(r) for r in burst]
+    answer = refused[0].json()
+    assert answer["limit"] == "daily_spill_bytes" and "spilled to regions" in answer["error"], answer
+    assert str(quota_rows * row_bytes) in answer["error"], answer
+    now = int(time.time())
+    assert abs(int(refused[0].headers["retry-after"]) - (86400 - now % 86400)) <= 5
+
+    after = nt.scrape_metrics(main)
+    limited = nt.metric_sum(after, "nusa_requests_total", outcome="over_limit")
+    assert limited == first.statuses()[429] + second.statuses()[429] + len(refused), limited

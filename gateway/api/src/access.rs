@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use nusa_auth::{presented_key, AuthError, KeyRecord, KeyStore, Limiter, Permit};
+use nusa_auth::{presented_key, AuthError, Denied, KeyRecord, KeyStore, Limiter, Permit};
 use nusa_proto::{ErrorKind, ProtoError};
 
 use crate::{ApiResponse, Credentials};
@@ -76,16 +76,20 @@ impl Access {
     ) -> Result<Permit, ApiResponse> {
         self.limiter
             .check(key, model, nusa_auth::utc_day(now_s))
-            .map_err(|d| {
-                let mut r = ApiResponse::json(
-                    429,
-                    serde_json::to_string(&d).unwrap_or_else(|_| "{}".into()),
-                );
-                r.headers
-                    .push(("retry-after", d.retry_after(now_s).to_string()));
-                r
-            })
+            .map_err(|d| over_limit(&d, now_s))
     }
+}
+
+/// 429 with `Retry-After` and `{"error", "limit", "scope", ...}` naming the
+/// limit a key is over.
+pub(crate) fn over_limit(d: &Denied, now_s: u64) -> ApiResponse {
+    let mut r = ApiResponse::json(
+        429,
+        serde_json::to_string(d).unwrap_or_else(|_| "{}".into()),
+    );
+    r.headers
+        .push(("retry-after", d.retry_after(now_s).to_string()));
+    r
 }
 
 fn unauthenticated(e: AuthError) -> ApiResponse {

@@ -23,9 +23,20 @@ pub(crate) async fn handle(
 ) -> ApiResponse {
     let protocol = req.protocol.label();
     let received = req.received;
-    let (outcome, resp) = match infer(api, model, version, req, caller).await {
-        Ok(resp) => ("ok", resp),
-        Err(e) => (e.kind.label(), ApiResponse::error(&e)),
+    // The key's limits (rate, concurrency, daily requests); the permit
+    // holds its concurrency slot until the answer is made.
+    let now_s = crate::access::now_s();
+    let permit = match (&api.access, caller.key()) {
+        (Some(access), Some(key)) => access.admit(key, model, now_s).map(Some),
+        _ => Ok(None),
+    };
+    let (outcome, resp) = match permit {
+        Err(refused) => (OVER_LIMIT, refused),
+        Ok(_permit) => match infer(api, model, version, req, caller).await {
+            Ok(resp) => ("ok", resp),
+            Err(Refused::Proto(e)) => (e.kind.label(), ApiResponse::error(&e)),
+            Err(Refused::Limit(d)) => (OVER_LIMIT, crate::access::over_limit(&d, now_s)),
+        },
     };
     // Label by the model name only when it names a model we serve, so that
     // clients cannot grow the label set with made-up names.
@@ -42,13 +53,29 @@ pub(crate) async fn handle(
     resp
 }
 
+/// `nusa_requests_total`'s outcome for a 429 naming a key's limit.
+const OVER_LIMIT: &str = "over_limit";
+
+/// Why a request got no answer: an error of the protocol's kinds, or a
+/// key's limit (429).
+enum Refused {
+    Proto(ProtoError),
+    Limit(nusa_auth::Denied),
+}
+
+impl From<ProtoError> for Refused {
+    fn from(e: ProtoError) -> Refused {
+        Refused::Proto(e)
+    }
+}
+
 async fn infer(
     api: &Api,
     model: &str,
     version: Option<&str>,
     req: ApiRequest,
     caller: &Caller,
-) -> Result<ApiResponse, ProtoError> {
+) -> Result<ApiResponse, Refused> {
     // A request that names no version gets the rollout's pick while the
     // model is in a canary rollout; one that names a version bypasses it.
     // The split's key: the API key's name, else the client's address.
@@ -72,7 +99,7 @@ async fn infer(
             ticket = None;
             api.repo.resolve(model, version).map_err(lookup_error)?
         }
-        Err(e) => return Err(lookup_error(e)),
+        Err(e) => return Err(lookup_error(e).into()),
     };
     let meta = &mv.metadata;
     let sole = match meta.inputs.as_slice() {
@@ -96,13 +123,23 @@ async fn infer(
     // answered).
     let request_bytes: u64 = inputs.iter().map(|t| t.data.len() as u64).sum();
     let day = nusa_auth::utc_day(crate::access::now_s());
-    let (caller_residency, caller_may_spill) = match (caller.key(), &api.access) {
+    // A key whose spill quota is spent stays here; if here cannot take
+    // the request either, the answer is the quota's 429, not a 503.
+    let (caller_residency, spill_spent) = match (caller.key(), &api.access) {
         (Some(k), Some(access)) => (
             Some(k.residency.as_slice()),
-            k.spill && access.limiter().may_spill(k, model, request_bytes, day),
+            k.spill
+                .then(|| {
+                    access
+                        .limiter()
+                        .check_spill(k, model, request_bytes, day)
+                        .err()
+                })
+                .flatten(),
         ),
-        _ => (None, true),
+        _ => (None, None),
     };
+    let caller_may_spill = caller.key().is_none_or(|k| k.spill) && spill_spent.is_none();
 
     let job = Job {
         model,
@@ -142,7 +179,11 @@ async fn infer(
             Err(_) => t.record(true, None),
         }
     }
-    let (tensors, served_by) = result?;
+    let (tensors, served_by) = match (result, spill_spent) {
+        (Ok(answer), _) => answer,
+        (Err(e), Some(spent)) if e.kind.status() == 503 => return Err(Refused::Limit(spent)),
+        (Err(e), _) => return Err(e.into()),
+    };
     if let (ServedBy::Cloud(_), Some(k), Some(access)) = (&served_by, caller.key(), &api.access) {
         access.limiter().spilled(k, model, request_bytes, day);
     }

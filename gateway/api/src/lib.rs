@@ -243,16 +243,6 @@ impl Api {
                     if let Err(refused) = access::may_call(caller, &model) {
                         return refused;
                     }
-                    // The key's limits hold until the answer is made.
-                    let _permit = match (&self.access, caller.key()) {
-                        (Some(access), Some(key)) => {
-                            match access.admit(key, &model, access::now_s()) {
-                                Ok(p) => Some(p),
-                                Err(refused) => return refused,
-                            }
-                        }
-                        _ => None,
-                    };
                     return infer::handle(self, &model, version.as_deref(), req, caller).await;
                 }
             }

@@ -230,7 +230,20 @@ impl<C: Clock + Clone> Limiter<C> {
     /// `try_spill` to check and count at once). Residency is the caller's
     /// (`KeyRecord::may_spill_to`).
     pub fn may_spill(&self, key: &KeyRecord, model: &str, bytes: u64, day: u64) -> bool {
-        key.spill && self.spill(key, model, bytes, day, false).is_ok()
+        key.spill && self.check_spill(key, model, bytes, day).is_ok()
+    }
+
+    /// `may_spill`'s quota half, with the denial naming the quota that is
+    /// spent (for a 429 when the request cannot be served here either).
+    /// Counts nothing; does not look at `key.spill`.
+    pub fn check_spill(
+        &self,
+        key: &KeyRecord,
+        model: &str,
+        bytes: u64,
+        day: u64,
+    ) -> Result<(), Denied> {
+        self.spill(key, model, bytes, day, false)
     }
 
     /// Counts `bytes` spilled for `key` and `model` on `day`.

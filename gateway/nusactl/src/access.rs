@@ -83,6 +83,11 @@ struct KeyFlags {
     /// Bytes spilled to regions per UTC day.
     #[arg(long)]
     daily_spill_bytes: Option<u64>,
+    /// Limits of the key's calls to one model, beside the key's own:
+    /// `MODEL:rps=10,burst=20,max_concurrent=2,daily_requests=1000,daily_spill_bytes=N`
+    /// (repeatable; any subset of the five).
+    #[arg(long = "model-limit", value_name = "MODEL:LIMITS")]
+    model_limits: Vec<String>,
     /// Where the key's requests may be processed: `any`, `local`, or
     /// country codes (repeatable).
     #[arg(long = "residency")]
@@ -120,8 +125,61 @@ impl KeyFlags {
             daily_requests: self.daily_requests,
             daily_spill_bytes: self.daily_spill_bytes,
         };
+        for text in &self.model_limits {
+            let (model, limits) = model_limit(text)?;
+            if spec.model_limits.insert(model.clone(), limits).is_some() {
+                anyhow::bail!("--model-limit {text}: model '{model}' is given twice");
+            }
+        }
         Ok(spec)
     }
+}
+
+/// `MODEL:rps=10,burst=20,...` of `--model-limit`.
+fn model_limit(text: &str) -> anyhow::Result<(String, Limits)> {
+    let bad = |why: String| anyhow::anyhow!("--model-limit {text}: {why}");
+    let (model, list) = text
+        .split_once(':')
+        .ok_or_else(|| bad("expected MODEL:name=value,... (e.g. resnet:rps=10,burst=20)".into()))?;
+    if model.is_empty() {
+        return Err(bad("no model name before ':'".into()));
+    }
+    let mut l = Limits::default();
+    for item in list.split(',').filter(|i| !i.is_empty()) {
+        let (name, value) = item
+            .split_once('=')
+            .ok_or_else(|| bad(format!("'{item}' is not name=value")))?;
+        let int = |v: &str| -> anyhow::Result<u64> {
+            v.parse()
+                .map_err(|_| bad(format!("{name}={v}: not a whole number")))
+        };
+        match name {
+            "rps" => {
+                l.rps = Some(
+                    value
+                        .parse()
+                        .map_err(|_| bad(format!("rps={value}: not a number")))?,
+                )
+            }
+            "burst" => l.burst = Some(u32::try_from(int(value)?).map_err(|_| bad("burst too large".into()))?),
+            "max_concurrent" => {
+                l.max_concurrent = Some(
+                    u32::try_from(int(value)?).map_err(|_| bad("max_concurrent too large".into()))?,
+                )
+            }
+            "daily_requests" => l.daily_requests = Some(int(value)?),
+            "daily_spill_bytes" => l.daily_spill_bytes = Some(int(value)?),
+            other => {
+                return Err(bad(format!(
+                    "unknown limit '{other}' (rps, burst, max_concurrent, daily_requests, daily_spill_bytes)"
+                )))
+            }
+        }
+    }
+    if l == Limits::default() {
+        return Err(bad("no limit given".into()));
+    }
+    Ok((model.to_string(), l))
 }
 
 pub async fn keys(args: KeysArgs) -> anyhow::Result<()> {
@@ -165,7 +223,14 @@ pub async fn keys(args: KeysArgs) -> anyhow::Result<()> {
                     role(k),
                     state(k),
                     k.models.join(","),
-                    limits(&k.limits)
+                    std::iter::once(limits(&k.limits))
+                        .chain(
+                            k.model_limits
+                                .iter()
+                                .map(|(m, l)| format!("{m}: {}", limits(l)))
+                        )
+                        .collect::<Vec<_>>()
+                        .join("; ")
                 );
             }
             Ok(())
@@ -504,6 +569,43 @@ pub async fn cache(args: CacheArgs) -> anyhow::Result<()> {
             }
             println!("edge cache purged");
             Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_limits_parse_and_bad_ones_say_why() {
+        let (m, l) = model_limit("resnet50:rps=2.5,burst=5,max_concurrent=2").unwrap();
+        assert_eq!(m, "resnet50");
+        assert_eq!(
+            l,
+            Limits {
+                rps: Some(2.5),
+                burst: Some(5),
+                max_concurrent: Some(2),
+                ..Limits::default()
+            }
+        );
+        let (_, l) = model_limit("bert:daily_requests=10,daily_spill_bytes=1000").unwrap();
+        assert_eq!(
+            (l.daily_requests, l.daily_spill_bytes),
+            (Some(10), Some(1000))
+        );
+        for (bad, why) in [
+            ("bert", "expected MODEL:"),
+            (":rps=1", "no model name"),
+            ("bert:", "no limit given"),
+            ("bert:rps", "not name=value"),
+            ("bert:rps=fast", "not a number"),
+            ("bert:burst=-1", "not a whole number"),
+            ("bert:qps=1", "unknown limit 'qps'"),
+        ] {
+            let e = model_limit(bad).unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains(bad), "{bad}: {e}");
         }
     }
 }
