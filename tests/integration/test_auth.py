@@ -344,6 +344,90 @@ def test_keys_provisioned_with_the_box_are_added_at_start(tmp_path):
         s.stop_checked()
 
 
+def test_a_config_reload_applies_what_it_can_names_the_rest_and_is_audited(tmp_path):
+    """`nusactl config reload` and SIGHUP read the config file again: new
+    provisioned keys and budgets apply at once, a changed section read only
+    at start is named, a bad file is refused with nothing changed, and every
+    reload is in the audit log with its caller."""
+    import signal
+
+    def generate() -> str:
+        return subprocess.run([str(nt.nusactl_binary()), "keys", "generate"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+
+    first, second = generate(), generate()
+    boot = tmp_path / "bootstrap-keys.toml"
+    boot.write_text(f'[[keys]]\nname = "first"\nkey = "{first}"\n')
+    boot.chmod(0o600)
+    config = {"auth": {"mode": "keys", "bootstrap_keys": str(boot)},
+              "pricing": {"egress_per_gb": 1.0}}
+    (tmp_path / "s").mkdir()
+    s = nt.NusadServer("reload", tmp_path / "s", None, config).start()
+    try:
+        _, expected = nt.golden()
+        nt.assert_infer_ok(infer(s, bearer(first)), expected)
+        nt.assert_error(infer(s, bearer(second)), 401, ["not valid"])
+
+        def budgets() -> list[dict]:
+            return json.loads(nusactl(s, "cost", "--json").stdout)["budgets"]
+
+        assert budgets() == []
+        # A second provisioned key, a budget, and a changed [cache].
+        with boot.open("a") as f:
+            f.write(f'[[keys]]\nname = "second"\nkey = "{second}"\n')
+        s.config_path.write_text(nt.toml_dumps({
+            **config,
+            "budgets": {"keys": {"second": {"daily": 5.0, "action": "alert"}}},
+            "cache": {"memory_bytes": 1 << 20}}))
+        reply = json.loads(nusactl(s, "config", "reload", "--json").stdout)
+        assert reply["applied"] == ["auth.bootstrap_keys", "budgets"], reply
+        assert reply["restart_needed"] == ["cache"], reply
+        assert reply["file"] == str(s.config_path)
+        nt.assert_infer_ok(infer(s, bearer(second)), expected)
+        [b] = budgets()
+        assert (b["scope"], b["name"], b["daily"]) == ("key", "second", 5.0), b
+        text = nusactl(s, "config", "reload").stdout
+        assert "applied: nothing" in text and "restart nusad to apply): cache" in text, text
+
+        # A file that does not parse, and one that changes the currency:
+        # refused, nothing changes, the server keeps serving.
+        good = s.config_path.read_text()
+        s.config_path.write_text(good + "\n[spill\n")
+        r = nusactl(s, "config", "reload", check=False)
+        assert r.returncode != 0 and "not reloaded" in r.stderr and "nusad.toml" in r.stderr, r.stderr
+        s.config_path.write_text(good.replace("[pricing]", '[pricing]\ncurrency = "EUR"'))
+        r = nusactl(s, "config", "reload", check=False)
+        assert r.returncode != 0 and "pricing.currency" in r.stderr and "restart" in r.stderr, r.stderr
+        nt.assert_infer_ok(infer(s, bearer(second)), expected)
+        assert len(budgets()) == 1
+
+        # SIGHUP: the same reload, recorded as the signal's.
+        s.config_path.write_text(good.replace("egress_per_gb = 1.0", "egress_per_gb = 2.0"))
+        s.proc.send_signal(signal.SIGHUP)
+
+        def reloads() -> list[dict]:
+            records = json.loads(nusactl(s, "audit", "list", "--json").stdout)["records"]
+            return [x for x in records if x["action"] == "config.reload"]
+
+        deadline = time.monotonic() + 20
+        while len(reloads()) < 5 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        got = reloads()
+        assert [(x["actor"]["id"], x["outcome"] == "ok") for x in got] == [
+            ("uid 0", True), ("uid 0", True), ("uid 0", False), ("uid 0", False),
+            ("signal SIGHUP", True)], got
+        assert got[0]["detail"] == {"applied": ["auth.bootstrap_keys", "budgets"],
+                                    "restart_needed": ["cache"]}, got[0]
+        assert got[4]["detail"]["applied"] == ["pricing"], got[4]
+        assert all(x["target"] == str(s.config_path) for x in got), got
+        assert s.proc.poll() is None, "nusad ended on SIGHUP"
+        assert "configuration reloaded" in s.log_path.read_text()
+        assert json.loads(nusactl(s, "audit", "verify", "--json").stdout)["problems"] == []
+        assert_no_secret_anywhere(s, [first, second])
+    finally:
+        s.stop_checked()
+
+
 def make_client_pki(d: Path) -> tuple[Path, Path, Path, Path, Path]:
     """A client CA and two client certificates, with openssl: one the CA
     signed, one self-signed with the same subject."""

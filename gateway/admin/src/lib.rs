@@ -85,6 +85,23 @@ pub fn key_rotate_path(name: &str) -> String {
 /// `POST`: empty the edge cache (both tiers).
 pub const CACHE_PURGE: &str = "/v2/nusa/cache/purge";
 
+/// `POST`: read nusad's config file again and apply what can change while
+/// it runs ([`ReloadReply`]); `SIGHUP` does the same.
+pub const CONFIG_RELOAD: &str = "/v2/nusa/config/reload";
+
+/// What a configuration reload did. Sections are the file's top-level
+/// tables (`pricing`, `budgets`, `auth.bootstrap_keys`, `spill`, ...).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReloadReply {
+    /// The file read.
+    pub file: String,
+    /// Changed and now in effect.
+    pub applied: Vec<String>,
+    /// Changed in the file but read only at start: in effect after a
+    /// restart (listed again at every reload until then).
+    pub restart_needed: Vec<String>,
+}
+
 /// `GET ?since=24h&by=key|model|version|region|place`: what answers cost
 /// (`nusa_cost::Report`).
 pub const COST: &str = "/v2/nusa/cost";

@@ -34,6 +34,7 @@ pub(crate) struct Ctx<'a> {
     pub audit: Option<&'a Arc<Auditor>>,
     pub costs: Option<&'a nusa_cost::Costs>,
     pub dispatch: &'a nusa_dispatch::Dispatcher,
+    pub reload: Option<&'a crate::Reload>,
     pub actor: Actor,
 }
 
@@ -120,6 +121,26 @@ async fn serve(ctx: &Ctx<'_>, route: Route, req: ApiRequest) -> ApiResponse {
             }
         }
         Route::AdminCachePurge => Err(method_not_allowed("POST", &req.path)),
+        // Recorded in the audit log by the reloader, with what it applied.
+        Route::AdminConfigReload if post => match ctx.reload {
+            Some(reload) => {
+                let (reload, actor) = (Arc::clone(reload), ctx.actor.clone());
+                match tokio::task::spawn_blocking(move || reload(actor)).await {
+                    Ok(Ok(reply)) => Ok(ApiResponse::json(200, to_json(&reply))),
+                    Ok(Err(e)) => Err(ProtoError::bad_request(format!(
+                        "configuration not reloaded (nothing changed): {e}"
+                    ))),
+                    Err(e) => Err(ProtoError::new(
+                        ErrorKind::Internal,
+                        format!("configuration reload failed: {e}"),
+                    )),
+                }
+            }
+            None => Err(ProtoError::not_found(
+                "nusad was started without --config: there is no file to reload",
+            )),
+        },
+        Route::AdminConfigReload => Err(method_not_allowed("POST", &req.path)),
         Route::AdminCost if get => cost(ctx.costs, &req),
         Route::AdminCost => Err(method_not_allowed("GET", &req.path)),
         Route::AdminCanary { model: None } if get => Ok(ApiResponse::json(

@@ -126,7 +126,14 @@ pub struct Api {
     audit: Option<Arc<Auditor>>,
     /// What each answer cost, by model, version, key and place.
     costs: Option<Arc<nusa_cost::Costs>>,
+    /// Reads the config file again (`nusa-app`'s reloader).
+    reload: Option<Reload>,
 }
+
+/// A configuration reload on behalf of its caller: what it applied and
+/// what needs a restart, or why the file was refused (nothing changed).
+/// Blocking (reads files, writes the audit log).
+pub type Reload = Arc<dyn Fn(Actor) -> Result<nusa_admin::ReloadReply, String> + Send + Sync>;
 
 impl Api {
     pub fn new(
@@ -143,12 +150,20 @@ impl Api {
             access: None,
             audit: None,
             costs: None,
+            reload: None,
         }
     }
 
     /// Counts what each answer costs (`nusactl cost`).
     pub fn with_costs(mut self, costs: Arc<nusa_cost::Costs>) -> Api {
         self.costs = Some(costs);
+        self
+    }
+
+    /// Serves `POST /v2/nusa/config/reload` with `reload` (which records
+    /// the reload in the audit log itself: `SIGHUP` takes the same path).
+    pub fn with_reload(mut self, reload: Reload) -> Api {
+        self.reload = Some(reload);
         self
     }
 
@@ -228,6 +243,7 @@ impl Api {
             audit: self.audit.as_ref(),
             costs: self.costs.as_deref(),
             dispatch: &self.dispatch,
+            reload: self.reload.as_ref(),
             actor,
         };
         admin::handle(&ctx, route, req).await

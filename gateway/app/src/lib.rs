@@ -18,6 +18,9 @@ use nusa_spill::{Region, RegionLimits, Spill};
 use nusa_telemetry::Metrics;
 use tokio::sync::watch;
 
+mod reload;
+pub use reload::{ConfigSource, ReloadFrom};
+
 /// How long open requests may run on after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(10);
 
@@ -113,12 +116,13 @@ fn dispatcher(
 /// Adds the keys provisioned with the box (`auth.bootstrap_keys`) that
 /// the store lacks. The file holds keys in the clear: refused unless only
 /// its owner may read it. Its key texts reach no log or error.
-fn bootstrap_keys(store: &nusa_auth::KeyStore, path: &std::path::Path) -> Result<(), String> {
+/// Returns how many were added.
+fn bootstrap_keys(store: &nusa_auth::KeyStore, path: &std::path::Path) -> Result<usize, String> {
     use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
     if meta.permissions().mode() & 0o077 != 0 {
@@ -149,6 +153,7 @@ fn bootstrap_keys(store: &nusa_auth::KeyStore, path: &std::path::Path) -> Result
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    let mut added = 0;
     for (i, mut entry) in file.keys.into_iter().enumerate() {
         let key = match entry.remove("key") {
             Some(toml::Value::String(k)) => zeroize::Zeroizing::new(k),
@@ -165,8 +170,24 @@ fn bootstrap_keys(store: &nusa_auth::KeyStore, path: &std::path::Path) -> Result
             .import(spec, &key, now)
             .map_err(|e| format!("{}: keys[{i}]: {e}", path.display()))?;
         tracing::info!(key = %name, prefix = %record.id, file = %path.display(), "API key added from the provisioned keys");
+        added += 1;
     }
-    Ok(())
+    Ok(added)
+}
+
+/// With budgets configured, their `stop-spill` action guards the spill
+/// decision. Only then: without any, the guard would take the ledger's
+/// lock for every region of every request to answer "yes". Installed once
+/// (at start, or by the first reload that brings budgets).
+fn guard_spills(
+    dispatch: &Dispatcher,
+    costs: &Arc<nusa_cost::Costs>,
+    budgets: &nusa_cost::Budgets,
+) {
+    if !budgets.keys.is_empty() || !budgets.regions.is_empty() {
+        let c = Arc::clone(costs);
+        dispatch.set_spill_guard(Arc::new(move |key, region| c.may_spill(key, region)));
+    }
 }
 
 /// Signed mode's puller settings and admission, when `models.repository`
@@ -286,13 +307,14 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
     on_bound: impl FnOnce(&Bound),
 ) -> Result<(), AppError> {
-    run_with(config, Listeners::default(), shutdown, on_bound).await
+    run_with(config, Listeners::default(), None, shutdown, on_bound).await
 }
 
 /// [`run`], serving on the `listeners` passed and binding only the others.
 pub async fn run_with(
     config: Config,
     listeners: Listeners,
+    reload: Option<ReloadFrom>,
     shutdown: watch::Receiver<bool>,
     on_bound: impl FnOnce(&Bound),
 ) -> Result<(), AppError> {
@@ -438,12 +460,7 @@ pub async fn run_with(
         )
         .map_err(|e| AppError::Models(format!("cost ledger: {e}")))?,
     );
-    // Only with budgets: without any, the guard would take the ledger's
-    // lock for every region of every request to answer "yes".
-    if !config.budgets.keys.is_empty() || !config.budgets.regions.is_empty() {
-        let c = Arc::clone(&costs);
-        dispatch.set_spill_guard(Arc::new(move |key, region| c.may_spill(key, region)));
-    }
+    guard_spills(&dispatch, &costs, &config.budgets);
     let cost_ticks = {
         let c = Arc::clone(&costs);
         tokio::spawn(async move {
@@ -461,8 +478,9 @@ pub async fn run_with(
         })
     };
     let mut api = Api::new(repo, Arc::clone(&metrics), Arc::clone(&dispatch), canaries)
-        .with_audit(audit)
+        .with_audit(Arc::clone(&audit))
         .with_costs(Arc::clone(&costs));
+    let mut keys = None;
     match config.auth_mode() {
         AuthMode::Keys => {
             let path = config.keys_path();
@@ -473,7 +491,9 @@ pub async fn run_with(
                     .map_err(|e| AppError::Models(format!("auth.bootstrap_keys: {e}")))?;
             }
             tracing::info!(keys = %path.display(), count = store.list().len(), "API keys required on the public port (auth.mode = \"keys\")");
-            api = api.with_access(Arc::new(Access::new(Arc::new(store))));
+            let store = Arc::new(store);
+            keys = Some(Arc::clone(&store));
+            api = api.with_access(Arc::new(Access::new(store)));
         }
         AuthMode::None if config.auth.mode.is_some() => {
             tracing::warn!(listen = %config.server.listen, "auth.mode = \"none\": the public port answers anyone who reaches it")
@@ -482,6 +502,36 @@ pub async fn run_with(
             tracing::info!(listen = %config.server.listen, "public port on loopback: open without API keys (auth.mode unset)")
         }
     }
+    // SIGHUP and the admin API read the config file again.
+    let (reloader, reload_requests) = match reload {
+        Some(from) => {
+            let r = Arc::new(reload::Reloader::new(
+                from.file,
+                from.source,
+                config.clone(),
+                Arc::clone(&costs),
+                keys,
+                Arc::clone(&dispatch),
+                audit,
+            ));
+            let for_api = Arc::clone(&r);
+            api = api.with_reload(Arc::new(move |actor| for_api.reload(actor)));
+            (Some(r), Some(from.requests))
+        }
+        None => (None, None),
+    };
+    let hangups = async move {
+        let (Some(r), Some(mut requests)) = (reloader, reload_requests) else {
+            return;
+        };
+        while requests.recv().await.is_some() {
+            let r = Arc::clone(&r);
+            let _ =
+                tokio::task::spawn_blocking(move || r.reload(nusa_audit::Actor::signal("SIGHUP")))
+                    .await;
+        }
+    };
+    let hangups = tokio::spawn(hangups);
     let api = Arc::new(api);
 
     let mut tls = load_or_generate(config.tls.cert.as_deref(), config.tls.key.as_deref(), &data)?;
@@ -552,6 +602,7 @@ pub async fn run_with(
     );
     canary_loop.abort();
     cost_ticks.abort();
+    hangups.abort();
     if let Err(e) = costs.persist() {
         tracing::error!(error = %e, "saving the cost ledger at shutdown");
     }

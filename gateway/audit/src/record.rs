@@ -125,6 +125,15 @@ impl Actor {
             id: "nusad".to_owned(),
         }
     }
+
+    /// Whoever sent nusad a signal (`SIGHUP`): the kernel does not say who,
+    /// so the record names the signal.
+    pub fn signal(name: &str) -> Actor {
+        Actor {
+            kind: ActorKind::System,
+            id: format!("signal {name}"),
+        }
+    }
 }
 
 impl Entry {

@@ -130,6 +130,51 @@ impl Costs {
         Ok(costs)
     }
 
+    /// New prices and budgets, from a configuration reload: later
+    /// requests are priced anew, and today's spend is held against the new
+    /// budgets (see `Ledger::reconfigure`; a new currency is refused).
+    pub fn reconfigure(
+        &self,
+        pricing: crate::Pricing,
+        budgets: crate::Budgets,
+    ) -> Result<(), ConfigError> {
+        let mut inner = self.inner.lock();
+        inner.ledger.reconfigure(pricing, budgets)?;
+        let inner = &mut *inner;
+        let budgets = &inner.ledger.config().budgets;
+        let metrics = &self.metrics;
+        inner.key_gauges.retain(|name, _| {
+            let keep = budgets.keys.contains_key(name);
+            if !keep {
+                metrics.forget_budget(&Scope::Key(name.clone()));
+            }
+            keep
+        });
+        inner.region_gauges.retain(|name, _| {
+            let keep = budgets.regions.contains_key(name);
+            if !keep {
+                metrics.forget_budget(&Scope::Region(name.clone()));
+            }
+            keep
+        });
+        for name in budgets.keys.keys() {
+            if !inner.key_gauges.contains_key(name) {
+                let g = self.metrics.budget_ratio(&Scope::Key(name.clone()));
+                inner.key_gauges.insert(name.clone(), g);
+            }
+        }
+        for name in budgets.regions.keys() {
+            if !inner.region_gauges.contains_key(name) {
+                let g = self.metrics.budget_ratio(&Scope::Region(name.clone()));
+                inner.region_gauges.insert(name.clone(), g);
+            }
+        }
+        inner.dirty = true;
+        let day = (self.now)().day;
+        inner.refresh_gauges(day);
+        Ok(())
+    }
+
     /// Counts one answered request now: the integrator's call per request,
     /// after the answer's size is known. Crossings are logged (warn at 80%,
     /// error at 100%) and counted; they come back for callers that want

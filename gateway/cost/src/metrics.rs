@@ -191,6 +191,14 @@ impl CostMetrics {
             .clone()
     }
 
+    /// A budget no longer configured: its gauge leaves the exposition.
+    pub(crate) fn forget_budget(&self, scope: &Scope) {
+        self.budget_ratio.remove(&BudgetLabels {
+            scope: scope.kind(),
+            name: scope.name().to_string(),
+        });
+    }
+
     pub(crate) fn crossing(&self, c: &Crossing) {
         self.crossings
             .get_or_create(&CrossingLabels {

@@ -573,6 +573,53 @@ pub async fn cache(args: CacheArgs) -> anyhow::Result<()> {
     }
 }
 
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    cmd: ConfigCmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCmd {
+    /// Read nusad's config file again (as SIGHUP does): applies what can
+    /// change while it runs, names what needs a restart; a bad file is
+    /// refused and nothing changes. Recorded in the audit log.
+    Reload,
+}
+
+pub async fn config(args: ConfigArgs) -> anyhow::Result<()> {
+    match args.cmd {
+        ConfigCmd::Reload => {
+            let r: nusa_admin::ReloadReply = args
+                .conn
+                .client()
+                .post(nusa_admin::CONFIG_RELOAD, &serde_json::json!({}))
+                .await
+                .context("reloading nusad's configuration")?;
+            if args.conn.json {
+                return print_json(&r);
+            }
+            let list = |v: &[String]| {
+                if v.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    v.join(", ")
+                }
+            };
+            println!("{} reloaded; applied: {}", r.file, list(&r.applied));
+            if !r.restart_needed.is_empty() {
+                println!(
+                    "changed but read only at start (restart nusad to apply): {}",
+                    list(&r.restart_needed)
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

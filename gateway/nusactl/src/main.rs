@@ -33,6 +33,8 @@ enum Cmd {
     Cost(access::CostArgs),
     /// The edge cache (over the admin socket).
     Cache(access::CacheArgs),
+    /// nusad's configuration: reload (over the admin socket).
+    Config(access::ConfigArgs),
     /// Publish signed releases (a release engineer's machine).
     Release {
         #[command(subcommand)]
@@ -60,6 +62,7 @@ async fn main() -> std::process::ExitCode {
         Cmd::Audit(args) => access::audit(args).await,
         Cmd::Cost(args) => access::cost(args).await,
         Cmd::Cache(args) => access::cache(args).await,
+        Cmd::Config(args) => access::config(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

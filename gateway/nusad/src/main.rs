@@ -41,40 +41,46 @@ struct Args {
     admin_socket: Option<PathBuf>,
 }
 
+impl Args {
+    /// The config file (or the defaults) with the flags on top, checked:
+    /// at start, and again at every reload.
+    fn config(&self) -> Result<Config, String> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+            None => Config::default(),
+        };
+        if let Some(v) = self.listen {
+            config.server.listen = v;
+        }
+        if let Some(v) = &self.models {
+            config.server.models = Some(v.clone());
+        }
+        if let Some(v) = &self.data {
+            config.server.data_dir = v.clone();
+        }
+        if let Some(v) = self.metrics_listen {
+            config.server.metrics_listen = v;
+        }
+        if let Some(v) = &self.admin_listen {
+            config.server.admin_listen = v.clone();
+        }
+        if let Some(v) = &self.admin_socket {
+            config.server.admin_socket = Some(v.clone());
+        }
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let mut config = match &args.config {
-        Some(path) => match Config::load(path) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("nusad: config error: {e}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
-        },
-        None => Config::default(),
+    let args = std::sync::Arc::new(Args::parse());
+    let config = match args.config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nusad: config error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
     };
-    if let Some(v) = args.listen {
-        config.server.listen = v;
-    }
-    if let Some(v) = args.models {
-        config.server.models = Some(v);
-    }
-    if let Some(v) = args.data {
-        config.server.data_dir = v;
-    }
-    if let Some(v) = args.metrics_listen {
-        config.server.metrics_listen = v;
-    }
-    if let Some(v) = args.admin_listen {
-        config.server.admin_listen = v;
-    }
-    if let Some(v) = args.admin_socket {
-        config.server.admin_socket = Some(v);
-    }
-    if let Err(e) = config.validate() {
-        eprintln!("nusad: config error: {e}");
-        return ExitCode::from(EXIT_CONFIG);
-    }
 
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -105,7 +111,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config, activated)) {
+    match runtime.block_on(serve(config, args, activated)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let mut msg = format!("nusad: {e}");
@@ -121,7 +127,11 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: Config, activated: Activated) -> Result<(), nusa_app::AppError> {
+async fn serve(
+    config: Config,
+    args: std::sync::Arc<Args>,
+    activated: Activated,
+) -> Result<(), nusa_app::AppError> {
     if let Some(every) = notify::watchdog_interval() {
         tracing::info!(
             every_ms = every.as_millis() as u64,
@@ -143,7 +153,32 @@ async fn serve(config: Config, activated: Activated) -> Result<(), nusa_app::App
         quic: activated.quic,
         metrics: activated.metrics,
     };
-    nusa_app::run_with(config, listeners, rx, |b| {
+    // SIGHUP: read the config file again (its default action would end
+    // the process, so it is handled even without a file).
+    let (hup_tx, hup_rx) = tokio::sync::mpsc::channel(1);
+    let has_file = args.config.is_some();
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            if has_file {
+                // One queued reload is enough: it reads the file as it is then.
+                let _ = hup_tx.try_send(());
+            } else {
+                tracing::warn!(
+                    "SIGHUP: nusad was started without --config, there is no file to reload"
+                );
+            }
+        }
+    });
+    let reload = args.config.clone().map(|file| nusa_app::ReloadFrom {
+        file,
+        source: std::sync::Arc::new(move || args.config()),
+        requests: hup_rx,
+    });
+    nusa_app::run_with(config, listeners, reload, rx, |b| {
         let h3 = match b.quic {
             Some(a) => format!("HTTP/3 on UDP {a}"),
             None => "HTTP/3 off".to_string(),

@@ -81,6 +81,8 @@ pub enum Route {
     AdminCost,
     /// `/v2/nusa/cache/purge` (POST) (admin).
     AdminCachePurge,
+    /// `/v2/nusa/config/reload` (POST) (admin).
+    AdminConfigReload,
 }
 
 impl Route {
@@ -107,6 +109,7 @@ impl Route {
                 | Route::AdminAuditCheckpoint
                 | Route::AdminCost
                 | Route::AdminCachePurge
+                | Route::AdminConfigReload
         )
     }
 }
@@ -145,6 +148,7 @@ pub fn parse_route(path: &str) -> Option<Route> {
         ["nusa", "audit", "checkpoint"] => Route::AdminAuditCheckpoint,
         ["nusa", "cost"] => Route::AdminCost,
         ["nusa", "cache", "purge"] => Route::AdminCachePurge,
+        ["nusa", "config", "reload"] => Route::AdminConfigReload,
         ["nusa", "models", m, "canary"] => Route::AdminCanary {
             model: Some(owned(m)?),
         },

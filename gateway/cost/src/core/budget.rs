@@ -170,6 +170,27 @@ fn charge(
 }
 
 impl BudgetBook {
+    /// The book under new budgets (a configuration reload): spend of names
+    /// that no longer have a budget is dropped; for the others, today's
+    /// spend stays and the 80% and 100% marks are those of the new
+    /// amounts (a raised budget lets spilling resume, a lowered one stops
+    /// it). A new budget counts from now on.
+    pub(super) fn rebase(&mut self, budgets: &Budgets) {
+        let rebase = |book: &mut HashMap<String, DaySpend>,
+                      of: &std::collections::BTreeMap<String, Budget>| {
+            book.retain(|name, spend| match of.get(name) {
+                Some(b) => {
+                    spend.warned = spend.spent >= 0.8 * b.daily;
+                    spend.reached = spend.spent >= b.daily;
+                    true
+                }
+                None => false,
+            });
+        };
+        rebase(&mut self.keys, &budgets.keys);
+        rebase(&mut self.regions, &budgets.regions);
+    }
+
     /// Every budget of `budgets` on `day`, keys then regions, by name.
     pub(crate) fn state(&self, budgets: &Budgets, day: u64) -> Vec<BudgetStatus> {
         let keys = budgets.keys.iter().map(|(name, budget)| {

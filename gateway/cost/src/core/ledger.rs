@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 
 use super::budget::{BudgetBook, BudgetStatus, Crossing};
-use super::config::{Config, ConfigError};
+use super::config::{Budgets, Config, ConfigError, Pricing};
 use super::usage::{At, Place, Usage, UNKNOWN_JURISDICTION};
 
 /// The model and key labels of the series that count what the series
@@ -303,6 +303,35 @@ impl Ledger {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// New prices and budgets (a configuration reload): what was counted
+    /// keeps the money of its time, later requests are priced anew, and
+    /// the budgets' day is rebased (see `BudgetBook::rebase`). The
+    /// currency is part of every saved figure and of the metrics' labels:
+    /// changing it is refused (it needs a restart, which refuses a ledger
+    /// in another currency too).
+    pub fn reconfigure(&mut self, pricing: Pricing, budgets: Budgets) -> Result<(), ConfigError> {
+        let config = Config {
+            pricing,
+            budgets,
+            bounds: self.config.bounds.clone(),
+        };
+        config.check()?;
+        if config.pricing.currency != self.config.pricing.currency {
+            return Err(ConfigError::new(
+                "pricing.currency",
+                format!(
+                    "cannot change from {} to {} while running: restart nusad (the saved ledger counts in {})",
+                    self.config.pricing.currency,
+                    config.pricing.currency,
+                    self.config.pricing.currency
+                ),
+            ));
+        }
+        self.budgets.rebase(&config.budgets);
+        self.config = config;
+        Ok(())
     }
 
     /// Counts one answered request at `at`, its money at today's prices,

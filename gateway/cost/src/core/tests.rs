@@ -483,6 +483,108 @@ fn stop_spill_stops_that_key_or_region_only_and_for_that_day() {
 }
 
 #[test]
+fn a_reload_prices_later_requests_anew_and_rebases_the_budgets() {
+    let budgets = budgets_of(
+        &[
+            ("alice", 1.0, Action::StopSpill),
+            ("bob", 1.0, Action::StopSpill),
+        ],
+        &[],
+    );
+    let mut pricing = priced();
+    pricing.egress_per_gb = 0.0;
+    pricing.regions.get_mut("sg-1").unwrap().per_request = 0.75;
+    pricing.regions.get_mut("sg-1").unwrap().per_gb = 0.0;
+    let mut l = ledger(pricing.clone(), budgets, Bounds::default());
+    let day = B / 24;
+    for key in ["alice", "bob"] {
+        l.record(&usage("m", Some(key), sg()), at(B));
+        l.record(&usage("m", Some(key), sg()), at(B));
+        assert!(
+            !l.may_spill(Some(key), "sg-1", day),
+            "{key} spent 1.5 of 1.0"
+        );
+    }
+
+    // alice's budget raised past her spend, bob's gone, carol's new; and
+    // a dearer region from now on.
+    let mut dearer = pricing.clone();
+    dearer.regions.get_mut("sg-1").unwrap().per_request = 2.0;
+    let budgets = budgets_of(
+        &[
+            ("alice", 3.0, Action::StopSpill),
+            ("carol", 1.0, Action::StopSpill),
+        ],
+        &[],
+    );
+    l.reconfigure(dearer, budgets).unwrap();
+    assert!(
+        l.may_spill(Some("alice"), "sg-1", day),
+        "a raised budget lets spilling resume"
+    );
+    assert!(
+        l.may_spill(Some("bob"), "sg-1", day),
+        "bob has no budget any more"
+    );
+    let state = l.budget_state(day);
+    let alice = state
+        .iter()
+        .find(|s| s.scope == Scope::Key("alice".into()))
+        .unwrap();
+    assert_eq!(
+        (alice.spent, alice.reached),
+        (1.5, 0),
+        "today's spend is kept: {alice:?}"
+    );
+    assert!(!state.iter().any(|s| s.scope == Scope::Key("bob".into())));
+    let carol = state
+        .iter()
+        .find(|s| s.scope == Scope::Key("carol".into()))
+        .unwrap();
+    assert_eq!(carol.spent, 0.0, "a new budget counts from the reload");
+
+    // The next request at the new price takes alice to 3.5: stopped again.
+    let r = l.record(&usage("m", Some("alice"), sg()), at(B + 1));
+    assert_eq!(r.money, 2.0);
+    assert!(!l.may_spill(Some("alice"), "sg-1", day));
+    assert!(
+        r.crossings.iter().any(|c| c.threshold == 100),
+        "{:?}",
+        r.crossings
+    );
+
+    // A lowered budget below today's spend stops at once; a new currency
+    // and a bad amount are refused and change nothing.
+    l.reconfigure(
+        pricing.clone(),
+        budgets_of(
+            &[
+                ("alice", 2.0, Action::StopSpill),
+                ("bob", 0.5, Action::StopSpill),
+            ],
+            &[],
+        ),
+    )
+    .unwrap();
+    assert!(
+        !l.may_spill(Some("alice"), "sg-1", day),
+        "lowered below today's 3.5"
+    );
+    l.record(&usage("m", Some("bob"), sg()), at(B + 1));
+    assert!(!l.may_spill(Some("bob"), "sg-1", day));
+    let mut euros = pricing.clone();
+    euros.currency = "EUR".into();
+    let e = l.reconfigure(euros, Budgets::default()).unwrap_err();
+    assert_eq!(e.key, "pricing.currency", "{e:?}");
+    assert!(e.message.contains("restart"), "{e:?}");
+    let mut negative = pricing.clone();
+    negative.local_per_compute_second = -1.0;
+    assert!(l.reconfigure(negative, Budgets::default()).is_err());
+    assert_eq!(l.config().pricing, pricing);
+    assert_eq!(l.config().budgets.keys.len(), 2);
+}
+
+#[test]
 fn the_series_bound_folds_new_series_into_other_per_place() {
     let bounds = Bounds {
         max_series: 2,
