@@ -96,26 +96,31 @@ class H3ClientProtocol(QuicConnectionProtocol):
                                                       bytes(stream.body), "3"))
 
 
-def _configuration(server: NusadServer) -> QuicConfiguration:
+def _configuration(server: NusadServer, client_cert: tuple[str, str] | None = None) -> QuicConfiguration:
     config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN,
                                server_name=server.host, idle_timeout=30.0)
     config.load_verify_locations(cafile=str(server.ca_path))
+    if client_cert is not None:
+        config.load_cert_chain(client_cert[0], client_cert[1])
     return config
 
 
-async def _run(server: NusadServer, reqs: Sequence[H3Request]) -> list[Response]:
-    async with connect(server.host, server.port, configuration=_configuration(server),
+async def _run(server: NusadServer, reqs: Sequence[H3Request],
+               client_cert: tuple[str, str] | None = None) -> list[Response]:
+    async with connect(server.host, server.port, configuration=_configuration(server, client_cert),
                        create_protocol=H3ClientProtocol) as client:
         assert isinstance(client, H3ClientProtocol)
         assert client._quic.tls.alpn_negotiated == "h3", "server did not negotiate h3"
         return list(await asyncio.gather(*(client.request(server.authority, r) for r in reqs)))
 
 
-def h3_requests(server: NusadServer, reqs: Sequence[H3Request], timeout: float = 60) -> list[Response]:
-    """Send all reqs concurrently on one HTTP/3 connection; responses in the same order."""
+def h3_requests(server: NusadServer, reqs: Sequence[H3Request], timeout: float = 60,
+                client_cert: tuple[str, str] | None = None) -> list[Response]:
+    """Send all reqs concurrently on one HTTP/3 connection; responses in the same order.
+    client_cert: (certificate PEM path, key PEM path) for mutual TLS."""
 
     async def bounded():
-        return await asyncio.wait_for(_run(server, reqs), timeout)
+        return await asyncio.wait_for(_run(server, reqs, client_cert), timeout)
 
     return asyncio.run(bounded())
 

@@ -481,8 +481,20 @@ def test_a_client_certificate_authenticates_as_its_key(tmp_path):
         # The same subject, not signed by the client CA: the handshake fails.
         with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
             call(rogue)
+        # HTTP/3 (aioquic) presents the certificate in the QUIC handshake.
+        def h3(client_cert: Path | None) -> nt.Response:
+            pair = (str(client_cert), str(key)) if client_cert is not None else None
+            return h3client.h3_requests(
+                s, [h3client.H3Request("POST", nt.infer_path(), body, dict(headers))],
+                timeout=30, client_cert=pair)[0]
+
+        nt.assert_infer_ok(h3(cert), expected)
+        nt.assert_error(h3(None), 401, ["no API key"])
+        with pytest.raises(ConnectionError, match="invalid peer certificate"):
+            h3(rogue)
         nusactl(s, "keys", "revoke", "camera-7")
         nt.assert_error(call(cert), 401, ["revoked"])
+        nt.assert_error(h3(cert), 401, ["revoked"])
     finally:
         s.stop_checked()
 
