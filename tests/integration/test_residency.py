@@ -235,6 +235,14 @@ def test_a_spent_budget_with_stop_spill_keeps_requests_home(tmp_path, env, mains
     assert row["requests"] == answered, (row, answered)
     assert set(row["jurisdictions"]) <= {"local", "SG", "ID"}, row
     assert abs(row["cost"] - 0.001 * spilled_first) < 1e-9, row
+    # Where the answers were made, by country: what the regions answered.
+    by_j = json.loads(subprocess.run(
+        [str(nt.nusactl_binary()), "cost", "--socket", str(main.admin_socket), "--by",
+         "jurisdiction", "--json"], capture_output=True, text=True, check=True).stdout)
+    rows = {r["group"]: r for r in by_j["rows"]}
+    assert set(rows) <= {"local", "SG", "ID"} and "local" in rows, rows
+    assert rows.get("SG", {}).get("requests", 0) == first.served("cloud:sg-1"), rows
+    assert rows.get("ID", {}).get("requests", 0) == first.served("cloud:id-1"), rows
 
 
 def test_a_keys_daily_spill_quota_keeps_its_requests_home_then_answers_429(tmp_path, env, mains):

@@ -416,7 +416,7 @@ fn verify_log(audit: &Auditor, given: Vec<nusa_audit::Checkpoint>) -> Result<Str
     Ok(to_json(&report))
 }
 
-/// `/v2/nusa/cost?since=24h&by=key|model|version|region|place`.
+/// `/v2/nusa/cost?since=24h&by=key|model|version|region|place|jurisdiction`.
 fn cost(costs: Option<&nusa_cost::Costs>, req: &ApiRequest) -> Result<ApiResponse, ProtoError> {
     let Some(costs) = costs else {
         return Err(ProtoError::not_found("cost accounting is off"));

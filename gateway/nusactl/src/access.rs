@@ -477,7 +477,8 @@ pub struct CostArgs {
     /// How far back: hours or days (`24h`, `7d`).
     #[arg(long, default_value = "24h")]
     since: String,
-    /// Group by `key`, `model`, `version`, `region` or `place`.
+    /// Group by `key`, `model`, `version`, `region`, `place` or
+    /// `jurisdiction` (`local`, or the answering region's country).
     #[arg(long, default_value = "model")]
     by: String,
 }

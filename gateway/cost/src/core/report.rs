@@ -26,6 +26,10 @@ pub enum By {
     Region,
     /// Per place of service: `cache`, `local`, `cloud:<region>`.
     Place,
+    /// Per jurisdiction the answer was made in: `local` (this box, the
+    /// cache included), a region's country code, or `unknown` (a region
+    /// that declares none).
+    Jurisdiction,
 }
 
 impl By {
@@ -36,6 +40,7 @@ impl By {
             By::Version => "version",
             By::Region => "region",
             By::Place => "place",
+            By::Jurisdiction => "jurisdiction",
         }
     }
 
@@ -52,6 +57,7 @@ impl By {
                 p => p.to_string(),
             },
             By::Place => s.place.clone(),
+            By::Jurisdiction => s.jurisdiction.clone(),
         }
     }
 }
@@ -72,9 +78,10 @@ impl FromStr for By {
             "version" => By::Version,
             "region" => By::Region,
             "place" => By::Place,
+            "jurisdiction" => By::Jurisdiction,
             _ => {
                 return Err(format!(
-                    "--by {s:?}: expected key, model, version, region or place"
+                    "--by {s:?}: expected key, model, version, region, place or jurisdiction"
                 ))
             }
         })

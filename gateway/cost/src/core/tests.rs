@@ -246,7 +246,19 @@ fn hourly_buckets_and_windows_by_each_grouping() {
     assert_eq!(groups(&r), ["cache", "cloud:sg-1", "local"]);
     assert_eq!(row(&r, "cache").totals.jurisdictions.get("local"), Some(&1));
 
-    for by in [By::Key, By::Model, By::Version, By::Region, By::Place] {
+    let r = l.report(B, now, By::Jurisdiction);
+    assert_eq!(groups(&r), ["SG", "local"]);
+    assert_eq!(row(&r, "local").totals.requests, 3, "the cache is local");
+    assert_eq!(row(&r, "SG").totals.region_requests, 1);
+
+    for by in [
+        By::Key,
+        By::Model,
+        By::Version,
+        By::Region,
+        By::Place,
+        By::Jurisdiction,
+    ] {
         let r = l.report(B, now, by);
         assert_totals_are_the_rows(&r);
         assert_eq!(r.totals.requests, 4);
