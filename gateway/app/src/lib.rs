@@ -535,6 +535,10 @@ pub async fn run_with(
     let api = Arc::new(api);
 
     let mut tls = load_or_generate(config.tls.cert.as_deref(), config.tls.key.as_deref(), &data)?;
+    // nusa_tls_certificate_expiry_timestamp_seconds (ops/: NusaTlsCertificateExpiringSoon).
+    if let Some(end) = tls.not_after() {
+        metrics.tls_certificate("server", end);
+    }
     if let Some(ca) = &config.auth.client_ca {
         tls = tls.with_client_ca(ca)?;
     }

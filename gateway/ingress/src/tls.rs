@@ -46,6 +46,15 @@ impl TlsMaterial {
         Ok(self)
     }
 
+    /// When the served certificate (the chain's first) stops being valid,
+    /// in seconds since the Unix epoch; `None` if it does not parse. For
+    /// `nusa_tls_certificate_expiry_timestamp_seconds`.
+    pub fn not_after(&self) -> Option<i64> {
+        let leaf = self.certs.first()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+        Some(cert.validity().not_after.timestamp())
+    }
+
     /// What the server asks of clients: nothing, or an optional
     /// certificate verified against `client_roots`.
     pub(crate) fn client_verifier(
@@ -155,6 +164,13 @@ mod tests {
         let b = load_or_generate(None, None, &dir).unwrap();
         assert_eq!(std::fs::read(&ca).unwrap(), before, "not regenerated");
         assert_eq!(a.certs, b.certs);
+        // The served (leaf) certificate's end: ahead, within its lifetime.
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let end = a.not_after().unwrap();
+        assert!(
+            end > now && end <= now + (local_ca::SERVER_DAYS + 1) * 86_400,
+            "{end} vs now {now}"
+        );
         use std::os::unix::fs::PermissionsExt;
         for private in ["tls/server.key", "tls/ca.key"] {
             let mode = std::fs::metadata(dir.join(private))

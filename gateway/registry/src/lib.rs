@@ -286,7 +286,7 @@ impl Repository {
             }
         }
         names.sort();
-        let state = state::StateDir::new(state_dir).map_err(RegistryError::State)?;
+        let state = state::StateDir::new(state_dir.clone()).map_err(RegistryError::State)?;
         let pins = state.pins().map_err(RegistryError::State)?;
         let marks = state.marks().map_err(RegistryError::State)?;
         let repo = Repository {
@@ -309,9 +309,29 @@ impl Repository {
                 }
                 Some(e) => tracing::error!(model = %name, error = %e, "model failed to load"),
             }
-            repo.models.write().insert(name, Arc::new(model));
+            repo.install(&name, model);
+        }
+        // The model store and the model state: nusad's data partition on an
+        // appliance (`nusa_filesystem_avail_bytes` warns before it fills).
+        for dir in std::iter::once(root).chain(state_dir.as_deref()) {
+            metrics.watch_filesystem(dir);
         }
         Ok(repo)
+    }
+
+    /// Swaps `model` in as `name`'s snapshot, and its readiness and latency
+    /// objective into `nusa_model_ready` and `nusa_model_slo_seconds`.
+    fn install(&self, name: &str, model: Model) {
+        let ready = (!model.unloaded).then(|| model.ready());
+        let slo = model
+            .config
+            .slo_ms
+            .filter(|_| !model.unloaded)
+            .map(|ms| ms as f64 / 1000.0);
+        self.metrics.model_state(name, ready, slo);
+        self.models
+            .write()
+            .insert(name.to_string(), Arc::new(model));
     }
 
     /// `directory` (a plain folder, not verified) or the admission's mode.

@@ -171,9 +171,7 @@ impl Repository {
             stable: None,
             unloaded: true,
         };
-        self.models
-            .write()
-            .insert(name.to_string(), Arc::new(unloaded));
+        self.install(name, unloaded);
         for mv in previous.versions.values() {
             let e = mv.engine();
             self.metrics
@@ -329,9 +327,7 @@ impl Repository {
             }
             if previous.is_none() {
                 // Shown by the index, not ready, until a load succeeds.
-                self.models
-                    .write()
-                    .insert(name.to_string(), Arc::new(model));
+                self.install(name, model);
             }
             return Err(ChangeError::Refused {
                 model: name.to_string(),
@@ -384,9 +380,7 @@ impl Repository {
             .filter(|v| !model.versions.contains_key(v))
             .collect();
         // The swap: requests resolving from here on get the new snapshot.
-        self.models
-            .write()
-            .insert(name.to_string(), Arc::new(model));
+        self.install(name, model);
         for old in &dropped {
             let e = old.engine();
             if !report.loaded.contains(&old.version) {

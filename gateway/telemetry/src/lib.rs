@@ -1,6 +1,8 @@
 //! Metrics in Prometheus text format. The families are fixed here so that
 //! their names and labels are one list the docs can point to.
 
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -38,6 +40,18 @@ struct EngineLabels {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PathLabels {
+    path: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabels {
+    certificate: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
 #[derive(Clone)]
 struct Buckets(fn() -> Histogram);
 
@@ -65,12 +79,20 @@ pub struct Metrics {
     queue_depth: Family<ModelLabels, Gauge>,
     isolation_runs: Family<ModelLabels, Counter>,
     engine: Family<EngineLabels, Gauge>,
-    textfiles: Mutex<Vec<std::path::PathBuf>>,
+    ready: Family<ModelLabels, Gauge>,
+    slo: Family<ModelLabels, FloatGauge>,
+    fs_avail: Family<PathLabels, Gauge>,
+    fs_size: Family<PathLabels, Gauge>,
+    certificates: Family<CertificateLabels, Gauge>,
+    textfiles: Mutex<Vec<PathBuf>>,
+    /// Folders whose filesystem's space is read at each scrape, one per
+    /// filesystem (the first folder named on it).
+    filesystems: Mutex<Vec<(PathBuf, u64)>>,
 }
 
 /// A textfile's samples and comments, at most 64 KiB of them; anything
 /// that is not a metric or comment line (or an `# EOF`) is left out.
-fn textfile(path: &std::path::Path) -> Option<String> {
+fn textfile(path: &Path) -> Option<String> {
     use std::io::Read;
     let mut text = String::new();
     std::fs::File::open(path)
@@ -101,6 +123,11 @@ impl Metrics {
         let queue_depth = Family::<ModelLabels, Gauge>::default();
         let isolation_runs = Family::<ModelLabels, Counter>::default();
         let engine = Family::<EngineLabels, Gauge>::default();
+        let ready = Family::<ModelLabels, Gauge>::default();
+        let slo = Family::<ModelLabels, FloatGauge>::default();
+        let fs_avail = Family::<PathLabels, Gauge>::default();
+        let fs_size = Family::<PathLabels, Gauge>::default();
+        let certificates = Family::<CertificateLabels, Gauge>::default();
         registry.register(
             "requests",
             "Inference requests by model, outcome and protocol (http1, http2, http3)",
@@ -131,6 +158,31 @@ impl Metrics {
             "1 for the engine each model version runs on now, with why: configured, auto_plan (TensorRT, a plan was there or built), auto_no_tensorrt, auto_no_plan, building (ONNX Runtime serves while the TensorRT plan builds), build_failed",
             engine.clone(),
         );
+        registry.register(
+            "model_ready",
+            "1 when the model serves (a version loaded and no load error), 0 when it does not (/v2/health/ready answers 503 then); a model unloaded through the repository API has no series",
+            ready.clone(),
+        );
+        registry.register(
+            "model_slo_seconds",
+            "The model's latency objective (slo_ms in its config.toml); a model without one has no series",
+            slo.clone(),
+        );
+        registry.register(
+            "filesystem_avail_bytes",
+            "Bytes free for nusad on the filesystem of a folder it writes (the model store, the model state), read at each scrape; one series per filesystem",
+            fs_avail.clone(),
+        );
+        registry.register(
+            "filesystem_size_bytes",
+            "Size in bytes of the filesystem of a folder nusad writes, read at each scrape",
+            fs_size.clone(),
+        );
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When the certificate nusad serves stops being valid (its notAfter), in seconds since the Unix epoch",
+            certificates.clone(),
+        );
         Arc::new(Metrics {
             registry: Mutex::new(registry),
             requests,
@@ -139,7 +191,13 @@ impl Metrics {
             queue_depth,
             isolation_runs,
             engine,
+            ready,
+            slo,
+            fs_avail,
+            fs_size,
+            certificates,
             textfiles: Mutex::new(Vec::new()),
+            filesystems: Mutex::new(Vec::new()),
         })
     }
 
@@ -152,12 +210,93 @@ impl Metrics {
 
     /// Also exports the families another process writes to `path` in
     /// Prometheus text (the updater's progress), read at each scrape.
-    pub fn add_textfile(&self, path: std::path::PathBuf) {
+    pub fn add_textfile(&self, path: PathBuf) {
         self.textfiles.lock().push(path);
+    }
+
+    /// Exports the free and total bytes of the filesystem `path` is on
+    /// (`nusa_filesystem_avail_bytes`, `nusa_filesystem_size_bytes`), read
+    /// at each scrape. A folder on a filesystem already watched adds
+    /// nothing; one that does not exist (yet), or is on a read-only
+    /// filesystem (a model folder on the root image: never "full"), is not
+    /// watched.
+    pub fn watch_filesystem(&self, path: &Path) {
+        use nix::sys::statvfs::{statvfs, FsFlags};
+        use std::os::unix::fs::MetadataExt;
+        let Ok(dev) = std::fs::metadata(path).map(|m| m.dev()) else {
+            return;
+        };
+        if statvfs(path).map_or(true, |st| st.flags().contains(FsFlags::ST_RDONLY)) {
+            return;
+        }
+        let mut watched = self.filesystems.lock();
+        if !watched.iter().any(|(_, d)| *d == dev) {
+            watched.push((path.to_path_buf(), dev));
+        }
+    }
+
+    /// Reads the watched filesystems' space into their gauges; a
+    /// filesystem that cannot be read loses its series until it can.
+    fn refresh_filesystems(&self) {
+        for (path, _) in self.filesystems.lock().iter() {
+            let labels = PathLabels {
+                path: path.display().to_string(),
+            };
+            match nix::sys::statvfs::statvfs(path) {
+                Ok(st) => {
+                    let block = u128::from(st.fragment_size());
+                    let bytes =
+                        |blocks: u64| i64::try_from(u128::from(blocks) * block).unwrap_or(i64::MAX);
+                    self.fs_avail
+                        .get_or_create(&labels)
+                        .set(bytes(st.blocks_available()));
+                    self.fs_size.get_or_create(&labels).set(bytes(st.blocks()));
+                }
+                Err(_) => {
+                    self.fs_avail.remove(&labels);
+                    self.fs_size.remove(&labels);
+                }
+            }
+        }
+    }
+
+    /// Records when the certificate `name` (`server`: the one the public
+    /// and admin listeners serve) stops being valid, in Unix seconds.
+    pub fn tls_certificate(&self, name: &str, not_after_unix: i64) {
+        self.certificates
+            .get_or_create(&CertificateLabels {
+                certificate: name.to_string(),
+            })
+            .set(not_after_unix);
+    }
+
+    /// Records whether a model serves (`None`: unloaded on purpose, no
+    /// series) and its latency objective (`None`: no series).
+    pub fn model_state(&self, model: &str, ready: Option<bool>, slo_seconds: Option<f64>) {
+        let labels = ModelLabels {
+            model: model.to_string(),
+        };
+        match ready {
+            Some(ready) => {
+                self.ready.get_or_create(&labels).set(i64::from(ready));
+            }
+            None => {
+                self.ready.remove(&labels);
+            }
+        }
+        match slo_seconds {
+            Some(s) => {
+                self.slo.get_or_create(&labels).set(s);
+            }
+            None => {
+                self.slo.remove(&labels);
+            }
+        }
     }
 
     /// The exposition text.
     pub fn encode(&self) -> String {
+        self.refresh_filesystems();
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry.lock());
@@ -339,5 +478,52 @@ mod tests {
         assert_eq!(text.matches("# EOF").count(), 1, "{text}");
         assert!(text.rfind("# EOF").unwrap() > at, "{text}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn model_state_and_certificate_series() {
+        let m = Metrics::new();
+        m.model_state("a", Some(true), Some(0.05));
+        m.model_state("b", Some(false), None);
+        m.tls_certificate("server", 1_900_000_000);
+        let text = m.encode();
+        for want in [
+            r#"nusa_model_ready{model="a"} 1"#,
+            r#"nusa_model_ready{model="b"} 0"#,
+            r#"nusa_model_slo_seconds{model="a"} 0.05"#,
+            r#"nusa_tls_certificate_expiry_timestamp_seconds{certificate="server"} 1900000000"#,
+        ] {
+            assert!(text.contains(want), "{want} missing in\n{text}");
+        }
+        assert!(
+            !text.contains(r#"nusa_model_slo_seconds{model="b"}"#),
+            "{text}"
+        );
+        // Unloaded: neither series stays.
+        m.model_state("a", None, None);
+        let text = m.encode();
+        assert!(!text.contains(r#"{model="a"}"#), "{text}");
+    }
+
+    #[test]
+    fn a_filesystem_is_watched_once_and_read_at_each_scrape() {
+        let m = Metrics::new();
+        let dir = std::env::temp_dir();
+        m.watch_filesystem(&dir);
+        // The same filesystem again, and a folder that is not there.
+        m.watch_filesystem(&dir.join("."));
+        m.watch_filesystem(Path::new("/nonexistent/nusa-telemetry"));
+        let text = m.encode();
+        let avail: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("nusa_filesystem_avail_bytes{"))
+            .collect();
+        assert_eq!(avail.len(), 1, "{text}");
+        let value = |line: &str| line.rsplit(' ').next().unwrap().parse::<i64>().unwrap();
+        let size = text
+            .lines()
+            .find(|l| l.starts_with("nusa_filesystem_size_bytes{"))
+            .expect(&text);
+        assert!(value(size) > 0 && value(avail[0]) <= value(size), "{text}");
     }
 }
