@@ -104,6 +104,8 @@ pub struct Dispatcher {
     /// Whether a caller (key name) may still spill to a region (by name)
     /// today: the spend budgets' `stop-spill` action.
     spill_guard: std::sync::OnceLock<SpillGuard>,
+    /// By region index: what the log last said of its probes.
+    probe_logs: Mutex<Vec<ProbeLog>>,
 }
 
 /// `(caller key name, region name) -> may spill there`.
@@ -136,6 +138,7 @@ impl Dispatcher {
         config: DispatchConfig,
         metrics: DispatchMetrics,
     ) -> Dispatcher {
+        let regions_len = regions.len();
         Dispatcher {
             cache,
             countries: residency::Countries::new(spill.regions.iter().map(|r| r.country.clone())),
@@ -145,6 +148,7 @@ impl Dispatcher {
             metrics,
             origin: Instant::now(),
             spill_guard: std::sync::OnceLock::new(),
+            probe_logs: Mutex::new((0..regions_len).map(|_| ProbeLog::default()).collect()),
         }
     }
 
@@ -377,8 +381,7 @@ impl Dispatcher {
             }
             Err(e) => {
                 self.settle(&mut ticket, now, None, e.counts_against_region(), 0);
-                self.metrics
-                    .region_outcome(client.name(), outcome_label(&e));
+                self.metrics.region_outcome(client.name(), e.class());
                 tracing::debug!(region = %client.name(), model = job.model, error = %e, "region failed");
                 // Failures that may pass elsewhere go to the next region; an
                 // answer (undecodable, or a refusal of a request this box
@@ -429,45 +432,129 @@ impl Dispatcher {
     }
 
     /// Probes every region's health now: round trip, and a failure counts
-    /// against its breaker.
+    /// against its breaker. A region whose probe outcome or breaker changes
+    /// says so in the log (see [`ProbeLog`]).
     pub async fn probe_regions(&self) {
         for (i, client) in self.regions.iter().enumerate() {
             let result = client.health().await;
             let now = self.now();
-            let mut spill = self.spill.lock();
-            match result {
+            let breaker = {
+                let mut spill = self.spill.lock();
+                match &result {
+                    Ok(rtt) => {
+                        if let Some(r) = spill.regions.get_mut(i) {
+                            r.observe_rtt(rtt.as_micros() as Micros);
+                        }
+                    }
+                    Err(e) => spill.record(i, now, None, e.counts_against_region(), 0),
+                }
+                spill
+                    .regions
+                    .get_mut(i)
+                    .map(|r| r.breaker_state(now).code())
+            };
+            match &result {
                 Ok(rtt) => {
                     tracing::debug!(region = %client.name(), rtt_us = rtt.as_micros() as u64, "region probe");
-                    self.metrics.rtt(client.name(), rtt);
-                    if let Some(r) = spill.regions.get_mut(i) {
-                        r.observe_rtt(rtt.as_micros() as Micros);
-                    }
+                    self.metrics.rtt(client.name(), *rtt);
+                    self.metrics.probe(client.name(), None);
                 }
                 Err(e) => {
                     tracing::debug!(region = %client.name(), error = %e, "region probe failed");
-                    spill.record(i, now, None, e.counts_against_region(), 0);
+                    self.metrics.probe(client.name(), Some(e.class()));
                 }
             }
-            if let Some(r) = spill.regions.get_mut(i) {
-                self.metrics
-                    .breaker(client.name(), r.breaker_state(now).code());
+            if let Some(code) = breaker {
+                self.metrics.breaker(client.name(), code);
+            }
+            if let Some(log) = self.probe_logs.lock().get_mut(i) {
+                log.observe(client.name(), &result, breaker, Instant::now());
             }
         }
     }
 }
 
-fn outcome_label(e: &nusa_engine_remote::RegionError) -> &'static str {
-    use nusa_engine_remote::RegionError as E;
-    match e {
-        E::Config { .. } => "config",
-        E::Connect { .. } => "connect",
-        E::Timeout { .. } => "timeout",
-        E::Reset { .. } => "reset",
-        E::Protocol { .. } => "protocol",
-        E::Status { status, .. } if *status >= 500 => "status_5xx",
-        E::Status { .. } => "status_4xx",
-        E::BadAnswer { .. } => "bad_answer",
-        E::TooLarge { .. } => "too_large",
+/// What the log has said about one region's probes: a change of outcome
+/// (reachable, or refused and why) or of its breaker is logged (a failure
+/// at warning level, since spilling to that region stops), at most once a
+/// minute per region: a change within the minute is logged when it ends if
+/// it still holds, with the count of changes in between. Steady states log
+/// nothing.
+#[derive(Default)]
+pub(crate) struct ProbeLog {
+    /// The last probe's outcome (`Ok`, or the failure's class) and the
+    /// breaker's code after it (0 closed, 1 half-open, 2 open).
+    last: Option<ProbeState>,
+    /// What the log says now.
+    logged: Option<ProbeState>,
+    logged_at: Option<Instant>,
+    /// Changes since the last line.
+    changes: u64,
+}
+
+type ProbeState = (Result<(), &'static str>, Option<i64>);
+
+/// The most a region's probe changes are logged: once per this.
+const PROBE_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// What [`ProbeLog::observe`] logged.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Said {
+    Reachable,
+    Failed(&'static str),
+}
+
+impl ProbeLog {
+    pub(crate) fn observe(
+        &mut self,
+        region: &str,
+        result: &Result<Duration, nusa_engine_remote::RegionError>,
+        breaker: Option<i64>,
+        now: Instant,
+    ) -> Option<Said> {
+        let state = (result.as_ref().map(|_| ()).map_err(|e| e.class()), breaker);
+        if self.last.is_some() && self.last != Some(state) {
+            self.changes += 1;
+        }
+        self.last = Some(state);
+        if self.logged == Some(state)
+            || self
+                .logged_at
+                .is_some_and(|at| now.duration_since(at) < PROBE_LOG_EVERY)
+        {
+            return None;
+        }
+        let changes = std::mem::take(&mut self.changes);
+        self.logged = Some(state);
+        self.logged_at = Some(now);
+        let breaker = match breaker {
+            Some(0) => "closed",
+            Some(1) => "half-open",
+            Some(2) => "open",
+            _ => "unknown",
+        };
+        match result {
+            Ok(rtt) => {
+                tracing::info!(
+                    region,
+                    rtt_ms = rtt.as_secs_f64() * 1e3,
+                    breaker,
+                    changes,
+                    "region reachable: its probe passes"
+                );
+                Some(Said::Reachable)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    region,
+                    class = e.class(),
+                    breaker,
+                    changes,
+                    "region probe failed ({e}); nothing spills there while its breaker is open"
+                );
+                Some(Said::Failed(e.class()))
+            }
+        }
     }
 }
 
@@ -619,6 +706,57 @@ mod tests {
             ("::1".parse().unwrap(), 128),
             "::1".parse().unwrap()
         ));
+    }
+
+    #[test]
+    fn probe_changes_are_logged_once_a_minute_and_a_lasting_one_always() {
+        use nusa_engine_remote::RegionError;
+        let ok = || Ok(Duration::from_millis(3));
+        let tls = || {
+            Err(RegionError::Connect {
+                region: "sg".into(),
+                message: "invalid peer certificate: CaUsedAsEndEntity".into(),
+                tls: true,
+            })
+        };
+        let down = || {
+            Err(RegionError::Timeout {
+                region: "sg".into(),
+                timeout: Duration::from_secs(1),
+            })
+        };
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut log = ProbeLog::default();
+        // The first outcome is said; the same again is not.
+        assert_eq!(
+            log.observe("sg", &tls(), Some(0), at(0)),
+            Some(Said::Failed("tls"))
+        );
+        assert_eq!(log.observe("sg", &tls(), Some(0), at(5)), None);
+        // A change within the minute waits for it to end, and is said then
+        // if it still holds.
+        assert_eq!(log.observe("sg", &ok(), Some(0), at(10)), None);
+        assert_eq!(log.observe("sg", &ok(), Some(0), at(59)), None);
+        assert_eq!(
+            log.observe("sg", &ok(), Some(0), at(61)),
+            Some(Said::Reachable)
+        );
+        // Flapping within a minute, back where the log is: nothing to say.
+        assert_eq!(log.observe("sg", &down(), Some(0), at(70)), None);
+        assert_eq!(log.observe("sg", &ok(), Some(0), at(75)), None);
+        assert_eq!(log.observe("sg", &ok(), Some(0), at(200)), None);
+        // The breaker opening is a change of its own.
+        assert_eq!(
+            log.observe("sg", &down(), Some(0), at(300)),
+            Some(Said::Failed("timeout"))
+        );
+        assert_eq!(log.observe("sg", &down(), Some(2), at(330)), None);
+        assert_eq!(
+            log.observe("sg", &down(), Some(2), at(361)),
+            Some(Said::Failed("timeout"))
+        );
+        assert_eq!(log.changes, 0);
     }
 
     #[test]

@@ -34,6 +34,12 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProbeFailureLabels {
+    region: String,
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WaitLabels {
     model: String,
     kind: &'static str,
@@ -49,6 +55,8 @@ pub struct DispatchMetrics {
     rejected: Family<RejectLabels, Counter>,
     breaker: Family<RegionLabels, Gauge>,
     rtt: Family<RegionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    probe_up: Family<RegionLabels, Gauge>,
+    probe_failures: Family<ProbeFailureLabels, Counter>,
     region_requests: Family<OutcomeLabels, Counter>,
     wait: Family<WaitLabels, Histogram, fn() -> Histogram>,
 }
@@ -65,6 +73,12 @@ impl DispatchMetrics {
             );
             r.register("region_breaker_state", "Circuit breaker per region: 0 closed, 1 half-open, 2 open", m.breaker.clone());
             r.register("region_probe_rtt_seconds", "Round trip of the last health probe per region", m.rtt.clone());
+            r.register("region_probe_up", "1 when the last health probe of the region passed, 0 when it failed", m.probe_up.clone());
+            r.register(
+                "region_probe_failures",
+                "Failed health probes per region and class (connect, tls, timeout, reset, protocol, status_5xx, status_4xx, bad_answer, too_large)",
+                m.probe_failures.clone(),
+            );
             r.register("region_requests", "Requests to regions by outcome", m.region_requests.clone());
             r.register(
                 "wait_seconds",
@@ -81,8 +95,27 @@ impl DispatchMetrics {
             rejected: Family::default(),
             breaker: Family::default(),
             rtt: Family::default(),
+            probe_up: Family::default(),
+            probe_failures: Family::default(),
             region_requests: Family::default(),
             wait: Family::new_with_constructor(wait_buckets),
+        }
+    }
+
+    /// A health probe's outcome: `None` passed, else the failure's class.
+    pub fn probe(&self, region: &str, failure: Option<&'static str>) {
+        self.probe_up
+            .get_or_create(&RegionLabels {
+                region: region.into(),
+            })
+            .set(i64::from(failure.is_none()));
+        if let Some(class) = failure {
+            self.probe_failures
+                .get_or_create(&ProbeFailureLabels {
+                    region: region.into(),
+                    class,
+                })
+                .inc();
         }
     }
 

@@ -240,7 +240,11 @@ impl RegionClient {
         let (kind, message) = classify(error);
         let region = self.name.clone();
         match kind {
-            Transport::Connect => RegionError::Connect { region, message },
+            Transport::Connect { tls } => RegionError::Connect {
+                region,
+                message,
+                tls,
+            },
             Transport::Reset => RegionError::Reset { region, message },
             Transport::Protocol => RegionError::Protocol { region, message },
         }
@@ -346,7 +350,10 @@ async fn error_message(mut body: Incoming, status: http::StatusCode) -> String {
 }
 
 enum Transport {
-    Connect,
+    /// `tls`: the handshake failed.
+    Connect {
+        tls: bool,
+    },
     Reset,
     Protocol,
 }
@@ -379,7 +386,7 @@ fn classify(error: &(dyn StdError + 'static)) -> (Transport, String) {
         next = inner.or_else(|| e.source());
     }
     let kind = if tls {
-        Transport::Connect
+        Transport::Connect { tls: true }
     } else {
         kind.unwrap_or(Transport::Protocol)
     };
@@ -388,7 +395,7 @@ fn classify(error: &(dyn StdError + 'static)) -> (Transport, String) {
 
 fn kind_of(e: &(dyn StdError + 'static)) -> Option<Transport> {
     if let Some(e) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
-        return e.is_connect().then_some(Transport::Connect);
+        return e.is_connect().then_some(Transport::Connect { tls: false });
     }
     if let Some(e) = e.downcast_ref::<h2::Error>() {
         if let Some(io) = e.get_io() {
@@ -422,13 +429,13 @@ fn io_kind(kind: std::io::ErrorKind) -> Option<Transport> {
             Some(Transport::Reset)
         }
         ConnectionRefused | HostUnreachable | NetworkUnreachable | AddrNotAvailable => {
-            Some(Transport::Connect)
+            Some(Transport::Connect { tls: false })
         }
         // Below HTTP/2 only TLS reports invalid data: rustls' errors and the
         // region's alerts, e.g. refusing our client certificate after the
         // TLS 1.3 handshake. h2 keeps only their kind and text, not the
         // rustls error, so the kind is what is left to go by.
-        InvalidData => Some(Transport::Connect),
+        InvalidData => Some(Transport::Connect { tls: false }),
         _ => None,
     }
 }

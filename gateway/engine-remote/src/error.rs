@@ -11,9 +11,13 @@ pub enum RegionError {
     #[error("region {region}: {message}")]
     Config { region: String, message: String },
     /// No connection: refused, unreachable, or the TLS handshake failed
-    /// (including a client certificate the region refused).
+    /// (`tls`: including a certificate chain refused either way).
     #[error("region {region}: cannot connect: {message}")]
-    Connect { region: String, message: String },
+    Connect {
+        region: String,
+        message: String,
+        tls: bool,
+    },
     /// The whole exchange did not finish within the per-try timeout.
     #[error("region {region}: no complete answer within {timeout:?}")]
     Timeout { region: String, timeout: Duration },
@@ -70,6 +74,25 @@ impl RegionError {
         }
     }
 
+    /// What kind of failure, for logs and the `class` label of
+    /// `nusa_region_probe_failures_total`: `config`, `connect`, `tls`,
+    /// `timeout`, `reset`, `protocol`, `status_5xx`, `status_4xx`,
+    /// `bad_answer`, `too_large`.
+    pub fn class(&self) -> &'static str {
+        match self {
+            RegionError::Config { .. } => "config",
+            RegionError::Connect { tls: true, .. } => "tls",
+            RegionError::Connect { .. } => "connect",
+            RegionError::Timeout { .. } => "timeout",
+            RegionError::Reset { .. } => "reset",
+            RegionError::Protocol { .. } => "protocol",
+            RegionError::Status { status, .. } if *status >= 500 => "status_5xx",
+            RegionError::Status { .. } => "status_4xx",
+            RegionError::BadAnswer { .. } => "bad_answer",
+            RegionError::TooLarge { .. } => "too_large",
+        }
+    }
+
     /// The HTTP status the region answered with, if it answered.
     pub fn status(&self) -> Option<u16> {
         match self {
@@ -120,6 +143,7 @@ mod tests {
             RegionError::Connect {
                 region: region(),
                 message: message(),
+                tls: false,
             },
             RegionError::Timeout {
                 region: region(),

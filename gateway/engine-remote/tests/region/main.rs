@@ -239,6 +239,7 @@ async fn wrong_ca_is_a_connect_error() {
         panic!("{e:?}")
     };
     assert!(message.contains("certificate"), "{message}");
+    assert_eq!(e.class(), "tls");
     assert!(e.retryable() && e.counts_against_region());
 }
 
@@ -257,6 +258,7 @@ async fn closed_port_is_a_connect_error() {
     .unwrap();
     let e = client.health().await.unwrap_err();
     assert!(matches!(e, RegionError::Connect { .. }), "{e:?}");
+    assert_eq!(e.class(), "connect");
     assert!(e.retryable() && e.counts_against_region());
 }
 
