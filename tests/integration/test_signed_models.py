@@ -198,10 +198,8 @@ def test_outside_the_window_nothing_is_pulled_until_an_operator_asks(tmp_path):
         s.stop_checked()
 
 
-def test_a_long_pull_shows_progress_and_eta_under_the_bandwidth_cap(tmp_path):
-    """A 512 KiB model at 64 KiB/s over HTTPS: while it comes, the metrics
-    show the bytes in place and an ETA and the log a progress line; it
-    cannot arrive faster than the cap (a lower bound only)."""
+def publish_big(tmp_path: Path, pub: "Publisher", version: int = 1) -> int:
+    """A 512 KiB model (a 362x362 MatMul), published; its size."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -213,14 +211,21 @@ def test_a_long_pull_shows_progress_and_eta_under_the_bandwidth_cap(tmp_path):
         [numpy_helper.from_array(w, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
-    pub = Publisher(tmp_path)
-    vdir = tmp_path / "big"
+    vdir = tmp_path / f"big-{version}"
     vdir.mkdir()
     (vdir / "model.onnx").write_bytes(model.SerializeToString())
-    size = (vdir / "model.onnx").stat().st_size
     run(str(nt.nusactl_binary()), "models", "publish", "--repo", str(pub.repo), "--keys", str(pub.keys),
-        "--model", MODEL, "--version", "1", "--dir", str(vdir), "--source-revision", "r",
+        "--model", MODEL, "--version", str(version), "--dir", str(vdir), "--source-revision", "r",
         "--training-run", "t", "--publisher", "p")
+    return (vdir / "model.onnx").stat().st_size
+
+
+def test_a_long_pull_shows_progress_and_eta_under_the_bandwidth_cap(tmp_path):
+    """A 512 KiB model at 64 KiB/s over HTTPS: while it comes, the metrics
+    show the bytes in place and an ETA and the log a progress line; it
+    cannot arrive faster than the cap (a lower bound only)."""
+    pub = Publisher(tmp_path)
+    size = publish_big(tmp_path, pub)
     ca, cert, key = tls_for_127(tmp_path)
     cap = 64 << 10
     with RepoServer(pub.repo, tls=(cert, key)) as repo:
@@ -248,3 +253,50 @@ def test_a_long_pull_shows_progress_and_eta_under_the_bandwidth_cap(tmp_path):
             wait_serving(s, 1)
         finally:
             s.stop_checked()
+
+
+def test_an_operators_pull_shows_its_progress_in_nusactl(tmp_path):
+    """`nusactl models pull` of a 512 KiB version at 64 KiB/s, outside the
+    pull window: while it runs, `nusactl models status` shows the pull with
+    its ETA, and the pull command itself prints its progress a tenth at a
+    time (not a terminal), then the result."""
+    import threading
+
+    pub = Publisher(tmp_path)
+    size = publish_big(tmp_path, pub)
+    now = datetime.datetime.now()
+    start = (now + datetime.timedelta(hours=2)).strftime("%H:00")
+    end = (now + datetime.timedelta(hours=3)).strftime("%H:00")
+    ca, cert, key = tls_for_127(tmp_path)
+    repo = RepoServer(pub.repo, tls=(cert, key)).__enter__()
+    s = signed_server(tmp_path / "box", pub, f"https://127.0.0.1:{repo.port}", ca,
+                      pull_window=f"{start}-{end}", max_bytes_per_second=64 << 10)
+    try:
+        result: dict = {}
+        pulling = threading.Thread(
+            target=lambda: result.update(r=nusactl(s, "pull", MODEL, "--version", "1")))
+        pulling.start()
+        seen = []
+        while pulling.is_alive():
+            st = status(s)
+            if st.get("pulling"):
+                seen.append(st["pulling"])
+                text = nusactl(s, "status").stdout
+                assert f"pulling {MODEL} version 1:" in text, text
+            time.sleep(0.5)
+        pulling.join()
+        r = result["r"]
+        assert "installed" in r.stdout, r.stdout
+        assert seen, "the status never showed the pull"
+        assert all(p["model"] == MODEL and p["version"] == 1 and p["total_bytes"] >= size
+                   for p in seen), seen
+        assert any(0 < p["done_bytes"] < p["total_bytes"] and p["eta_s"] for p in seen), seen
+        lines = [l for l in r.stderr.splitlines() if l.startswith("pull: ")]
+        assert len(lines) >= 3 and any("MiB/s" in l for l in lines), r.stderr
+        percents = [int(l.split()[1].rstrip("%")) for l in lines]
+        assert percents == sorted(percents) and len(set(percents)) == len(percents), percents
+        assert "pulling" not in status(s), "the pull is over, yet the status shows it"
+        wait_serving(s, 1)
+    finally:
+        s.stop_checked()
+        repo.__exit__(None, None, None)

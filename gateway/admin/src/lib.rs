@@ -186,6 +186,22 @@ pub struct Status {
     /// (a plain local folder, not verified: development and the demo).
     pub mode: String,
     pub models: Vec<ModelStatus>,
+    /// Signed mode: the pull in progress, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pulling: Option<PullProgress>,
+}
+
+/// A model version being pulled: bytes in place of its files' total, the
+/// rate so far and the seconds left at that rate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullProgress {
+    pub model: String,
+    pub version: u64,
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    pub bytes_per_second: u64,
+    /// `None` until a rate is known.
+    pub eta_s: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -515,6 +515,7 @@ async fn status(repo: &Repository) -> Result<ApiResponse, ProtoError> {
     let status = Status {
         mode: repo.mode().into(),
         models,
+        pulling: repo.pull_progress(),
     };
     Ok(ApiResponse::json(200, to_json(&status)))
 }

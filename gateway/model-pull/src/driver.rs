@@ -395,6 +395,7 @@ impl Puller {
         let ticker = tokio::spawn(report_progress(
             Arc::clone(&self.progress),
             self.metrics.clone(),
+            Arc::clone(&self.repo),
             model.to_string(),
             version,
             bytes,
@@ -403,6 +404,7 @@ impl Puller {
             .fetch_version(model, &version.to_string(), &self.config.store)
             .await;
         ticker.abort();
+        self.repo.set_pull_progress(None);
         for g in [&self.metrics.done, &self.metrics.size, &self.metrics.eta] {
             g.set(0);
         }
@@ -479,35 +481,51 @@ impl Puller {
     }
 }
 
-/// Every 2 s of a pull: a log line with the percentage, rate and ETA, and
-/// the progress gauges.
+/// Every second of a pull: the progress gauges and the status's `pulling`
+/// (what `nusactl models pull` and `status` show); every 2 s a log line
+/// with the percentage, rate and ETA.
 async fn report_progress(
     done: Arc<std::sync::atomic::AtomicU64>,
     metrics: PullMetrics,
+    repo: Arc<Repository>,
     model: String,
     version: u64,
     total: u64,
 ) {
     let started = std::time::Instant::now();
     metrics.size.set(total as i64);
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let report = |p: &crate::core::Progress, d: u64| {
+        repo.set_pull_progress(Some(nusa_admin::PullProgress {
+            model: model.clone(),
+            version,
+            done_bytes: d.min(total),
+            total_bytes: total,
+            bytes_per_second: p.rate as u64,
+            eta_s: p.eta_s,
+        }));
+    };
+    report(&crate::core::progress(0, total, 0), 0);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
-    loop {
+    for n in 1u64.. {
         tick.tick().await;
         let d = done.load(std::sync::atomic::Ordering::Relaxed);
         let p = crate::core::progress(d, total, started.elapsed().as_millis() as u64);
         metrics.done.set(d.min(total) as i64);
         metrics.eta.set(p.eta_s.map_or(-1, |s| s as i64));
-        tracing::info!(
-            %model,
-            version,
-            "pull: {:.0}% ({} of {} bytes, {:.0} KiB/s, ETA {})",
-            p.percent,
-            d.min(total),
-            total,
-            p.rate / 1024.0,
-            p.eta_s.map_or_else(|| "unknown".to_string(), |s| format!("{s} s"))
-        );
+        report(&p, d);
+        if n % 2 == 0 {
+            tracing::info!(
+                %model,
+                version,
+                "pull: {:.0}% ({} of {} bytes, {:.0} KiB/s, ETA {})",
+                p.percent,
+                d.min(total),
+                total,
+                p.rate / 1024.0,
+                p.eta_s.map_or_else(|| "unknown".to_string(), |s| format!("{s} s"))
+            );
+        }
     }
 }
 

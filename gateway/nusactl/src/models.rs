@@ -1,6 +1,7 @@
 //! `nusactl models ...`: the models nusad serves, over its admin socket
 //! (nusad checks this process's uid; no credential is passed).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -237,6 +238,9 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
                     println!("{:<24} version {v} rolled back: {why}", "");
                 }
             }
+            if let Some(p) = &s.pulling {
+                println!("{}", pulling_line(p));
+            }
         }
         ModelsCmd::List => {
             let s: Status = client.get(nusa_admin::MODELS).await?;
@@ -288,13 +292,28 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             print_change(&r, args.json)?;
         }
         ModelsCmd::Pull { model, version } => {
-            let r: nusa_admin::PullReply = client
+            // While nusad pulls: its progress, from the status, on stderr.
+            let watcher = (!args.json).then(|| {
+                tokio::spawn(show_pull_progress(
+                    Client::new(&args.socket, Duration::from_secs(10)),
+                    model.clone(),
+                    version,
+                ))
+            });
+            let reply = client
                 .post(
                     &nusa_admin::pull_path(&model),
                     &nusa_admin::PullBody { version },
                 )
-                .await
-                .with_context(|| format!("pulling version {version} of '{model}'"))?;
+                .await;
+            if let Some(w) = watcher {
+                w.abort();
+                if std::io::stderr().is_terminal() {
+                    eprintln!();
+                }
+            }
+            let r: nusa_admin::PullReply =
+                reply.with_context(|| format!("pulling version {version} of '{model}'"))?;
             if args.json {
                 return print_json(&r);
             }
@@ -388,6 +407,54 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
 }
 
 /// Runs the version's goldens (`tests/*.json`) on ONNX Runtime; how many.
+/// Polls nusad's status every second and shows the pull of `model`
+/// `version` as `nusactl update` shows its steps: a bar on a terminal,
+/// else a line per tenth.
+async fn show_pull_progress(client: Client, model: String, version: u64) {
+    let last = parking_lot::Mutex::new(None::<(&'static str, u64)>);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Ok(status) = client.get::<Status>(nusa_admin::MODELS).await else {
+            continue;
+        };
+        let Some(p) = status
+            .pulling
+            .filter(|p| p.model == model && p.version == version)
+        else {
+            continue;
+        };
+        let report = nusa_ota::runner::Report {
+            step: "pull",
+            done: p.done_bytes,
+            total: p.total_bytes,
+            rate: (p.bytes_per_second > 0).then_some(p.bytes_per_second as f64),
+            eta: p.eta_s.map(Duration::from_secs),
+        };
+        if std::io::stderr().is_terminal() {
+            crate::update::progress_bar(&report);
+        } else {
+            crate::update::progress_lines(&report, &last);
+        }
+    }
+}
+
+/// Pull progress in `nusactl models status`.
+fn pulling_line(p: &nusa_admin::PullProgress) -> String {
+    let percent = (p.done_bytes * 100)
+        .checked_div(p.total_bytes)
+        .unwrap_or(100);
+    format!(
+        "pulling {} version {}: {percent}% ({} of {} bytes, {} KiB/s, ETA {})",
+        p.model,
+        p.version,
+        p.done_bytes,
+        p.total_bytes,
+        p.bytes_per_second / 1024,
+        p.eta_s.map_or("unknown".into(), |s| format!("{s} s"))
+    )
+}
+
 async fn run_goldens(dir: &std::path::Path) -> anyhow::Result<usize> {
     let goldens = nusa_goldens::load(dir).map_err(anyhow::Error::msg)?;
     if goldens.is_empty() {

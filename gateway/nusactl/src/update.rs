@@ -424,7 +424,7 @@ fn state_json(state: &State) -> serde_json::Value {
 }
 
 /// "writing: 40% (..)" when a step starts, crosses a tenth, or ends.
-fn progress_lines(r: &Report, last: &parking_lot::Mutex<Option<(&'static str, u64)>>) {
+pub(crate) fn progress_lines(r: &Report, last: &parking_lot::Mutex<Option<(&'static str, u64)>>) {
     let tenth = r.done.saturating_mul(10).checked_div(r.total).unwrap_or(10);
     let mut last = last.lock();
     if *last == Some((r.step, tenth)) {
@@ -443,7 +443,7 @@ fn progress_lines(r: &Report, last: &parking_lot::Mutex<Option<(&'static str, u6
     );
 }
 
-fn progress_bar(r: &Report) {
+pub(crate) fn progress_bar(r: &Report) {
     let frac = if r.total == 0 {
         1.0
     } else {

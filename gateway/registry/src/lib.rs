@@ -255,6 +255,8 @@ pub struct Repository {
     decryptor: Option<Arc<dyn Decryptor>>,
     /// The puller, in signed mode.
     puller: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<PullRequest>>,
+    /// The pull in progress, as the puller last reported it.
+    pulling: parking_lot::Mutex<Option<nusa_admin::PullProgress>>,
 }
 
 impl Repository {
@@ -298,6 +300,7 @@ impl Repository {
             admission,
             decryptor,
             puller: std::sync::OnceLock::new(),
+            pulling: parking_lot::Mutex::new(None),
         };
         for name in names {
             let model = repo
@@ -332,6 +335,16 @@ impl Repository {
         self.models
             .write()
             .insert(name.to_string(), Arc::new(model));
+    }
+
+    /// The puller's report of the pull in progress (`None`: none).
+    pub fn set_pull_progress(&self, progress: Option<nusa_admin::PullProgress>) {
+        *self.pulling.lock() = progress;
+    }
+
+    /// The pull in progress, for the status.
+    pub fn pull_progress(&self) -> Option<nusa_admin::PullProgress> {
+        self.pulling.lock().clone()
     }
 
     /// `directory` (a plain folder, not verified) or the admission's mode.
