@@ -18,6 +18,11 @@ failed is skipped). The session:
   appliance's certificate), and three releases with the same command: 1.1.0
   and 1.3.0 (good) and 1.2.0 (broken: its nusad.toml has a key nusad
   refuses, so the gateway never becomes ready);
+- publishes tiny-cnn version 1 into a model repository (`nusactl models
+  init/publish`) served beside the releases at /models/: the appliance is in
+  signed mode (an overlay adds `[models]` to its nusad.toml and the model
+  repository's root), pulls it at first boot and serves it from the data
+  partition after every OS update without downloading it again;
 - every image carries overlays/test/: the update timer looks every 10 s
   instead of every 6 h, and info-level journal lines (the updater's and the
   health gate's steps among them) also go to the serial console. The health gate's timeout is 30 s
@@ -94,6 +99,49 @@ class Fleet:
     def trusted_root(self) -> Path:
         return self.repo / "metadata" / "root.json"
 
+    @property
+    def model_repo(self) -> Path:
+        """The model repository, served beside the releases (/models/)."""
+        return self.repo / "models"
+
+    def init_model_repository(self) -> None:
+        """Signed models: tiny-cnn version 1, published as a release
+        engineer would; the appliance pulls it at first boot."""
+        keys = self.work / "model-keys"
+        shutil.rmtree(keys, ignore_errors=True)
+        self.run("models", "init", "--repo", str(self.model_repo), "--keys", str(keys))
+        src = self.work / "tiny-cnn-1"
+        shutil.rmtree(src, ignore_errors=True)
+        src.mkdir()
+        shutil.copy(nt.DEMO_MODEL, src / "model.onnx")
+        shutil.copy(nt.DEMO_MODEL.parent.parent / "config.toml", src / "config.toml")
+        self.run("models", "publish", "--repo", str(self.model_repo), "--keys", str(keys),
+                 "--model", nt.MODEL, "--version", "1", "--dir", str(src),
+                 "--source-revision", "demo", "--training-run", "demo", "--publisher", "tests/image")
+
+    def signed_models_overlay(self, port: int) -> Path:
+        """/etc/nusa/nusad.toml in signed mode (the image's, plus [models])
+        and the model repository's root."""
+        ov = self.work / "overlay-signed-models"
+        shutil.rmtree(ov, ignore_errors=True)
+        (ov / "etc" / "nusa").mkdir(parents=True)
+        base = (qemu.REPO_ROOT / "image" / "lib" / "nusad.toml").read_text()
+        (ov / "etc" / "nusa" / "nusad.toml").write_text(
+            base + "\n# tests/image: signed models from the test's model repository.\n"
+            f'[models]\nrepository = "http://10.0.2.2:{port}/models"\n'
+            'trusted_root = "/etc/nusa/model-root.json"\npoll_interval_s = 5\n')
+        shutil.copy(self.model_repo / "metadata" / "root.json", ov / "etc" / "nusa" / "model-root.json")
+        return ov
+
+    def model_downloads(self) -> int:
+        """Requests for the model's weights (model.onnx) the model
+        repository got; its signed metadata and manifests are read at every
+        poll."""
+        assert self.server is not None
+        return sum(1 for r in self.server.requests
+                   if r.split(" ")[1].startswith("/models/targets/")
+                   and r.split(" ")[1].endswith("/model.onnx"))
+
     def publish(self, version: str) -> str:
         out = self.releases[version]
         return self.run("release", "add", "--repo", str(self.repo), "--keys", str(self.keys),
@@ -129,16 +177,21 @@ def fleet(tmp_path_factory):
     bins = _bin_dir()
     f = Fleet(work, bins / "nusactl")
     f.init_repository()
+    f.init_model_repository()
     # The server first: its port goes into the image's update.toml.
     (f.repo / "targets").mkdir(parents=True, exist_ok=True)
     f.server = RepoServer(f.repo)
     with f.server:
         # One mmdebstrap for the four builds (--base-cache), the rest is ours.
+        # The appliance is in signed mode: it serves only models it pulled
+        # from the model repository (the broken release's nusad.toml
+        # replaces this one).
         common = ["--bin-dir", str(bins), "--base-cache", str(work / "base-cache"),
                   "--trusted-root", str(f.trusted_root),
                   "--update-repository", f"http://10.0.2.2:{f.server.port}",
                   "--update-setting", f"health_timeout_s = {HEALTH_TIMEOUT_S}",
-                  "--overlay", str(OVERLAY_TEST)]
+                  "--overlay", str(OVERLAY_TEST),
+                  "--overlay", str(f.signed_models_overlay(f.server.port))]
         tls = qemu.make_tls(work / "test-tls")
         # An admin key provisioned with the box (image/build --keys): the
         # appliance's public port listens off loopback and wants keys.
@@ -175,6 +228,7 @@ class Box:
         self.consoles: dict[int, str] = {}
         self.failed_step: str | None = None
         self.identity: str | None = None
+        self.model_downloads = 0
 
     def parts(self) -> dict[str, qemu.Partition]:
         return qemu.partitions(self.disk)
@@ -212,6 +266,27 @@ class Box:
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.fleet.api_key}"}
 
+    def models(self) -> dict:
+        return nt.https1(self.appliance, "GET", "/v2/nusa/models", headers=self.auth,
+                         timeout=60).json()
+
+    def wait_model_pulled(self) -> dict:
+        """tiny-cnn version 1 pulled from the model repository and serving."""
+        deadline = time.monotonic() + slow(120)
+        while True:
+            st = self.models()
+            m = next((m for m in st.get("models", []) if m["name"] == nt.MODEL), None)
+            if st.get("mode") == "signed" and m and m["serving"] == 1 and m["state"] == "READY":
+                self.vm.phase("tiny-cnn 1 pulled from the model repository and serving")
+                return st
+            assert time.monotonic() < deadline, f"tiny-cnn never pulled: {st}"
+            time.sleep(1)
+
+    def pulls(self) -> list[dict]:
+        events = nt.https1(self.appliance, "GET", f"/v2/nusa/models/{nt.MODEL}/history",
+                           headers=self.auth, timeout=60).json()["events"]
+        return [e for e in events if e["event"] == "pull"]
+
     def infer(self, rows: list[int]) -> str:
         x, expected = nt.golden_rows(rows)
         body, headers = nt.binary_infer_request(x)
@@ -248,6 +323,10 @@ def test_1_first_boot_serves_over_https(box, record_property):
     box.boot()
     record_property("boot_to_ready_s", round(box.wait_ready(), 1))
     record_property("accel", qemu.accel())
+    # Signed mode: tiny-cnn comes from the model repository, verified.
+    box.wait_model_pulled()
+    assert box.fleet.model_downloads() >= 1
+    box.model_downloads = box.fleet.model_downloads()
     # Off loopback, the public port wants an API key by default.
     x, expected = nt.golden_rows([5])
     body, headers = nt.binary_infer_request(x)
@@ -320,8 +399,13 @@ def test_4_new_slot_passes_health_gate_and_is_marked_good(box):
     assert box.infer([0, 1, 2, 3]) in ("local", "cache")
     assert box.infer([7]) == "local"
     # The key store, the pin and the audit log came through the update.
-    models = nt.https1(box.appliance, "GET", "/v2/nusa/models", headers=box.auth, timeout=60).json()
+    models = box.models()
     assert models["models"][0]["pinned"] == 1, models
+    # So did the pulled model: serving in signed mode on the new slot, from
+    # the data partition, never downloaded again.
+    assert models["mode"] == "signed" and models["models"][0]["serving"] == 1, models
+    assert [e.get("version") for e in box.pulls()] == [1], box.pulls()
+    assert box.fleet.model_downloads() == box.model_downloads, box.fleet.server.requests[-10:]
     audit = nt.https1(box.appliance, "GET", "/v2/nusa/audit", headers=box.auth, timeout=60).json()
     got = [(r["action"], r["actor"]["id"]) for r in audit["records"]]
     # The pin, then the updater's steps (as root, over nusad's admin socket).
@@ -406,6 +490,13 @@ def test_6_power_cut_while_writing_then_update_completes(box):
     line = box.boot_line()
     assert f"slot a release {FINAL} is up" in line and f"update: {FINAL} good in slot A" in line, line
     assert box.infer([0, 1, 2, 3]) in ("local", "cache")
+    assert [e.get("version") for e in box.pulls()] == [1], box.pulls()
+    assert box.fleet.model_downloads() == box.model_downloads
+    # The audit log came through two more updates, with test 5's rollback.
+    audit = nt.https1(box.appliance, "GET", "/v2/nusa/audit", headers=box.auth, timeout=60).json()
+    got = [(r["action"], r["target"]) for r in audit["records"]]
+    assert ("update.rollback", f"release {BROKEN}") in got, got
+    assert ("update.mark_good", f"release {FINAL}") in got, got
     box.vm.shutdown(timeout=slow(90))
     box.powered_off()
     assert qemu.ext4_read(box.disk, box.parts()["data"], "/identity") == box.identity

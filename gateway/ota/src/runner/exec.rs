@@ -1,7 +1,7 @@
 //! Carrying out one command. `Ok(Err(reason))` is a failed step the core
 //! decides about; `Err` is the runner itself failing (its own disk).
 
-use nusa_ota_core::{Command, Event, ReleaseInfo, Sha256Digest, State};
+use nusa_ota_core::{Command, Event, ReleaseInfo, Sha256Digest, State, Step};
 use nusa_ota_tuf::TufError;
 
 use super::{slots_slot, unix_now, Fail, RunError, Runner};
@@ -20,13 +20,21 @@ impl Runner {
             State::Staged { release, .. } => ("update.download", &release.version, None),
             State::Rebooting { release, .. } => ("update.apply", &release.version, None),
             State::Good { release, .. } => ("update.mark_good", &release.version, None),
+            // Failed once the new slot booted (or should have): the box is
+            // back on the previous slot, a rollback. Before: nothing
+            // changed on the box but the download.
             State::Failed {
                 release: Some(release),
                 reason,
                 step,
                 ..
             } => (
-                "update.fail",
+                match step {
+                    Step::Boot | Step::Health | Step::MarkGood | Step::Rollback => {
+                        "update.rollback"
+                    }
+                    _ => "update.fail",
+                },
                 &release.version,
                 Some(format!("{step:?}: {reason}")),
             ),
