@@ -18,7 +18,7 @@ def pin(core):
 
 
 def use_release_build():
-    os.environ.setdefault("NUSAD_BIN", str(ROOT / "target/release/nusad"))
+    os.environ.setdefault("NUSAD_BIN", str(nt.cargo_build_dir("release") / "nusad"))
     os.environ["NUSAD_WRAP"] = " ".join(pin(0))
 
 

@@ -361,7 +361,7 @@ def auth_cost(report: Report, tmp: Path, quick: bool, seconds: float, rounds: in
     keyed = nt.start_server("keys", tmp / "auth-keys", {nt.MODEL: ((1,), cached)},
                             {**limits, "auth": {"mode": "keys"}})
     try:
-        nusactl = os.environ.get("NUSACTL_BIN", str(ROOT / "target/release/nusactl"))
+        nusactl = os.environ.get("NUSACTL_BIN", str(nt.cargo_build_dir("release") / "nusactl"))
         out = subprocess.run([nusactl, "keys", "--socket", str(keyed.admin_socket), "create", "bench",
                               "--rps", "1000000", "--burst", "1000000", "--max-concurrent", "10000", "--json"],
                              capture_output=True, text=True, check=True)

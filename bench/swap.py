@@ -643,8 +643,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="swapbench-") as tmp_s:
         tmp = Path(tmp_s)
         if not given_bin:
-            # A copy: another build may replace target/release/nusad while this runs.
-            built = ROOT / "target/release/nusad"
+            # A copy: another build may replace the release nusad while this runs.
+            built = nt.cargo_build_dir("release") / "nusad"
             if not built.exists():
                 raise SystemExit(f"no release build at {built}: cargo build --release -p nusad")
             (tmp / "bin").mkdir()

@@ -183,15 +183,27 @@ def nusactl_binary() -> Path:
     return _binary("nusactl", "NUSACTL_BIN")
 
 
+def cargo_target_dir() -> Path:
+    """Where cargo puts its builds: CARGO_TARGET_DIR if set (relative to the
+    working directory, as cargo reads it), else the workspace's target/."""
+    configured = os.environ.get("CARGO_TARGET_DIR")
+    return Path(configured).absolute() if configured else REPO_ROOT / "target"
+
+
+def cargo_build_dir(profile: str = "debug") -> Path:
+    """The folder of one profile's binaries: target/debug, target/release."""
+    return cargo_target_dir() / profile
+
+
 def _binary(name: str, env: str) -> Path:
     override = os.environ.get(env)
-    path = Path(override) if override else REPO_ROOT / "target" / "debug" / name
+    path = Path(override) if override else cargo_build_dir() / name
     if not path.is_absolute():
         path = REPO_ROOT / path
     if not (path.is_file() and os.access(path, os.X_OK)):
         raise RuntimeError(
             f"{name} binary not found at {path}: build it with `cargo build -p {name}` "
-            f"or point {env} at one")
+            f"(with the same CARGO_TARGET_DIR) or point {env} at one")
     return path
 
 

@@ -23,11 +23,14 @@ PLAN = b"NUSAPLAN1\ninput x FLOAT -1 4\noutput y FLOAT -1 4\nprofile 1 4 8\n"
 
 def double_library() -> str:
     # The build script leaves the double in trt-sys's OUT_DIR; the newest one
-    # is from the build nusad came from.
-    found = sorted((nt.REPO_ROOT / "target" / "debug" / "build").glob("trt-sys-*/out/libnusa_trt_double.so"),
+    # is from the build nusad came from (its profile folder, else the debug
+    # one under CARGO_TARGET_DIR).
+    folders = dict.fromkeys([nt.nusad_binary().parent / "build", nt.cargo_build_dir() / "build"])
+    found = sorted((lib for folder in folders for lib in folder.glob("trt-sys-*/out/libnusa_trt_double.so")),
                    key=lambda p: p.stat().st_mtime)
     if not found:
-        raise RuntimeError("libnusa_trt_double.so not built: run `cargo build`")
+        raise RuntimeError(f"libnusa_trt_double.so not built under {' or '.join(map(str, folders))}: "
+                           "run `cargo build`")
     return str(found[-1])
 
 

@@ -2,21 +2,51 @@
 //! TensorRT or CUDA symbol, and its forwarding of the CUDA calls works when
 //! handed entry points (the test double's stand-ins; no TensorRT object is
 //! made, since the double's tokens are not C++ objects).
+//!
+//! Without the headers there is no shim: its tests are then ignored, with
+//! the reason in cargo's output (`cfg(nusa_trt_shim)` is the build script's
+//! finding), never passed. In CI (`CI` set, as `.ci/run`'s caller sets it)
+//! the headers are always there (`scripts/setup` runs
+//! `scripts/fetch-tensorrt-headers`), so their absence fails
+//! `ci_builds_the_real_shim` instead.
 #![allow(clippy::unwrap_used)] // test helpers: a failure is the test failing
 
 use trt_sys::{DeviceBuffer, LibraryPaths, Status, Stream, Trt};
 
-fn shim() -> Option<&'static std::path::Path> {
-    let s = trt_sys::built_shim();
-    if s.is_none() {
-        eprintln!("TensorRT headers were not found at build time: no shim to check");
-    }
-    s
+const NO_HEADERS: &str = "TensorRT headers were not found at build time, so the shim was not \
+    built (scripts/fetch-tensorrt-headers fetches them, or set TENSORRT_ROOT)";
+
+/// Whether this runs in CI: `CI` set to anything but empty, `0` or `false`.
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
+}
+
+fn shim() -> &'static std::path::Path {
+    trt_sys::built_shim().expect(NO_HEADERS)
 }
 
 #[test]
+fn ci_builds_the_real_shim() {
+    if trt_sys::built_shim().is_some() {
+        return;
+    }
+    assert!(
+        !in_ci(),
+        "CI is set, but {NO_HEADERS}: scripts/setup fetches them in CI, so the shim's tests \
+         would be skipped there"
+    );
+    // Outside CI the two tests below show as ignored, with the reason; this
+    // says it once more where cargo shows a passing test's output (--nocapture).
+    eprintln!("skipped: {NO_HEADERS}");
+}
+
+#[test]
+#[cfg_attr(
+    not(nusa_trt_shim),
+    ignore = "TensorRT headers not found at build time: no shim (scripts/fetch-tensorrt-headers)"
+)]
 fn the_shim_links_no_tensorrt_or_cuda_symbol() {
-    let Some(shim) = shim() else { return };
+    let shim = shim();
     let out = std::process::Command::new("nm")
         .args(["-D", "--undefined-only"])
         .arg(shim)
@@ -43,8 +73,12 @@ fn the_shim_links_no_tensorrt_or_cuda_symbol() {
 }
 
 #[test]
+#[cfg_attr(
+    not(nusa_trt_shim),
+    ignore = "TensorRT headers not found at build time: no shim (scripts/fetch-tensorrt-headers)"
+)]
 fn the_real_shim_forwards_cuda_calls_and_versions() {
-    let Some(shim) = shim() else { return };
+    let shim = shim();
     let paths = LibraryPaths {
         shim: vec![shim.into()],
         ..LibraryPaths::all_from(trt_sys::test_double())

@@ -141,15 +141,22 @@ async fn infer(
     };
     let caller_may_spill = caller.key().is_none_or(|k| k.spill) && spill_spent.is_none();
 
+    // Naming every output asks for what naming none does (tritonclient
+    // names them all when given outputs): the same computation, the same
+    // cache entry.
+    let names_every_output = {
+        let mut names: Vec<&str> = wanted.iter().map(|(n, _)| *n).collect();
+        names.sort_unstable();
+        names.dedup();
+        names.len() == meta.outputs.len()
+    };
     let job = Job {
         model,
         version: &mv,
         config: &model_entry.config,
         inputs,
         rows,
-        outputs: request
-            .outputs
-            .is_some()
+        outputs: (request.outputs.is_some() && !names_every_output)
             .then(|| wanted.iter().map(|(n, _)| n.to_string()).collect()),
         priority: request.priority,
         timeout_us: request.timeout_us,

@@ -4,8 +4,11 @@
 //! including a `kill -9` of the updater in the middle of writing the slot.
 #![allow(clippy::unwrap_used)] // test helpers: a failure is the test failing
 
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 const IMAGE: usize = 48 << 20;
@@ -218,46 +221,90 @@ fn a_second_updater_is_refused_while_one_runs() {
     assert!(first.wait().unwrap().success());
 }
 
+/// The updater's stderr, line by line as it comes. Not a terminal, so it
+/// prints a progress line when a step starts, crosses a tenth (at most every
+/// 250 ms) and ends: `write: 40% (20971520 of 50331648 bytes, 48.0 MiB/s)`.
+fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The percentage of a progress line of the slot write.
+fn write_percent(line: &str) -> Option<u32> {
+    line.strip_prefix("write: ")?
+        .split('%')
+        .next()?
+        .parse()
+        .ok()
+}
+
 #[test]
 fn kill_9_while_writing_then_apply_again_completes() {
-    for round in 0..3u64 {
+    // Each round kills at the first progress line of the write at or past
+    // its point (a line short of 100%: bytes are still to be written).
+    let mut landed = 0;
+    for (round, kill_from) in [0u32, 30, 60].into_iter().enumerate() {
         let b = Box_::new();
         b.publish("1.1.0");
         let mut child = Command::new(env!("CARGO_BIN_EXE_nusactl"))
             .args(["update", "--config", s(&b.config), "apply", "--no-reboot"])
-            .stdout(std::process::Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let lines = stderr_lines(&mut child);
+        let mut seen = Vec::new();
         let t0 = Instant::now();
-        while !b.state().contains("\"Writing\"") {
-            assert!(
-                t0.elapsed() < Duration::from_secs(120),
-                "never reached Writing: {}",
-                b.state()
-            );
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "the updater ended before writing"
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        // Somewhere in the write (a debug build writes 48 MiB in about a second).
-        std::thread::sleep(Duration::from_millis(20 + round * 150));
-        let killed = child.try_wait().unwrap().is_none();
+        let kill_at = loop {
+            let left = Duration::from_secs(120).saturating_sub(t0.elapsed());
+            match lines.recv_timeout(left) {
+                Ok(line) => {
+                    let percent = write_percent(&line);
+                    seen.push(line);
+                    match percent {
+                        Some(p) if (kill_from..100).contains(&p) => break Some(p),
+                        // The write ended before this round's point.
+                        Some(100) => break None,
+                        _ => {}
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("round {round}: the updater ended before writing: {seen:#?}")
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("round {round}: no write progress within 120 s: {seen:#?}")
+                }
+            }
+        };
         child.kill().unwrap();
-        child.wait().unwrap();
+        let status = child.wait().unwrap();
         let state = b.state();
+        // Mid-write: our SIGKILL ended it (not a finished run), what it
+        // persisted last is the Writing state, and slot B does not hold the
+        // whole image yet.
+        let written =
+            std::fs::read(b.dir.path().join("slot-b")).unwrap()[..IMAGE] == image("1.1.0")[..];
+        let mid_write = status.signal() == Some(9) && state.contains("\"Writing\"") && !written;
         println!(
-            "round {round}: killed={killed} in {}",
+            "round {round}: killed at write {kill_at:?}% ({status}), slot B written: {written}, \
+             mid-write: {mid_write}, in {}",
             &state[..state.len().min(60)]
         );
         // The bootloader still boots A (B was disarmed before the write).
         let boot = std::fs::read_to_string(b.dir.path().join("boot/slots.json")).unwrap();
         let v: serde_json::Value = serde_json::from_str(&boot).unwrap();
-        if killed {
+        if mid_write {
+            landed += 1;
             assert_eq!(v["slots"][1]["bootable"], false, "{boot}");
-        }
-        if b.state().contains("\"Writing\"") {
             // The next boot's health gate leaves the interrupted write to
             // the timer's run and passes.
             let o = b.update(&["boot"]);
@@ -277,6 +324,10 @@ fn kill_9_while_writing_then_apply_again_completes() {
         );
         assert!(b.state().contains("\"Rebooting\""), "{}", b.state());
     }
+    assert!(
+        landed >= 1,
+        "no round's kill landed while the slot was being written"
+    );
 }
 
 /// Power-on of the appliance made of files: the file bootloader picks a
