@@ -1,5 +1,6 @@
 //! `nusactl`: the appliance's admin CLI. Argument parsing only; the work is
-//! in `nusa-ota` (updates on the box, publishing releases).
+//! in `nusa-ota` (updates on the box) and `nusa-ota-publish` (publishing
+//! releases).
 
 mod access;
 mod models;

@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use nusa_ota::publish::{add_release, NewRelease};
 use nusa_ota_core::{Wave, Waves};
+use nusa_ota_publish::{add_release, NewRelease};
 use nusa_ota_tuf::{Expiries, KeyCounts, Role, SigningKeys, Thresholds};
 
 #[derive(Debug, Subcommand)]

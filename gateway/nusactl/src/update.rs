@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use nusa_ota::config::UpdateConfig;
 use nusa_ota::runner::{boot_facts, unix_now, Report, Runner, Stopped, Until};
-use nusa_ota_core::{admit, eligible, Eligibility, Event, Running, State};
+use nusa_ota_core::{admit, eligible, BootVerdict, Eligibility, Event, Running, State};
 use serde_json::json;
 
 #[derive(Debug, Args)]
@@ -109,67 +109,32 @@ pub async fn run(args: UpdateArgs) -> anyhow::Result<()> {
             finish(&runner, stop, Some(&reboot), args.json)
         }
         UpdateCmd::Boot => {
-            if matches!(
-                runner.state(),
-                State::Checking
-                    | State::Downloading { .. }
-                    | State::Writing { .. }
-                    | State::Staged { .. }
-            ) {
-                // A transfer a power cut interrupted: the timer's
-                // `update auto` resumes it (niced, idle I/O, with network),
-                // not the gate, which would hold boot-complete.target for
-                // the length of a slot write. The transfer targets the
-                // other slot: this one is the accepted one, and a
-                // bootloader that counts every boot must hear so, or a
-                // download spread over several boots would spend the
-                // working slot's retries.
-                runner.confirm_boot()?;
-                println!(
-                    "{}: left to nusa-update.service (nusactl update auto); this boot is good",
-                    describe(runner.state())
-                );
-                return Ok(());
-            }
-            let stop = runner.drive(None, Until::Settled).await?;
-            // A boot the updater accepts is confirmed to a bootloader that
-            // counts every boot (Jetson's UEFI), or a working slot would
-            // run out of retries: nothing on trial, or back on the old
-            // release after an update failed (never on the failed one).
-            let running = &runner.facts().running.version;
-            let accepted = stop != Stopped::Reboot
-                && match runner.state() {
-                    State::Idle => true,
-                    State::Good { slot, .. } => *slot == runner.facts().booted,
-                    State::Failed {
-                        release,
-                        rollback: None,
-                        ..
-                    } => release.as_ref().is_none_or(|r| &r.version != running),
-                    _ => false,
-                };
-            let confirmed = accepted && runner.confirm_boot()?;
-            if stop != Stopped::Reboot
-                && (runner.facts().booted_good || confirmed)
-                && matches!(runner.state(), State::Failed { rollback: None, .. })
-            {
-                // Back on a good slot after an update failed (rolled back,
-                // or never armed): the failure is the update's and stays
-                // reported (status, metrics, history); this boot is not
-                // the one that failed, so the gate, and with it
-                // boot-complete.target, passes.
-                let what = format!("{}; this boot is good", describe(runner.state()));
-                if args.json {
+            // What this boot is (accepted, told to the bootloader, left to
+            // the timer's run) is the core's verdict; see nusa-ota-core's
+            // `state/accept.rs`.
+            let (stop, verdict) = runner.boot().await?;
+            match verdict {
+                BootVerdict::TransferLeft => {
                     println!(
-                        "{}",
-                        json!({"stopped": what, "state": state_json(runner.state())})
+                        "{}: left to nusa-update.service (nusactl update auto); this boot is good",
+                        describe(runner.state())
                     );
-                } else {
-                    println!("{what}");
+                    Ok(())
                 }
-                return Ok(());
+                BootVerdict::GoodAfterFailure => {
+                    let what = format!("{}; this boot is good", describe(runner.state()));
+                    if args.json {
+                        println!(
+                            "{}",
+                            json!({"stopped": what, "state": state_json(runner.state())})
+                        );
+                    } else {
+                        println!("{what}");
+                    }
+                    Ok(())
+                }
+                BootVerdict::Settled => finish(&runner, stop, Some(&reboot), args.json),
             }
-            finish(&runner, stop, Some(&reboot), args.json)
         }
         UpdateCmd::MarkGood => {
             runner.skip_health_gate();
@@ -188,10 +153,7 @@ pub async fn run(args: UpdateArgs) -> anyhow::Result<()> {
 
 /// States from which a new update may start.
 fn idle(r: &Runner) -> bool {
-    matches!(
-        r.state(),
-        State::Idle | State::Good { .. } | State::Failed { rollback: None, .. }
-    )
+    r.state().update_may_start()
 }
 
 fn finish(
@@ -204,7 +166,7 @@ fn finish(
         eprintln!();
     }
     let what = match &stop {
-        Stopped::Settled => "settled".to_string(),
+        Stopped::Settled | Stopped::BootJudged(_) => "settled".to_string(),
         Stopped::Downloaded => "downloaded; `nusactl update apply` writes and reboots".into(),
         Stopped::Reboot => "the boot target is set".into(),
         Stopped::WakeAt(t) => format!("next attempt at unix time {t}"),
@@ -257,7 +219,7 @@ async fn check(r: &mut Runner, json: bool) -> anyhow::Result<()> {
         }
         return Ok(());
     };
-    let decision = match admit(&release, &running, r.history(), false) {
+    let decision = match admit(&release, &running, r.history().bad_set(), false) {
         Err(refusal) => refusal.to_string(),
         Ok(()) => match eligible(r.setup().config.seed, &release.waves, unix_now()) {
             Eligibility::Now => "would install now".into(),

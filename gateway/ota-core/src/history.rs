@@ -1,4 +1,5 @@
-//! The record of update attempts and the set of releases recorded bad.
+//! The record of update attempts, and the set of releases recorded bad
+//! ([`crate::bad`]) beside them.
 //!
 //! The driver persists it on the data partition beside the state. Both
 //! lists are bounded, also when read back (a longer file, say from a newer
@@ -9,24 +10,22 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+use crate::bad::cut_reason;
+pub use crate::bad::{BadRelease, BadReleases, MAX_BAD, MAX_REASON_LEN};
 use crate::release::ReleaseInfo;
-use crate::state::Step;
-use crate::{Sha256Digest, UnixSecs, Version};
+use crate::step::Step;
+use crate::version::Version;
+use crate::UnixSecs;
 
 /// Attempts kept, newest last.
 pub const MAX_ATTEMPTS: usize = 32;
-/// Bad releases kept. When full, the lowest version goes: it is the one the
-/// version floor most likely refuses anyway.
-pub const MAX_BAD: usize = 64;
-/// Reasons are cut to this many bytes (on a character boundary).
-pub const MAX_REASON_LEN: usize = 512;
 
 /// Attempts and bad releases.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(from = "RawHistory")]
 pub struct History {
     attempts: VecDeque<Attempt>,
-    bad: Vec<BadRelease>,
+    bad: BadReleases,
 }
 
 /// One try at installing a release.
@@ -51,16 +50,6 @@ pub enum Outcome {
     Abandoned,
     /// Installed, then left for the other slot by an operator.
     RolledBack,
-}
-
-/// A release that failed on this appliance after it booted (or was rolled
-/// back by an operator); never installed again without force.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BadRelease {
-    pub version: Version,
-    pub image_sha256: Sha256Digest,
-    pub reason: String,
-    pub recorded_at: UnixSecs,
 }
 
 impl History {
@@ -101,33 +90,26 @@ impl History {
 
     /// Records `release` bad (again: the newest reason wins).
     pub fn record_bad(&mut self, release: &ReleaseInfo, reason: &str, now: UnixSecs) {
-        self.bad.retain(|b| b.version != release.version);
-        if self.bad.len() == MAX_BAD {
-            if let Some(lowest) = (0..self.bad.len()).min_by_key(|&i| self.bad[i].version) {
-                self.bad.swap_remove(lowest);
-            }
-        }
-        self.bad.push(BadRelease {
-            version: release.version,
-            image_sha256: release.image_sha256,
-            reason: cut_reason(reason),
-            recorded_at: now,
-        });
+        self.bad
+            .record(release.version, release.image_sha256, reason, now);
     }
 
     /// A forced install that then passed its health gate is good after all.
     pub fn clear_bad(&mut self, version: Version) -> bool {
-        let before = self.bad.len();
-        self.bad.retain(|b| b.version != version);
-        self.bad.len() != before
+        self.bad.clear(version)
     }
 
     pub fn bad(&self, version: Version) -> Option<&BadRelease> {
-        self.bad.iter().find(|b| b.version == version)
+        self.bad.get(version)
+    }
+
+    /// The set admission checks ([`crate::admit`]).
+    pub fn bad_set(&self) -> &BadReleases {
+        &self.bad
     }
 
     pub fn bad_releases(&self) -> &[BadRelease] {
-        &self.bad
+        self.bad.as_slice()
     }
 
     /// Oldest first.
@@ -140,18 +122,10 @@ impl History {
     }
 }
 
-fn cut_reason(reason: &str) -> String {
-    let mut end = reason.len().min(MAX_REASON_LEN);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    reason[..end].to_owned()
-}
-
 #[derive(Deserialize)]
 struct RawHistory {
     attempts: VecDeque<Attempt>,
-    bad: Vec<BadRelease>,
+    bad: BadReleases,
 }
 
 impl From<RawHistory> for History {
@@ -164,12 +138,7 @@ impl From<RawHistory> for History {
                 *r = cut_reason(r);
             }
         }
-        // Keep the highest versions, as eviction does.
-        raw.bad.sort_by_key(|b| std::cmp::Reverse(b.version));
-        raw.bad.truncate(MAX_BAD);
-        for b in &mut raw.bad {
-            b.reason = cut_reason(&b.reason);
-        }
+        // The bad set trims itself as it is read.
         Self {
             attempts: raw.attempts,
             bad: raw.bad,

@@ -11,10 +11,11 @@
 //!   bad releases, the version floor) and the staged rollout's waves.
 //! - [`chunk`]: the chunk index, the delta [`Plan`] against the active
 //!   slot, per-chunk verification and the resume bitmap.
-//! - [`state`]: the [`Updater`] state machine and its resume after a power
-//!   cut.
+//! - [`state`]: the [`Updater`] state machine, its resume after a power
+//!   cut, and whether a boot is accepted ([`BootVerdict`]).
 //! - [`progress`]: rate and ETA for the CLI and metrics.
-//! - [`history`]: attempts and the bad-release set.
+//! - [`history`]: attempts, beside the bad-release set ([`bad`]) that
+//!   admission reads; both name the failed [`Step`].
 //!
 //! # Driving it
 //!
@@ -57,31 +58,35 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod bad;
 pub mod chunk;
 mod digest;
 pub mod history;
 pub mod progress;
 pub mod release;
 pub mod state;
+mod step;
 #[cfg(test)]
 mod testutil;
 mod version;
 
+pub use bad::{BadRelease, BadReleases};
 pub use chunk::{
     plan, ByteRange, ChunkBitmap, ChunkError, ChunkIndex, ChunkVerifier, IndexBuilder, IndexError,
     LocalChunks, Plan,
 };
 pub use digest::{DigestParseError, Sha256Digest, Sha256Hasher};
-pub use history::{Attempt, BadRelease, History, Outcome};
+pub use history::{Attempt, History, Outcome};
 pub use progress::Progress;
 pub use release::{
     admit, eligible, seed_from_machine_id, Eligibility, Refusal, ReleaseError, ReleaseInfo,
     Running, Variant, Wave, Waves,
 };
 pub use state::{
-    BootFacts, Command, Event, EventError, FetchProgress, Rollback, Slot, State, Step, Updater,
-    UpdaterConfig,
+    BootFacts, BootVerdict, Command, Event, EventError, FetchProgress, Rollback, Slot, State,
+    Updater, UpdaterConfig,
 };
+pub use step::Step;
 pub use version::{Version, VersionError};
 
 /// Seconds since the unix epoch, as the driver's wall clock says.

@@ -11,17 +11,26 @@
 //! - the version floor: only a newer release is taken automatically;
 //! - the staged rollout (waves) must have reached this appliance.
 //!
-//! The last three give way to an operator's forced install, and only to it.
+//! `admit`'s `force` would lift the last three; no `nusactl` command sends a
+//! forced install.
 
 use serde::{Deserialize, Serialize};
 
+use crate::bad::BadReleases;
 use crate::chunk::MAX_IMAGE_LEN;
-use crate::history::History;
-use crate::{Sha256Digest, UnixSecs, Version};
+use crate::digest::Sha256Digest;
+use crate::version::Version;
+use crate::UnixSecs;
 
 pub use self::waves::{eligible, seed_from_machine_id, Eligibility, Wave, Waves, WavesError};
 
 mod waves;
+
+/// The image's file name inside a release: its TUF target is
+/// `<variant>/<version>/root.img` (`nusa_ota_tuf::target_name`).
+pub const IMAGE_FILE: &str = "root.img";
+/// The chunk index's file name inside a release.
+pub const INDEX_FILE: &str = "root.img.cix";
 
 /// One release for one variant, as published in the TUF targets metadata.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -207,9 +216,9 @@ pub enum Refusal {
         min: Version,
         running: Version,
     },
-    #[error("release {version} is not newer than the running {running} (version floor); only an operator rollback with force installs it")]
+    #[error("release {version} is not newer than the running {running} (version floor): only a newer release is installed")]
     NotNewer { version: Version, running: Version },
-    #[error("release {version} was recorded bad ({reason}); only an operator-forced install tries it again")]
+    #[error("release {version} was recorded bad ({reason}) and is not tried again; publish a newer release")]
     RecordedBad { version: Version, reason: String },
     #[error(
         "release {version}: the staged rollout reaches this appliance at unix time {not_before}"
@@ -224,12 +233,13 @@ pub enum Refusal {
 
 /// Whether `release` may be installed over `running`, waves aside (they
 /// depend on time; see [`eligible`]). `force` is an operator's install: it
-/// lifts the version floor and the bad-release record, never the variant
-/// or `min_version`.
+/// lifts the version floor and the bad-release record (`bad`, the
+/// history's [`crate::History::bad_set`]), never the variant or
+/// `min_version`.
 pub fn admit(
     release: &ReleaseInfo,
     running: &Running,
-    history: &History,
+    bad: &BadReleases,
     force: bool,
 ) -> Result<(), Refusal> {
     let version = release.version;
@@ -252,10 +262,10 @@ pub fn admit(
     if force {
         return Ok(());
     }
-    if let Some(bad) = history.bad(version) {
+    if let Some(record) = bad.get(version) {
         return Err(Refusal::RecordedBad {
             version,
-            reason: bad.reason.clone(),
+            reason: record.reason.clone(),
         });
     }
     if version <= running.version {

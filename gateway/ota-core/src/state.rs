@@ -23,16 +23,24 @@
 //!   an older one (or the other slot's older system) needs `force`.
 //! - A release whose `min_version` is above the running version, or built
 //!   for another variant, is refused even when forced.
+//! - A boot is confirmed to the bootloader ([`Command::ConfirmBoot`]) only
+//!   for the running slot, and never while a new release on it is on
+//!   trial, a reboot is pending, or it runs a release that failed.
 
 use serde::{Deserialize, Serialize};
 
 use crate::chunk::{ByteRange, ChunkBitmap, Plan};
+use crate::digest::Sha256Digest;
 use crate::history::History;
 use crate::release::{Refusal, ReleaseInfo, Running};
-use crate::{Sha256Digest, UnixSecs, Version};
+use crate::version::Version;
+use crate::UnixSecs;
 
+pub use self::accept::BootVerdict;
 pub use self::machine::Updater;
+pub use crate::step::Step;
 
+mod accept;
 mod boot;
 mod machine;
 mod resume;
@@ -160,6 +168,15 @@ pub enum State {
 }
 
 impl State {
+    /// No update under way: a check, an install or an operator rollback
+    /// may start from here.
+    pub fn update_may_start(&self) -> bool {
+        matches!(
+            self,
+            State::Idle | State::Good { .. } | State::Failed { rollback: None, .. }
+        )
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             State::Idle => "Idle",
@@ -189,22 +206,6 @@ pub struct FetchProgress {
 pub struct Rollback {
     pub to: Slot,
     pub reboots: u8,
-}
-
-/// The step an attempt failed at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Step {
-    Check,
-    Download,
-    Write,
-    Verify,
-    Arm,
-    SwitchBoot,
-    Reboot,
-    Boot,
-    Health,
-    MarkGood,
-    Rollback,
 }
 
 /// What happened, as the driver reports it.
@@ -258,6 +259,18 @@ pub enum Event {
     Rollback {
         force: bool,
     },
+    /// At boot (`nusactl update boot`), before anything the resume queued
+    /// runs: a transfer a power cut interrupted is not the boot's to run.
+    BootStarted,
+    /// At boot, once what the resume queued ran (the health gate of a slot
+    /// on trial, a rollback) without asking for a reboot: is this boot
+    /// accepted?
+    BootSettled,
+    /// The answer to [`Command::ConfirmBoot`]: whether the bootloader had
+    /// to be told.
+    BootConfirmed {
+        wrote: bool,
+    },
 }
 
 impl Event {
@@ -284,6 +297,9 @@ impl Event {
             Event::Abandon => "Abandon",
             Event::MarkGood => "MarkGood",
             Event::Rollback { .. } => "Rollback",
+            Event::BootStarted => "BootStarted",
+            Event::BootSettled => "BootSettled",
+            Event::BootConfirmed { .. } => "BootConfirmed",
         }
     }
 }
@@ -347,6 +363,15 @@ pub enum Command {
         version: Version,
         reason: String,
     },
+    /// Tell a bootloader that counts every boot (Jetson's UEFI) that this
+    /// boot of `slot`, the running one, is accepted, or a working slot runs
+    /// out of retries; answer [`Event::BootConfirmed`]. A no-op for one
+    /// that counts only the boots of a slot on trial (systemd-boot).
+    ConfirmBoot {
+        slot: Slot,
+    },
+    /// The boot's verdict: the boot-time run ends here and reports it.
+    EndBoot(BootVerdict),
 }
 
 /// An event the updater did not act on; the state is unchanged.

@@ -7,11 +7,16 @@
 //! error", and uses the stage (metadata or target) to tell a metadata file
 //! that does not match what the role above it signed (mix-and-match) from a
 //! target whose bytes were changed.
+//!
+//! The publisher's errors ([`PublishError`]) and the name checks' (shared
+//! by both sides) are here too, below the modules that raise them.
 
 use std::path::PathBuf;
 
 use tough::error::Error as ToughError;
 use tough::schema::Error as SchemaError;
+
+use crate::Role;
 
 /// Why the client refused the repository or a target. Every variant means
 /// nothing unverified was returned.
@@ -94,7 +99,7 @@ pub enum TufError {
 
     /// A variant, version or file name that cannot be part of a target name.
     #[error(transparent)]
-    InvalidName(#[from] crate::NameError),
+    InvalidName(#[from] NameError),
 
     /// The system clock is earlier than the last time this device checked;
     /// expiry cannot be judged.
@@ -127,6 +132,63 @@ pub enum TufError {
 pub(crate) enum Stage<'a> {
     Metadata,
     Target { name: &'a str, length: u64 },
+}
+
+/// A release name component (variant, version, file name) that cannot be
+/// used in a target name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {what} {value:?}: it {why}")]
+pub struct NameError {
+    /// Which component: "variant", "version" or "file name".
+    pub what: &'static str,
+    /// The value as given.
+    pub value: String,
+    /// Why it was refused.
+    pub why: &'static str,
+}
+
+/// Why a publishing operation failed. Nothing was committed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    #[error("{path}: {source}", path = path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("signing keys: {detail}")]
+    Keys { detail: String },
+    #[error("{role} threshold {threshold} is more than its {keys} key(s)")]
+    Threshold {
+        role: Role,
+        threshold: u64,
+        keys: usize,
+    },
+    #[error("signing failed (are the keys of every role being signed given?): {detail}")]
+    Sign { detail: String },
+    #[error("new root is not signed by the threshold of root version {by_version}: {detail}")]
+    RootNotSigned { by_version: u64, detail: String },
+    #[error("the repository as it stands does not verify: {0}")]
+    Load(#[source] TufError),
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error("{path} already holds a repository", path = path.display())]
+    RepoExists { path: PathBuf },
+    #[error("release {variant}/{version} is already published; releases are immutable")]
+    ReleaseExists { variant: String, version: String },
+    /// `add_targets`: targets under this prefix are already signed.
+    #[error("targets under {prefix} are already published; they are immutable")]
+    GroupExists { prefix: String },
+    #[error("{detail}")]
+    Conflict { detail: String },
+    #[error("expiry {detail}")]
+    Expiry { detail: String },
+    #[error("{what}: {source}")]
+    Tough {
+        what: &'static str,
+        /// Boxed: tough's error carries backtraces and is large.
+        source: Box<tough::error::Error>,
+    },
 }
 
 impl TufError {

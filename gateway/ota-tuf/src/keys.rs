@@ -14,7 +14,7 @@ use tough::key_source::{KeySource, LocalKeySource};
 use tough::schema::key::Key;
 use tough::sign::{parse_keypair, Sign};
 
-use crate::publish::PublishError;
+use crate::error::PublishError;
 use crate::Role;
 
 /// A PKCS#8 ed25519 key is 83-85 bytes; anything near this bound is not one

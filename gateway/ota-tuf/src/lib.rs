@@ -28,12 +28,11 @@ use std::fmt;
 use std::path::Path;
 
 pub use client::{Client, Limits, MetadataVersions, ReleaseFile, ReleaseTarget, TargetInfo};
-pub use error::TufError;
+pub use error::{NameError, PublishError, TufError};
 pub use keys::{create_keys, KeyCounts, SigningKeys};
-pub use names::{check_component, NameError};
+pub use names::{check_component, target_name};
 pub use publish::{
-    add_release, add_targets, init_repo, rotate_root, set_expiry, Expiries, NewTarget,
-    PublishError, Thresholds,
+    add_release, add_targets, init_repo, rotate_root, set_expiry, Expiries, NewTarget, Thresholds,
 };
 pub use semver::Version;
 pub use tough::{

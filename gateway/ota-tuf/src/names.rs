@@ -7,20 +7,7 @@
 //! names outright, on both sides: the publisher never signs one and the
 //! client refuses a repository whose signed targets contain one.
 
-use crate::TufError;
-
-/// A release name component (variant, version, file name) that cannot be
-/// used in a target name.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {what} {value:?}: it {why}")]
-pub struct NameError {
-    /// Which component: "variant", "version" or "file name".
-    pub what: &'static str,
-    /// The value as given.
-    pub value: String,
-    /// Why it was refused.
-    pub why: &'static str,
-}
+use crate::error::{NameError, TufError};
 
 /// Longest name component we accept; keeps names printable in logs and well
 /// under any filesystem's limit even with the 64-character hash prefix.
@@ -66,8 +53,9 @@ pub(crate) fn parse_version(value: &str) -> Result<semver::Version, NameError> {
     })
 }
 
-/// The full target name of one file of a release.
-pub(crate) fn target_name(variant: &str, version: &str, file: &str) -> String {
+/// The full target name of one file of a release: `<variant>/<version>/<file>`.
+/// The one definition, for the publisher and the device.
+pub fn target_name(variant: &str, version: &str, file: &str) -> String {
     format!("{variant}/{version}/{file}")
 }
 

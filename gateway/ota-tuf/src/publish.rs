@@ -12,7 +12,7 @@ mod root;
 mod store;
 
 use std::num::NonZeroU64;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use tough::editor::signed::{PathExists, SignedRepository};
@@ -23,51 +23,9 @@ use tough::TargetName;
 pub use maintain::{rotate_root, set_expiry};
 
 use crate::names::{check_component, check_signed_name, parse_version, target_name};
-use crate::{NameError, Role, SigningKeys, TufError};
+use crate::{NameError, Role, SigningKeys};
 
-/// Why a publishing operation failed. Nothing was committed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum PublishError {
-    #[error("{path}: {source}", path = path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("signing keys: {detail}")]
-    Keys { detail: String },
-    #[error("{role} threshold {threshold} is more than its {keys} key(s)")]
-    Threshold {
-        role: Role,
-        threshold: u64,
-        keys: usize,
-    },
-    #[error("signing failed (are the keys of every role being signed given?): {detail}")]
-    Sign { detail: String },
-    #[error("new root is not signed by the threshold of root version {by_version}: {detail}")]
-    RootNotSigned { by_version: u64, detail: String },
-    #[error("the repository as it stands does not verify: {0}")]
-    Load(#[source] TufError),
-    #[error(transparent)]
-    Name(#[from] NameError),
-    #[error("{path} already holds a repository", path = path.display())]
-    RepoExists { path: PathBuf },
-    #[error("release {variant}/{version} is already published; releases are immutable")]
-    ReleaseExists { variant: String, version: String },
-    /// `add_targets`: targets under this prefix are already signed.
-    #[error("targets under {prefix} are already published; they are immutable")]
-    GroupExists { prefix: String },
-    #[error("{detail}")]
-    Conflict { detail: String },
-    #[error("expiry {detail}")]
-    Expiry { detail: String },
-    #[error("{what}: {source}")]
-    Tough {
-        what: &'static str,
-        /// Boxed: tough's error carries backtraces and is large.
-        source: Box<tough::error::Error>,
-    },
-}
+pub use crate::error::PublishError;
 
 /// Signature thresholds of the four roles, as root.json states them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::fetch::{FetchConfig, HttpFetcher};
 use crate::health::GatewayGate;
+pub use crate::runner::BootFiles;
 use crate::runner::{Repository, Setup};
 use crate::store::Store;
 
@@ -87,15 +88,6 @@ impl Default for HealthConfig {
             admin_socket: d::admin_socket(),
         }
     }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BootFiles {
-    /// Where a slot's files go; `{slot}` is `a` or `b`.
-    pub dir: String,
-    /// Release files (as published with `--boot-file`).
-    pub files: Vec<String>,
 }
 
 mod d {

@@ -16,11 +16,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use nusa_ota_core::{
-    BootFacts, ChunkIndex, Command, Event, History, Progress, Running, State, Step, UnixSecs,
-    Updater, UpdaterConfig, Variant, Version,
+    BootFacts, BootVerdict, ChunkIndex, Command, Event, History, Progress, Running, State, Step,
+    UnixSecs, Updater, UpdaterConfig, Variant, Version,
 };
 use nusa_ota_slots::{SlotBackend, SlotError};
 use nusa_ota_tuf::{Client, Url};
+use serde::Deserialize;
 
 use crate::fetch::HttpFetcher;
 use crate::health::HealthGate;
@@ -62,7 +63,7 @@ pub struct Setup {
     pub metrics_file: Option<PathBuf>,
     /// Release files written to the boot partition for a slot before it is
     /// armed (systemd-boot loads the slot's kernel from there).
-    pub boot_files: Option<crate::config::BootFiles>,
+    pub boot_files: Option<BootFiles>,
     /// Tests: stop dead (as at a power cut) when this many bytes of the
     /// slot have been written.
     pub cut_write_at: Option<u64>,
@@ -73,6 +74,17 @@ pub struct Setup {
     pub audit_socket: Option<PathBuf>,
     /// Tests: stop dead before carrying out the n-th command (1-based).
     pub cut_after_commands: Option<u64>,
+}
+
+/// Release files that go to the boot partition for a slot (the kernel and
+/// initrd systemd-boot loads); `boot_files` in `update.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootFiles {
+    /// Where a slot's files go; `{slot}` is `a` or `b`.
+    pub dir: String,
+    /// Release files (as published with `--boot-file`).
+    pub files: Vec<String>,
 }
 
 /// Receives progress reports.
@@ -100,6 +112,8 @@ pub enum Stopped {
     WakeAt(UnixSecs),
     /// `download` only: the image is downloaded, writing is next.
     Downloaded,
+    /// The boot events only: the core's verdict on this boot.
+    BootJudged(BootVerdict),
 }
 
 /// What makes a run stop early.
@@ -191,24 +205,28 @@ impl Runner {
         &self.setup
     }
 
-    /// Confirms the booted slot's boot to the bootloader
-    /// ([`nusa_ota_slots::SlotBackend::confirm_boot`]); the caller decides
-    /// that the boot is an accepted one. Returns whether anything was
-    /// written.
-    pub fn confirm_boot(&self) -> Result<bool, RunError> {
-        let booted = slots_slot(self.updater.facts().booted);
-        let wrote = self
-            .setup
-            .backend
-            .confirm_boot(booted)
-            .map_err(|source| RunError::Slots {
-                backend: self.setup.backend.name(),
-                source,
-            })?;
-        if wrote {
-            tracing::info!(slot = %booted, backend = self.setup.backend.name(), "boot confirmed to the bootloader");
+    /// What runs at every boot (`nusactl update boot`): the core's boot
+    /// acceptance ([`nusa_ota_core::BootVerdict`]) around what the resume
+    /// queued. Returns why the resumed work stopped, and the verdict.
+    pub async fn boot(&mut self) -> Result<(Stopped, BootVerdict), RunError> {
+        // The boot's first question comes before what the resume queued: an
+        // interrupted transfer is not this boot's to run.
+        let resumed = std::mem::take(&mut self.queue);
+        if let Stopped::BootJudged(verdict) =
+            self.drive(Some(Event::BootStarted), Until::Settled).await?
+        {
+            return Ok((Stopped::Settled, verdict));
         }
-        Ok(wrote)
+        self.queue = resumed;
+        let stop = self.drive(None, Until::Settled).await?;
+        if stop == Stopped::Reboot {
+            return Ok((stop, BootVerdict::Settled));
+        }
+        let verdict = match self.drive(Some(Event::BootSettled), Until::Settled).await? {
+            Stopped::BootJudged(verdict) => verdict,
+            _ => BootVerdict::Settled,
+        };
+        Ok((stop, verdict))
     }
 
     /// An operator's mark-good or rollback decides instead of the health
@@ -253,6 +271,10 @@ impl Runner {
                 Command::Reboot => {
                     self.queue.clear();
                     return Ok(Stopped::Reboot);
+                }
+                Command::EndBoot(verdict) => {
+                    self.queue.clear();
+                    return Ok(Stopped::BootJudged(verdict));
                 }
                 Command::WakeAt(at) => {
                     self.setup.store.save_wake_at(Some(at))?;

@@ -290,7 +290,7 @@ async fn a_corrupt_local_chunk_is_fetched_instead() {
 }
 
 #[tokio::test]
-async fn an_older_release_is_refused_and_a_forced_install_lifts_the_floor() {
+async fn an_older_release_is_refused_and_the_refusal_is_recorded() {
     let rig = Rig::new().await;
     rig.publish("0.9.0", 0, 4096).await;
     let mut r = rig.runner();
@@ -300,6 +300,7 @@ async fn an_older_release_is_refused_and_a_forced_install_lifts_the_floor() {
     assert!(matches!(r.state(), State::Idle), "{:?}", r.state());
     let refusal = std::fs::read_to_string(rig.state.join("refusal.txt")).unwrap();
     assert!(refusal.contains("0.9.0"), "{refusal}");
+    assert!(refusal.contains("not newer than the running"), "{refusal}");
 }
 
 #[tokio::test]

@@ -101,7 +101,7 @@ fn malformed_metadata_is_refused_naming_the_field() {
 #[test]
 fn admission_checks_variant_min_version_bad_and_the_floor() {
     let run = running("1.4.2");
-    let empty = History::new();
+    let empty = BadReleases::new();
     assert_eq!(admit(&release("1.5.0"), &run, &empty, false), Ok(()));
 
     let older = admit(&release("1.4.1"), &run, &empty, false).unwrap_err();
@@ -156,8 +156,14 @@ fn admission_checks_variant_min_version_bad_and_the_floor() {
         "min_version equal to running"
     );
 
-    let mut bad = History::new();
-    bad.record_bad(&release("1.5.0"), "health gate: inference failed", 10);
+    let mut bad = BadReleases::new();
+    let r = release("1.5.0");
+    bad.record(
+        r.version,
+        r.image_sha256,
+        "health gate: inference failed",
+        10,
+    );
     let err = admit(&release("1.5.0"), &run, &bad, false).unwrap_err();
     assert!(
         err.to_string()

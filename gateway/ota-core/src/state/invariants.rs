@@ -2,10 +2,11 @@
 //! state resumed against every boot situation, then one and two events of
 //! every kind. The running slot is never a write target; the boot target
 //! moves to a new slot only after `SlotArmed` in `Staged`; a state change
-//! is persisted before anything else is done.
+//! is persisted before anything else is done; the boot events change
+//! nothing and confirm only an accepted boot of the running slot.
 
 use super::tests::{delta_plan, downloading, facts_on_new, ok, resume, writing, NOW};
-use super::{BootFacts, Command, Event, Rollback, State, Step, Updater};
+use super::{BootFacts, BootVerdict, Command, Event, Rollback, State, Step, Updater};
 use crate::testutil::{facts, release, RELEASE_LEN};
 use crate::{ReleaseInfo, Slot};
 
@@ -34,7 +35,7 @@ fn rel() -> ReleaseInfo {
     release("1.5.0")
 }
 
-fn every_state() -> Vec<State> {
+pub(super) fn every_state() -> Vec<State> {
     let mut partial = downloading();
     ok(&mut partial, Event::DownloadPlanned(delta_plan()));
     ok(&mut partial, Event::DownloadProgress { first: 2, count: 1 });
@@ -87,7 +88,7 @@ fn every_state() -> Vec<State> {
     states
 }
 
-fn every_boot() -> Vec<BootFacts> {
+pub(super) fn every_boot() -> Vec<BootFacts> {
     let mut all = Vec::new();
     for booted in [A, B] {
         for next_boot in [A, B] {
@@ -172,7 +173,71 @@ fn every_event() -> Vec<Event> {
         Event::MarkGood,
         Event::Rollback { force: false },
         Event::Rollback { force: true },
+        Event::BootStarted,
+        Event::BootSettled,
+        Event::BootConfirmed { wrote: false },
+        Event::BootConfirmed { wrote: true },
     ]
+}
+
+/// The boot events change neither the state nor the history, persist
+/// nothing, and confirm only the running slot's boot, only when it is
+/// accepted: never while a release on it is on trial or a reboot is
+/// pending, never when the state records the running release as failed.
+fn assert_boot_event_keeps_the_rules(
+    before: &Updater,
+    event: &Event,
+    after: &Updater,
+    cmds: &[Command],
+    ctx: &str,
+) {
+    if !matches!(
+        event,
+        Event::BootStarted | Event::BootSettled | Event::BootConfirmed { .. }
+    ) {
+        return;
+    }
+    assert_eq!(after.state(), before.state(), "{ctx}");
+    assert_eq!(after.history(), before.history(), "{ctx}");
+    let facts = before.facts();
+    let may_confirm = match before.state() {
+        State::Idle
+        | State::Checking
+        | State::Downloading { .. }
+        | State::Writing { .. }
+        | State::Staged { .. } => true,
+        State::Good { slot, .. } => *slot == facts.booted,
+        State::Failed {
+            release,
+            rollback: None,
+            ..
+        } => release
+            .as_ref()
+            .is_none_or(|r| r.version != facts.running.version),
+        State::Rebooting { .. } | State::PendingHealth { .. } | State::Failed { .. } => false,
+    };
+    for c in cmds {
+        match c {
+            Command::ConfirmBoot { slot } => {
+                assert_eq!(*slot, facts.booted, "{ctx}: confirms another slot");
+                assert!(may_confirm, "{ctx}: confirms a boot it does not accept");
+            }
+            Command::EndBoot(BootVerdict::GoodAfterFailure) => assert!(
+                matches!(before.state(), State::Failed { rollback: None, .. }),
+                "{ctx}: good after which failure?"
+            ),
+            Command::EndBoot(BootVerdict::TransferLeft) => assert!(
+                may_confirm
+                    && !matches!(
+                        before.state(),
+                        State::Idle | State::Good { .. } | State::Failed { .. }
+                    ),
+                "{ctx}: left which transfer?"
+            ),
+            Command::EndBoot(BootVerdict::Settled) => {}
+            other => panic!("{ctx}: a boot event asked for {other:?}"),
+        }
+    }
 }
 
 /// A switch of the boot target toward a slot other than the running one
@@ -267,6 +332,7 @@ fn check_step(up: &Updater, event: &Event, ctx: &str) -> Option<Updater> {
         Ok(cmds) => {
             assert_active_untouched(up.active(), &cmds, &ctx);
             assert_switch_is_earned(&before, Some(event), &next, &cmds, &ctx);
+            assert_boot_event_keeps_the_rules(up, event, &next, &cmds, &ctx);
             // Write progress alone is not persisted: a power cut restarts
             // the write anyway.
             let write_progress = matches!(
@@ -334,5 +400,24 @@ fn every_state_survives_its_persisted_form() {
             state,
             "{json}"
         );
+    }
+}
+
+#[test]
+fn an_update_may_start_exactly_where_a_check_is_taken() {
+    for state in every_state() {
+        for facts in every_boot() {
+            let (up, _) = resume(state.clone(), facts);
+            let mut next = up.clone();
+            let taken = next.handle(Event::CheckRequested, NOW).is_ok()
+                && next.state() == &State::Checking
+                && up.state() != &State::Checking;
+            assert_eq!(
+                up.state().update_may_start(),
+                taken,
+                "{}",
+                up.state().name()
+            );
+        }
     }
 }

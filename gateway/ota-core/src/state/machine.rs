@@ -1,6 +1,7 @@
 //! [`Updater::handle`]: one event in, the commands out. The handlers of
 //! the busy states are in `transfer.rs` (download, write) and `boot.rs`
-//! (reboot, health gate, rollback).
+//! (reboot, health gate, rollback); whether a boot is accepted, in any
+//! state, in `accept.rs`.
 
 use super::{BootFacts, Command, Event, EventError, Rollback, Slot, State, Step, UpdaterConfig};
 use crate::history::{History, Outcome};
@@ -58,6 +59,9 @@ impl Updater {
             event: event.name(),
             state: self.state.name(),
         };
+        if let Some(cmds) = self.boot_acceptance(&event) {
+            return Ok(cmds);
+        }
         match (&mut self.state, event) {
             (State::Idle | State::Good { .. }, Event::CheckRequested | Event::Wake)
             | (State::Failed { rollback: None, .. }, Event::CheckRequested | Event::Wake) => {
@@ -65,7 +69,7 @@ impl Updater {
             }
             (State::Idle | State::Good { .. }, Event::InstallRequested { release, force })
             | (State::Failed { rollback: None, .. }, Event::InstallRequested { release, force }) => {
-                admit(&release, &self.facts.running, &self.history, force)
+                admit(&release, &self.facts.running, self.history.bad_set(), force)
                     .map_err(EventError::Refused)?;
                 Ok(self.start(release, force, now))
             }

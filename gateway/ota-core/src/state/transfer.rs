@@ -190,7 +190,7 @@ impl Updater {
 
     /// A release from the metadata: admitted, in this appliance's wave?
     pub(super) fn found(&mut self, release: ReleaseInfo, now: UnixSecs) -> Vec<Command> {
-        if let Err(refusal) = admit(&release, &self.facts.running, &self.history, false) {
+        if let Err(refusal) = admit(&release, &self.facts.running, self.history.bad_set(), false) {
             return self.set(State::Idle, vec![Command::Refused(refusal)]);
         }
         let version = release.version;

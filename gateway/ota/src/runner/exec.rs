@@ -1,6 +1,7 @@
 //! Carrying out one command. `Ok(Err(reason))` is a failed step the core
 //! decides about; `Err` is the runner itself failing (its own disk).
 
+use nusa_ota_core::release::IMAGE_FILE;
 use nusa_ota_core::{Command, Event, ReleaseInfo, Sha256Digest, State, Step};
 use nusa_ota_tuf::TufError;
 
@@ -167,7 +168,15 @@ impl Runner {
                     Err(e) => return Ok(Err(format!("marking slot {slot} good: {e}"))),
                 }
             }
-            Command::Reboot | Command::WakeAt(_) => {}
+            Command::ConfirmBoot { slot } => {
+                let slot = slots_slot(slot);
+                let wrote = self.setup.backend.confirm_boot(slot).map_err(slots)?;
+                if wrote {
+                    tracing::info!(%slot, backend, "boot confirmed to the bootloader");
+                }
+                self.feed(Event::BootConfirmed { wrote })?;
+            }
+            Command::Reboot | Command::WakeAt(_) | Command::EndBoot(_) => {}
         }
         Ok(Ok(()))
     }
@@ -186,7 +195,7 @@ impl Runner {
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let variant = self.setup.variant.as_str().to_string();
         for file in &bf.files {
-            let name = crate::publish::target_name(&variant, version, file);
+            let name = nusa_ota_tuf::target_name(&variant, version, file);
             let bytes = self
                 .tuf()
                 .await?
@@ -211,14 +220,8 @@ impl Runner {
         let image = target
             .files
             .iter()
-            .find(|f| f.file == crate::publish::IMAGE_FILE)
-            .ok_or_else(|| {
-                format!(
-                    "release {} has no {}",
-                    target.version,
-                    crate::publish::IMAGE_FILE
-                )
-            })?;
+            .find(|f| f.file == IMAGE_FILE)
+            .ok_or_else(|| format!("release {} has no {IMAGE_FILE}", target.version))?;
         let release: ReleaseInfo =
             serde_json::from_value(serde_json::Value::Object(image.custom.clone()))
                 .map_err(|e| format!("release {} metadata: {e}", target.version))?;

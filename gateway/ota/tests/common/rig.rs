@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nusa_ota::health::{GateFuture, HealthGate};
-use nusa_ota::publish::{add_release, NewRelease};
 use nusa_ota::runner::{Repository, Runner, Setup};
 use nusa_ota::store::Store;
 use nusa_ota_core::{UpdaterConfig, Variant, Version, Waves};
+use nusa_ota_publish::{add_release, NewRelease};
 use nusa_ota_slots::{FileBackend, SlotBackend};
 use nusa_ota_tuf::{Expiries, KeyCounts, SigningKeys, Thresholds};
 

@@ -1,17 +1,21 @@
-//! A release, from a root filesystem image to signed TUF targets: the
-//! image, its chunk index (for delta updates) and the release metadata
-//! every appliance checks before it installs anything.
+//! Publishing an OS release on a release engineer's machine: from a root
+//! filesystem image to signed TUF targets, the image, its chunk index (for
+//! delta updates) and the release metadata every appliance checks before
+//! it installs anything. `nusactl release add` calls it.
+//!
+//! Apart from `nusa-ota`, the appliance's updater, which only reads
+//! releases: the updater carries no code path that signs. The layout both
+//! sides agree on is `nusa_ota_core::release::{IMAGE_FILE, INDEX_FILE}`
+//! under `nusa_ota_tuf::target_name`.
+
+#![forbid(unsafe_code)]
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+pub use nusa_ota_core::release::{IMAGE_FILE, INDEX_FILE};
 use nusa_ota_core::{IndexBuilder, ReleaseInfo, Sha256Hasher, Variant, Version, Waves};
-use nusa_ota_tuf::{Expiries, SigningKeys};
-
-/// The image's file name inside a release.
-pub const IMAGE_FILE: &str = "root.img";
-/// The chunk index's file name inside a release.
-pub const INDEX_FILE: &str = "root.img.cix";
+use nusa_ota_tuf::{target_name, Expiries, SigningKeys};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -108,8 +112,4 @@ pub async fn add_release(
     )
     .await?;
     Ok(info)
-}
-
-pub fn target_name(variant: &str, version: &str, file: &str) -> String {
-    format!("{variant}/{version}/{file}")
 }
