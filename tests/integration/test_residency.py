@@ -13,6 +13,8 @@ derived from the region's idle latency).
 """
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 
 import pytest
@@ -84,6 +86,20 @@ def overload(main: nt.NusadServer, env: Env, model_name: str, label: str) -> loa
     return s
 
 
+def create_key(main: nt.NusadServer, name: str, *flags: str) -> dict[str, str]:
+    """A new API key (`nusactl keys create`), as the header that presents it."""
+    out = subprocess.run([str(nt.nusactl_binary()), "keys", "--socket", str(main.admin_socket),
+                          "create", name, *flags], capture_output=True, text=True, check=True)
+    return {"Authorization": f"Bearer {out.stdout.strip()}"}
+
+
+def warm_up_with(main: nt.NusadServer, env: Env, auth: dict[str, str]) -> None:
+    """st.warm_up's requests, presenting a key (st.warm_up sends none)."""
+    for i in range(3):
+        path, body, headers, _ = env.work.maker(ANY_MODEL, auth)(0, i)
+        assert nt.https1(main, "POST", path, body, headers).status == 200
+
+
 def region_requests(samples, region: str) -> float:
     return nt.metric_sum(samples, "nusa_region_requests_total", region=region)
 
@@ -150,24 +166,14 @@ def test_a_keys_residency_and_spill_permission_hold_under_overload(tmp_path, env
     """Per-key residency (issue 15): with API keys, a tenant whose key says
     `--residency ID` never reaches SG although its model may go anywhere,
     and a key with `--no-spill` never leaves the box."""
-    import subprocess
-
     main = st.start_main(tmp_path / "main", env.slow, regions(env), slo_ms=env.slo_ms,
                          models={ANY_MODEL: model(env, "any")}, name="main-keys",
                          extra={"auth": {"mode": "keys"}})
     mains.append(main)
 
-    def key(name: str, *flags: str) -> dict[str, str]:
-        out = subprocess.run([str(nt.nusactl_binary()), "keys", "--socket", str(main.admin_socket),
-                              "create", name, *flags], capture_output=True, text=True, check=True)
-        return {"Authorization": f"Bearer {out.stdout.strip()}"}
-
-    id_tenant = key("id-tenant", "--residency", "ID")
-    local_tenant = key("box-only", "--no-spill")
-    # Warm-up, with the key (st.warm_up sends none).
-    for i in range(3):
-        path, body, headers, _ = env.work.maker(ANY_MODEL, id_tenant)(0, i)
-        assert nt.https1(main, "POST", path, body, headers).status == 200
+    id_tenant = create_key(main, "id-tenant", "--residency", "ID")
+    local_tenant = create_key(main, "box-only", "--no-spill")
+    warm_up_with(main, env, id_tenant)
     sg_before = received(env.sg)
 
     s = loadgen.closed_loop(main, env.work.maker(ANY_MODEL, id_tenant), clients=CLIENTS,
@@ -192,8 +198,6 @@ def test_a_spent_budget_with_stop_spill_keeps_requests_home(tmp_path, env, mains
     once what its requests cost in the regions reaches it, they are
     answered here (or 503) and no region sees them again that day; the
     cost report shows each answer's jurisdiction and the budget."""
-    import json
-    import subprocess
 
     extra = {"auth": {"mode": "keys"},
              "pricing": {"regions": {"sg-1": {"per_request": 0.001},
@@ -202,12 +206,8 @@ def test_a_spent_budget_with_stop_spill_keeps_requests_home(tmp_path, env, mains
     main = st.start_main(tmp_path / "main", env.slow, regions(env), slo_ms=env.slo_ms,
                          models={ANY_MODEL: model(env, "any")}, name="main-budget", extra=extra)
     mains.append(main)
-    out = subprocess.run([str(nt.nusactl_binary()), "keys", "--socket", str(main.admin_socket),
-                          "create", "thrifty"], capture_output=True, text=True, check=True)
-    auth = {"Authorization": f"Bearer {out.stdout.strip()}"}
-    for i in range(3):
-        path, body, headers, _ = env.work.maker(ANY_MODEL, auth)(0, i)
-        assert nt.https1(main, "POST", path, body, headers).status == 200
+    auth = create_key(main, "thrifty")
+    warm_up_with(main, env, auth)
 
     first = loadgen.closed_loop(main, env.work.maker(ANY_MODEL, auth), clients=CLIENTS,
                                 duration_s=LOAD_S, output=sm.OUTPUT, ramp_s=st.RAMP_S)
@@ -251,7 +251,6 @@ def test_a_keys_daily_spill_quota_keeps_its_requests_home_then_answers_429(tmp_p
     what here cannot take (a queue of 2 under this load) gets 429 naming
     `daily_spill_bytes` with Retry-After until UTC midnight instead of the
     box's 503."""
-    import subprocess
 
     row_bytes = 4 * sm.DIM                   # one FP32 row of the slow model's input
     quota_rows = 5
@@ -259,13 +258,8 @@ def test_a_keys_daily_spill_quota_keeps_its_requests_home_then_answers_429(tmp_p
                          models={ANY_MODEL: model(env, "any", ID_QUEUE)}, name="main-spill-quota",
                          extra={"auth": {"mode": "keys"}})
     mains.append(main)
-    out = subprocess.run([str(nt.nusactl_binary()), "keys", "--socket", str(main.admin_socket),
-                          "create", "quota", "--daily-spill-bytes", str(quota_rows * row_bytes)],
-                         capture_output=True, text=True, check=True)
-    auth = {"Authorization": f"Bearer {out.stdout.strip()}"}
-    for i in range(3):
-        path, body, headers, _ = env.work.maker(ANY_MODEL, auth)(0, i)
-        assert nt.https1(main, "POST", path, body, headers).status == 200
+    auth = create_key(main, "quota", "--daily-spill-bytes", str(quota_rows * row_bytes))
+    warm_up_with(main, env, auth)
 
     first = loadgen.closed_loop(main, env.work.maker(ANY_MODEL, auth), clients=CLIENTS,
                                 duration_s=LOAD_S, output=sm.OUTPUT, ramp_s=st.RAMP_S)
