@@ -172,7 +172,7 @@ impl PlanStore {
             }
             ctx.update(&buf[..n]);
         }
-        let h = hex(ctx.finish().as_ref());
+        let h = hex::encode(ctx.finish().as_ref());
         hashed.retain(|(p, ..)| p != onnx);
         hashed.push((onnx.to_path_buf(), meta.len(), mtime, h.clone()));
         Ok(h)
@@ -193,13 +193,9 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 fn digest_hex(bytes: &[u8]) -> String {
-    let mut h = hex(ring::digest::digest(&SHA256, bytes).as_ref());
+    let mut h = hex::encode(ring::digest::digest(&SHA256, bytes).as_ref());
     h.truncate(32);
     h
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

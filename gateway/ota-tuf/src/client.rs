@@ -18,7 +18,7 @@ use url::Url;
 
 use crate::error::Stage;
 use crate::names::{check_component, check_signed_name, split_release_name};
-use crate::{hex, TufError};
+use crate::TufError;
 
 /// Bounds on everything the client downloads. Metadata limits apply before
 /// a file's signed length is known (timestamp, root); after that tough
@@ -288,7 +288,7 @@ impl Client {
                 })?;
         let url = self
             .targets_url
-            .join(&format!("{}.{name}", hex(&sha256)))
+            .join(&format!("{}.{name}", hex::encode(sha256)))
             .map_err(|e| TufError::InvalidMetadata {
                 role: "targets".to_owned(),
                 detail: format!("URL of {name}: {e}"),

@@ -98,18 +98,6 @@ pub fn local_urls(repo_dir: &Path) -> Result<(Url, Url), TufError> {
     Ok((url(METADATA_DIR)?, url(TARGETS_DIR)?))
 }
 
-/// Lowercase hex, for sha256 values in errors, URLs and file names.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            // Writing to a String cannot fail.
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
-
 /// The target name checks, for the fuzz targets in `fuzz/`; not an API:
 /// `name` as a component, a release version, a signed name, and split as
 /// a release name.
