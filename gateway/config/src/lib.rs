@@ -12,6 +12,8 @@ use serde::Deserialize;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9465";
+/// The largest config file read.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -468,10 +470,22 @@ pub fn parse_prefix(s: &str) -> Option<(std::net::IpAddr, u8)> {
 impl Config {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        use std::io::Read;
+        let read_err = |source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        // Bounded like every other read: a config is a few KiB.
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text))
+            .map_err(read_err)?;
+        if text.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(read_err(std::io::Error::other(format!(
+                "larger than {} KiB: not a configuration file",
+                MAX_CONFIG_BYTES >> 10
+            ))));
+        }
         Config::from_toml(&text, path)
     }
 
@@ -681,6 +695,21 @@ mod tests {
             Err(Parsed::Key { key, message }) => format!("{key}: {message}"),
             Err(Parsed::Syntax(m)) => format!("syntax: {m}"),
         }
+    }
+
+    #[test]
+    fn an_oversized_file_is_refused_before_it_is_parsed() {
+        let dir = std::env::temp_dir().join(format!("nusa-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("big.toml");
+        // A valid file, padded with a comment past the bound.
+        let text = format!("[server]\n#{}\n", "x".repeat(MAX_CONFIG_BYTES as usize));
+        std::fs::write(&path, text).unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("larger than 1024 KiB"), "{e}");
+        std::fs::write(&path, "[server]\n# small\n").unwrap();
+        Config::load(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
