@@ -28,6 +28,9 @@ Comparisons in this version:
      way (full mode).
   7. API keys: server CPU per cached request with auth.mode = "keys" against
      the same server without (`--only auth` runs this section alone).
+  8. request traces: server CPU per cached request with tracing off, on at
+     sample_ratio 0.01 and on at 1.0, exporting over OTLP/HTTP to a receiver
+     that discards (`--only tracing` runs this section alone).
 """
 from __future__ import annotations
 
@@ -392,6 +395,77 @@ def auth_cost(report: Report, tmp: Path, quick: bool, seconds: float, rounds: in
         open_.stop()
 
 
+def tracing_cost(report: Report, tmp: Path, quick: bool, seconds: float, rounds: int) -> None:
+    """What request traces cost per request: the same cache hits on a server
+    with tracing off, one recording every request and exporting 1% of them,
+    and one exporting all, interleaved, server CPU per request (the exporter
+    thread's included: it is nusad's). The receiver (otlp_receiver.py, which
+    counts and discards) runs beside the load generator, off the server's core."""
+    x, _ = nt.golden_rows([0])
+    body, headers = nt.binary_infer_request(x, binary_output=True)
+    body_path = tmp / "tracing-body.bin"
+    body_path.write_bytes(body)
+    cached = dict(nt.batching(max_batch_size=32, max_queue_delay_us=0, max_queue_size=1024))
+    cached["cache"] = {"enabled": True, "ttl_s": 3600}
+    limits = {"limits": {"max_body_bytes": 1 << 20}}
+    receiver = subprocess.Popen(pin(1) + [sys.executable, str(ROOT / "tests/integration/otlp_receiver.py")],
+                                stdout=subprocess.PIPE, text=True)
+    servers: dict[str, nt.NusadServer] = {}
+    try:
+        endpoint = f"http://127.0.0.1:{int(receiver.stdout.readline())}"
+        # The last also leaves out Server-Timing (on by default): what the
+        # header itself costs.
+        tables = {"off": {}, "on 1%": {"otlp_endpoint": endpoint, "sample_ratio": 0.01},
+                  "on 100%": {"otlp_endpoint": endpoint, "sample_ratio": 1.0},
+                  "off, no Server-Timing": {"server_timing": False}}
+        for name, table in tables.items():
+            config = dict(limits)
+            if table:
+                config["tracing"] = table
+            slug = "".join(c if c.isalnum() else "-" for c in name)
+            servers[name] = nt.start_server(slug, tmp / f"tracing-{slug}", {nt.MODEL: ((1,), cached)}, config)
+        path = nt.infer_path()
+        systems = {name: System(name, f"https://127.0.0.1:{srv.port}{path}", [srv.proc.pid], srv.ca_path)
+                   for name, srv in servers.items()}
+        for sys_ in systems.values():
+            loadtools.wrk(sys_.url, body_path, headers, 1, 1)
+            check_cached(sys_.url, body_path, headers, "nusa-served-by", "cache")
+        by: dict[str, list[Sample]] = {name: [] for name in systems}
+        for _ in range(rounds):
+            for name, sys_ in systems.items():
+                by[name].append(measure(sys_, lambda: loadtools.wrk(sys_.url, body_path, headers, 16, seconds)))
+        report.table("8. Request traces: cache hits with tracing off, on at sample_ratio 0.01 and on at 1.0 "
+                     "(OTLP/HTTP to a receiver on the load generator's core; HTTP/1.1, c=16)",
+                     [("cache hit, on 1%", {"on": by["on 1%"], "off": by["off"]}),
+                      ("cache hit, on 100%", {"on": by["on 100%"], "off": by["off"]}),
+                      ("cache hit, Server-Timing", {"on": by["off"], "off": by["off, no Server-Timing"]})],
+                     ["on", "off"])
+        off = med([x.cpu_us_per_req for x in by["off"]])
+        report.lines += ["| tracing | server CPU us/req (median) | added per request | spans exported | "
+                         "spans dropped (queue full / export failed / buffer full) | traces kept / dropped |",
+                         "|---|---|---|---|---|---|"]
+        for name in tables:
+            cpu = med([x.cpu_us_per_req for x in by[name]])
+            m = nt.scrape_metrics(servers[name])
+            total = lambda n, **kv: nt.metric_sum(m, n, **kv)  # noqa: E731
+            dropped = " / ".join(f"{total('nusa_trace_spans_dropped_total', reason=r):.0f}"
+                                 for r in ("queue_full", "export_failed", "buffer_full"))
+            kept = sum(total("nusa_trace_traces_total", verdict=v) for v in ("sampled", "slow", "failed"))
+            report.lines.append(f"| {name} | {cpu:.1f} | {cpu - off:+.1f} us | "
+                                f"{total('nusa_trace_spans_exported_total'):.0f} | {dropped} | "
+                                f"{kept:.0f} / {total('nusa_trace_traces_total', verdict='dropped'):.0f} |")
+        report.lines += ["", "'off' has Server-Timing (the default); the last row has neither.",
+                         "", "Every request is recorded when tracing is on (the tail decision needs its "
+                         "spans: a slow or failed one is kept whatever the ratio), so 1% costs nearly what "
+                         "100% does on the request path; the difference is the export, which runs on its "
+                         "own thread.", ""]
+    finally:
+        for srv in servers.values():
+            srv.stop()
+        receiver.kill()
+        receiver.wait()
+
+
 def start_to_ready(tmp: Path, n: int) -> list[float]:
     """Seconds from spawn to a 200 from /v2/health/ready, bundled demo model."""
     out = []
@@ -411,7 +485,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--seconds", type=float, default=None, help="per run (default 8, quick 2)")
     ap.add_argument("--out", default=str(ROOT / "bench/results"))
-    ap.add_argument("--only", choices=["auth"], help="run one section only (its report file says so)")
+    ap.add_argument("--only", choices=["auth", "tracing"],
+                    help="run one section only (its report file says so)")
     args = ap.parse_args()
     quick = args.quick
     rounds = args.rounds or (1 if quick else 5)
@@ -433,6 +508,16 @@ def main() -> int:
                            f"`.venv/bin/python bench/run.py --only auth{' --quick' if quick else ''}`; "
                            f"{rounds} rounds of {seconds:.0f} s, release build, server on core 0, wrk on core 1 "
                            f"of {os.cpu_count()}.", ""])
+        print(out.read_text())
+        return 0
+    if args.only == "tracing":
+        with tempfile.TemporaryDirectory() as tmp_s:
+            tracing_cost(report, Path(tmp_s), quick, seconds, rounds)
+        out = out_dir / f"{stamp}-tracing.md"
+        report.write(out, [f"# Request trace cost ({stamp})", "",
+                           f"`.venv/bin/python bench/run.py --only tracing{' --quick' if quick else ''}`; "
+                           f"{rounds} rounds of {seconds:.0f} s, release build, server on core 0, wrk and the "
+                           f"OTLP receiver on core 1 of {os.cpu_count()}.", ""])
         print(out.read_text())
         return 0
 
@@ -524,6 +609,7 @@ def main() -> int:
             ours.stop()
         inference(report, tmp, quick, seconds, rounds)
         auth_cost(report, tmp, quick, seconds, rounds)
+        tracing_cost(report, tmp, quick, seconds, rounds)
         if oha_bin:
             proxy_overhead(report, tmp, oha_bin, quick, seconds, rounds)
             overload(report, tmp, oha_bin, quick, seconds, rounds)

@@ -5,8 +5,8 @@ throughput of the two runs are printed, not asserted (see the overload
 test); residency (by model, by request, by client prefix) keeps
 requests local (or 503 + Retry-After) and off the region; the spend cap.
 
-traceparent propagation to the region is covered by the Rust tests (nusad
-does not log request headers), so it is not checked here.
+traceparent propagation to the region is checked in test_tracing.py (one
+trace across both processes, in a real OTLP receiver).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 use nusa_canary::Ticket;
 use nusa_cost::{Place, Usage};
-use nusa_dispatch::{Job, ServedBy};
+use nusa_dispatch::{Answer, Job, ServedBy};
 use nusa_engine::ModelMetadata;
 use nusa_proto::SoleInput;
 use nusa_proto::{
@@ -10,6 +10,7 @@ use nusa_proto::{
 };
 use nusa_sched::SchedError;
 use nusa_tensor::Tensor;
+use nusa_trace::Phases;
 
 use crate::meta::lookup_error;
 use crate::{Api, ApiRequest, ApiResponse, Caller};
@@ -30,14 +31,19 @@ pub(crate) async fn handle(
         (Some(access), Some(key)) => access.admit(key, model, now_s).map(Some),
         _ => Ok(None),
     };
-    let (outcome, resp) = match permit {
+    let mut phases = Phases::default();
+    let (outcome, mut resp) = match permit {
         Err(refused) => (OVER_LIMIT, refused),
-        Ok(_permit) => match infer(api, model, version, req, caller).await {
+        Ok(_permit) => match infer(api, model, version, req, caller, &mut phases).await {
             Ok(resp) => ("ok", resp),
             Err(Refused::Proto(e)) => (e.kind.label(), ApiResponse::error(&e)),
             Err(Refused::Limit(d)) => (OVER_LIMIT, crate::access::over_limit(&d, now_s)),
         },
     };
+    if api.server_timing {
+        let value = nusa_trace::server_timing(&phases, received.elapsed());
+        resp.headers.push((crate::SERVER_TIMING, value));
+    }
     // Label by the model name only when it names a model we serve, so that
     // clients cannot grow the label set with made-up names.
     let label = if api.repo.model(model).is_ok() {
@@ -75,6 +81,7 @@ async fn infer(
     version: Option<&str>,
     req: ApiRequest,
     caller: &Caller,
+    phases: &mut Phases,
 ) -> Result<ApiResponse, Refused> {
     // A request that names no version gets the rollout's pick while the
     // model is in a canary rollout; one that names a version bypasses it.
@@ -102,6 +109,8 @@ async fn infer(
         Err(e) => return Err(lookup_error(e).into()),
     };
     let meta = &mv.metadata;
+    let model_entry = api.repo.model(model).map_err(lookup_error)?;
+    nusa_trace::record_model(model, model_entry.config.slo_ms);
     let sole = match meta.inputs.as_slice() {
         [one] => Some(SoleInput {
             name: &one.name,
@@ -111,13 +120,15 @@ async fn infer(
         _ => None,
     };
     let bytes_in = req.body.len() as u64;
-    let mut request = decode_infer_request(req.header_length.as_deref(), req.body, sole)?;
+    let decoding =
+        tracing::info_span!(target: nusa_trace::TARGET, "decode", nusa.bytes = bytes_in as i64);
+    let mut request =
+        decoding.in_scope(|| decode_infer_request(req.header_length.as_deref(), req.body, sole))?;
     let wanted = requested_outputs(meta, &request)?;
     let batching = mv.scheduler.batching();
     let (inputs, rows) = meta
         .order_inputs(std::mem::take(&mut request.inputs), batching)
         .map_err(ProtoError::bad_request)?;
-    let model_entry = api.repo.model(model).map_err(lookup_error)?;
     // The key's residency and spill permission, and its daily quota of
     // bytes spilled to regions (checked here, counted below when a region
     // answered).
@@ -165,7 +176,7 @@ async fn infer(
         caller_may_spill,
         caller: caller.key().map(|k| k.name.as_str()),
         peer: req.peer,
-        traceparent: req.traceparent,
+        trace: req.trace,
         cache_control: req.cache_control,
     };
     let shadow_copy = ticket
@@ -174,11 +185,11 @@ async fn infer(
         .map(|_| (job.inputs.clone(), job.rows));
     let result = api.dispatch.infer(job).await;
     if let Some(t) = &ticket {
-        match &result {
-            Ok((_, ServedBy::Local { compute_us, .. })) => t.record(false, Some(*compute_us)),
-            Ok((_, ServedBy::Cache)) => t.record(false, None),
+        match result.as_ref().map(|a| &a.served_by) {
+            Ok(ServedBy::Local { compute_us, .. }) => t.record(false, Some(*compute_us)),
+            Ok(ServedBy::Cache) => t.record(false, None),
             // A region's answer says nothing of this box's versions.
-            Ok((_, ServedBy::Cloud(_))) => {}
+            Ok(ServedBy::Cloud(_)) => {}
             // A 5xx, or the engine refusing a request the API's checks
             // passed (a 400 from the version itself): a failure of the
             // version that served it. A request the API refuses never gets
@@ -186,7 +197,11 @@ async fn infer(
             Err(_) => t.record(true, None),
         }
     }
-    let (tensors, served_by) = match (result, spill_spent) {
+    let Answer {
+        outputs: tensors,
+        served_by,
+        phases: spent,
+    } = match (result, spill_spent) {
         (Ok(answer), _) => answer,
         (Err(e), Some(spent)) if e.kind.status() == 503 => return Err(Refused::Limit(spent)),
         (Err(e), _) => return Err(e.into()),
@@ -211,9 +226,19 @@ async fn infer(
             })
         })
         .collect();
+    *phases = spent;
+    if nusa_trace::enabled() {
+        tracing::Span::current().record("nusa.served_by", served_by.header());
+    }
     let version_str = mv.version.to_string();
-    let encoded = encode_infer_response(model, Some(&version_str), request.id.as_deref(), &outputs)
+    let encoding = tracing::info_span!(target: nusa_trace::TARGET, "encode", nusa.bytes = tracing::field::Empty);
+    let encoded = encoding
+        .in_scope(|| {
+            encode_infer_response(model, Some(&version_str), request.id.as_deref(), &outputs)
+        })
         .map_err(|e| ProtoError::bad_request(format!("encoding the response: {e}")))?;
+    let bytes_out: u64 = encoded.frames.iter().map(|f| f.len() as u64).sum();
+    encoding.record("nusa.bytes", bytes_out as i64);
     if let Some(costs) = &api.costs {
         let place = match &served_by {
             ServedBy::Cache => Place::Cache,
@@ -237,7 +262,7 @@ async fn infer(
             place,
             compute_s,
             bytes_in,
-            bytes_out: encoded.frames.iter().map(|f| f.len() as u64).sum(),
+            bytes_out,
         });
     }
     let mut headers = Vec::with_capacity(4);

@@ -60,8 +60,9 @@ pub struct ApiRequest {
     pub received: Instant,
     /// The client's address (residency policy by client).
     pub peer: Option<std::net::IpAddr>,
-    /// W3C trace context, passed on to a region.
-    pub traceparent: Option<String>,
+    /// The caller's W3C trace context (valid, or none), passed on to a
+    /// region when tracing is off.
+    pub trace: Option<nusa_trace::TraceContext>,
     /// `Cache-Control`, for `no-cache` and `no-store`.
     pub cache_control: Option<String>,
     /// What the caller presented: API key, client certificate, socket uid.
@@ -128,7 +129,12 @@ pub struct Api {
     costs: Option<Arc<nusa_cost::Costs>>,
     /// Reads the config file again (`nusa-app`'s reloader).
     reload: Option<Reload>,
+    /// A `Server-Timing` header on every answer (`[tracing] server_timing`).
+    server_timing: bool,
 }
+
+/// W3C Server Timing's response header.
+pub const SERVER_TIMING: &str = "server-timing";
 
 /// A configuration reload on behalf of its caller: what it applied and
 /// what needs a restart, or why the file was refused (nothing changed).
@@ -151,7 +157,18 @@ impl Api {
             audit: None,
             costs: None,
             reload: None,
+            server_timing: true,
         }
+    }
+
+    /// Whether answers carry `Server-Timing` (on unless turned off).
+    pub fn with_server_timing(mut self, on: bool) -> Api {
+        self.server_timing = on;
+        self
+    }
+
+    pub fn server_timing(&self) -> bool {
+        self.server_timing
     }
 
     /// Counts what each answer costs (`nusactl cost`).

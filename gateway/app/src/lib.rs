@@ -370,6 +370,7 @@ pub async fn run_with(
         tracing::info!(key_id = %d.key_id(), "model decryption key loaded: encrypted versions are decrypted into memory at load");
     }
     let metrics = Metrics::new();
+    nusa_trace::register_metrics(&metrics);
     for path in &config.server.metrics_textfiles {
         metrics.add_textfile(path.clone());
     }
@@ -479,7 +480,8 @@ pub async fn run_with(
     };
     let mut api = Api::new(repo, Arc::clone(&metrics), Arc::clone(&dispatch), canaries)
         .with_audit(Arc::clone(&audit))
-        .with_costs(Arc::clone(&costs));
+        .with_costs(Arc::clone(&costs))
+        .with_server_timing(config.tracing.server_timing);
     let mut keys = None;
     match config.auth_mode() {
         AuthMode::Keys => {

@@ -162,6 +162,7 @@ fn restart_needed(running: &Config, new: &Config) -> Vec<String> {
         ("auth", running.auth != auth),
         ("cost", running.cost != new.cost),
         ("rollout", running.rollout != new.rollout),
+        ("tracing", running.tracing != new.tracing),
     ]
     .into_iter()
     .filter(|(_, changed)| *changed)

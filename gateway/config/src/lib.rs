@@ -3,6 +3,7 @@
 //!
 //! A bad file is one error naming the key (`limits.max_body_bytes: ...`).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -42,6 +43,57 @@ pub struct Config {
     /// `[rollout]`, a published policy and the operator's flags layer over
     /// it). Keys: see `nusa-rollout`'s README.
     pub rollout: nusa_rollout::PlanSpec,
+    /// `[tracing]`: request traces to an OpenTelemetry collector, and
+    /// the `Server-Timing` header.
+    pub tracing: Tracing,
+}
+
+/// `[tracing]`: request traces exported over OTLP/HTTP (protobuf) to a
+/// collector; off unless `otlp_endpoint` is set, and then every request
+/// is recorded, a trace kept when sampled at the head (`sample_ratio`, or
+/// the caller's `traceparent` flag), slower than its model's `slo_ms`, or
+/// answered 5xx.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tracing {
+    /// The collector's OTLP/HTTP base URL (`http://127.0.0.1:4318`;
+    /// `/v1/traces` is added unless the URL has a path). Unset: off.
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces kept at the head, 0 to 1, by trace id.
+    pub sample_ratio: f64,
+    /// `service.name` of the spans.
+    pub service_name: String,
+    /// Headers sent with every export (a collector's API key).
+    pub headers: BTreeMap<String, String>,
+    /// PEM roots for an `https://` collector.
+    pub ca: Option<PathBuf>,
+    /// One export's limit.
+    pub export_timeout_ms: u64,
+    /// Kept spans waiting for the exporter, at most; more are dropped and
+    /// counted (`nusa_trace_spans_dropped_total`).
+    pub queue_spans: usize,
+    /// Spans of unfinished requests held for the tail decision, at most
+    /// (about 1 KiB each); the oldest traces are dropped past it.
+    pub buffer_spans: usize,
+    /// A `Server-Timing` header on every answer (cache, queue, compute,
+    /// region, total).
+    pub server_timing: bool,
+}
+
+impl Default for Tracing {
+    fn default() -> Tracing {
+        Tracing {
+            otlp_endpoint: None,
+            sample_ratio: 1.0,
+            service_name: "nusad".into(),
+            headers: BTreeMap::new(),
+            ca: None,
+            export_timeout_ms: 10_000,
+            queue_spans: 8_192,
+            buffer_spans: 16_384,
+            server_timing: true,
+        }
+    }
 }
 
 /// `[models]`: with `repository` set, nusad serves only signed versions it
@@ -419,6 +471,7 @@ impl Default for Config {
             pricing: nusa_cost::Pricing::default(),
             budgets: nusa_cost::Budgets::default(),
             cost: nusa_cost::Bounds::default(),
+            tracing: Tracing::default(),
         }
     }
 }
@@ -651,6 +704,39 @@ impl Config {
                 });
             }
         }
+        let t = &self.tracing;
+        if !(0.0..=1.0).contains(&t.sample_ratio) {
+            return Err(ConfigError::Invalid {
+                key: "tracing.sample_ratio",
+                message: format!("{} is not between 0 and 1", t.sample_ratio),
+            });
+        }
+        if t.otlp_endpoint
+            .as_deref()
+            .is_some_and(|e| !(e.starts_with("http://") || e.starts_with("https://")))
+        {
+            return Err(ConfigError::Invalid {
+                key: "tracing.otlp_endpoint",
+                message: "must be an http:// or https:// URL (OTLP over HTTP, like http://127.0.0.1:4318)".into(),
+            });
+        }
+        if t.service_name.trim().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "tracing.service_name",
+                message: "must not be empty".into(),
+            });
+        }
+        for (key, v) in [
+            ("tracing.export_timeout_ms", t.export_timeout_ms),
+            ("tracing.queue_spans", t.queue_spans as u64),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: "must be greater than 0".into(),
+                });
+            }
+        }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(ConfigError::Invalid {
                 key: "tls.cert",
@@ -775,6 +861,37 @@ mod tests {
         assert_eq!(c.server.models.as_deref(), Some(Path::new("/m")));
         assert_eq!(c.limits.max_body_bytes, 10);
         assert!(c.tls.early_data);
+    }
+
+    #[test]
+    fn tracing_is_off_until_an_endpoint_is_set() {
+        let c = Config::parse("").ok().unwrap();
+        assert_eq!(c.tracing.otlp_endpoint, None);
+        assert!(c.tracing.server_timing);
+        let c = Config::parse(
+            "[tracing]\notlp_endpoint = \"http://127.0.0.1:4318\"\nsample_ratio = 0.01\nservice_name = \"edge-7\"\nserver_timing = false\n[tracing.headers]\nx-api-key = \"k\"\n",
+        )
+        .ok()
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.tracing.sample_ratio, 0.01);
+        assert_eq!(c.tracing.headers["x-api-key"], "k");
+        assert!(!c.tracing.server_timing);
+        for (text, key) in [
+            ("sample_ratio = 1.5", "tracing.sample_ratio: "),
+            ("sample_ratio = -0.1", "tracing.sample_ratio: "),
+            (
+                "otlp_endpoint = \"collector:4317\"",
+                "tracing.otlp_endpoint: ",
+            ),
+            ("service_name = \" \"", "tracing.service_name: "),
+            ("queue_spans = 0", "tracing.queue_spans: "),
+            ("export_timeout_ms = 0", "tracing.export_timeout_ms: "),
+            ("sample_rate = 1", "tracing.sample_rate: "),
+        ] {
+            let e = err(&format!("[tracing]\n{text}\n"));
+            assert!(e.starts_with(key), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -28,7 +28,9 @@ use nusa_registry::{ModelConfig, ModelVersion, Placement};
 use nusa_sched::SchedError;
 use nusa_spill::{predict_wait, Decision, Micros, Reason, RegionSet, RequestFacts, Spill};
 use nusa_tensor::Tensor;
+use nusa_trace::{KeyValue, Phases, TraceContext};
 use parking_lot::Mutex;
+use tracing::Instrument;
 
 pub use metrics::DispatchMetrics;
 
@@ -45,6 +47,17 @@ pub enum ServedBy {
         batch_rows: usize,
     },
     Cloud(String),
+}
+
+/// An answer, and where the request's time went here.
+#[derive(Debug)]
+pub struct Answer {
+    /// The requested outputs, in the model's order.
+    pub outputs: Vec<Tensor>,
+    pub served_by: ServedBy,
+    /// For `Server-Timing`: the cache lookup, the queue wait and compute
+    /// of a local run, the region calls; measured once, also the spans'.
+    pub phases: Phases,
 }
 
 impl ServedBy {
@@ -87,7 +100,10 @@ pub struct Job<'a> {
     /// The caller's key name, for the spend budgets' spill guard.
     pub caller: Option<&'a str>,
     pub peer: Option<IpAddr>,
-    pub traceparent: Option<String>,
+    /// The caller's W3C trace context, sent on to a region as it came
+    /// when tracing is off (with tracing on, the region call's own span
+    /// is sent instead, in the same trace).
+    pub trace: Option<TraceContext>,
     pub cache_control: Option<String>,
 }
 
@@ -158,7 +174,7 @@ impl Dispatcher {
 
     /// Answers one request; the outputs are the requested ones in the
     /// model's order.
-    pub async fn infer(&self, job: Job<'_>) -> Result<(Vec<Tensor>, ServedBy), ProtoError> {
+    pub async fn infer(&self, job: Job<'_>) -> Result<Answer, ProtoError> {
         let cache = match (&self.cache, job.config.cache.enabled) {
             (Some(c), true) => Some(c),
             _ => None,
@@ -182,28 +198,64 @@ impl Dispatcher {
             ttl: Duration::from_secs(job.config.cache.ttl_s),
             max_entry_bytes: job.config.cache.max_entry_bytes,
         };
-        // The computation's ServedBy travels beside the cache, which stores
-        // only tensors.
-        let served = Mutex::new(None);
+        let looking = Instant::now();
+        let computed: Mutex<Option<Computed>> = Mutex::new(None);
         let (outputs, how) = cache
-            .get_or_compute(job.model, key, &policy, mode, || async {
-                let (out, by) = self.compute(&job).await?;
-                *served.lock() = Some(by);
-                Ok::<_, ProtoError>(out)
+            .get_or_compute(job.model, key, &policy, mode, || {
+                *computed.lock() = Some(Computed {
+                    started: Instant::now(),
+                    answer: None,
+                });
+                async {
+                    let a = self.compute(&job).await?;
+                    if let Some(c) = computed.lock().as_mut() {
+                        c.answer = Some((a.served_by, a.phases));
+                    }
+                    Ok::<_, ProtoError>(a.outputs)
+                }
             })
             .await?;
-        let by = match how {
-            Served::Computed => served.lock().take().unwrap_or(ServedBy::Local {
-                compute_us: 0,
-                batch_rows: 0,
-            }),
-            // A coalesced waiter did not compute: another request did.
-            Served::Memory | Served::Disk | Served::Coalesced => ServedBy::Cache,
+        let (looked, computed) = match computed.into_inner() {
+            Some(c) => (c.started, c.answer),
+            None => (Instant::now(), None),
         };
-        Ok((outputs.as_ref().clone(), by))
+        let (served_by, mut phases) = match how {
+            Served::Computed => computed.unwrap_or((
+                ServedBy::Local {
+                    compute_us: 0,
+                    batch_rows: 0,
+                },
+                Phases::default(),
+            )),
+            // A coalesced waiter did not compute: another request did.
+            Served::Memory | Served::Disk | Served::Coalesced => {
+                (ServedBy::Cache, Phases::default())
+            }
+        };
+        // `no-cache` skips the lookup.
+        if mode == Mode::Normal {
+            phases.cache = Some(looked.saturating_duration_since(looking));
+            nusa_trace::span_between("cache", looking, looked, || {
+                let (result, tier) = match how {
+                    Served::Memory => ("hit", "memory"),
+                    Served::Disk => ("hit", "disk"),
+                    Served::Coalesced => ("coalesced", "flight"),
+                    Served::Computed => ("miss", "none"),
+                };
+                vec![
+                    KeyValue::new("nusa.cache.result", result),
+                    KeyValue::new("nusa.cache.tier", tier),
+                ]
+            });
+        }
+        Ok(Answer {
+            outputs: outputs.as_ref().clone(),
+            served_by,
+            phases,
+        })
     }
 
-    async fn compute(&self, job: &Job<'_>) -> Result<(Vec<Tensor>, ServedBy), ProtoError> {
+    async fn compute(&self, job: &Job<'_>) -> Result<Answer, ProtoError> {
         let sched = &job.version.scheduler;
         let (view, service) = sched.view();
         let predicted = predict_wait(&view, &service, job.rows, sched.now());
@@ -216,6 +268,7 @@ impl Dispatcher {
         };
         let local_service = service.estimate(job.rows);
         let mut tried: Vec<usize> = Vec::new();
+        let mut phases = Phases::default();
         loop {
             let decision = if !self.config.spill_enabled || self.regions.is_empty() {
                 Decision::Local
@@ -228,7 +281,7 @@ impl Dispatcher {
                     .decide(&facts, predicted, local_service, &tried, self.now())
             };
             match decision {
-                Decision::Local => return self.run_local(job, predicted).await,
+                Decision::Local => return self.run_local(job, predicted, phases).await,
                 Decision::Reject { reason } => {
                     self.metrics.rejected(job.model, reason.label());
                     return Err(reject_error(job, reason, predicted));
@@ -242,25 +295,29 @@ impl Dispatcher {
                         "spill decision outside the allowed regions: not sent"
                     );
                     return match local_or_reject(&facts) {
-                        Decision::Local => self.run_local(job, predicted).await,
+                        Decision::Local => self.run_local(job, predicted, phases).await,
                         _ => Err(reject_error(job, Reason::QueueFull, predicted)),
                     };
                 }
                 Decision::Spill { region, reason } => {
                     self.metrics
                         .spilled(job.model, self.regions[region].name(), reason.label());
-                    match self.run_remote(job, region).await {
-                        Ok(out) => {
-                            return Ok((
-                                out,
-                                ServedBy::Cloud(self.regions[region].name().to_string()),
-                            ))
+                    match self
+                        .run_remote(job, region, tried.len() + 1, &mut phases)
+                        .await
+                    {
+                        Ok(outputs) => {
+                            return Ok(Answer {
+                                outputs,
+                                served_by: ServedBy::Cloud(self.regions[region].name().to_string()),
+                                phases,
+                            })
                         }
                         Err(Retry::Next) => tried.push(region),
                         Err(Retry::Here) => {
                             // Not sent again: served here unless the queue is full.
                             return match local_or_reject(&facts) {
-                                Decision::Local => self.run_local(job, predicted).await,
+                                Decision::Local => self.run_local(job, predicted, phases).await,
                                 _ => Err(reject_error(job, Reason::QueueFull, predicted)),
                             };
                         }
@@ -306,37 +363,74 @@ impl Dispatcher {
         self.countries.of(i)
     }
 
+    /// Runs the request in the local queue; `phases` has the region tries
+    /// made before, if any.
     async fn run_local(
         &self,
         job: &Job<'_>,
         predicted: Option<Micros>,
-    ) -> Result<(Vec<Tensor>, ServedBy), ProtoError> {
+        mut phases: Phases,
+    ) -> Result<Answer, ProtoError> {
+        let submitted = Instant::now();
         let outcome = job
             .version
             .scheduler
             .infer(job.inputs.clone(), job.rows, job.priority, job.timeout_us)
             .await
             .map_err(sched_error)?;
+        let answered = Instant::now();
+        let timing = outcome.timing;
         if let Some(p) = predicted {
-            let measured = outcome.timing.queue + outcome.timing.compute;
+            let measured = timing.queue + timing.compute;
             self.metrics
                 .wait(job.model, Duration::from_micros(p), measured);
         }
+        phases.queue = Some(timing.queue);
+        phases.compute = Some(timing.compute);
+        // The scheduler's measures, laid out from the submission: queue
+        // wait, the batch, and the engine's run that ended it.
+        let batch_start = (submitted + timing.queue).min(answered);
+        let batch_end = (batch_start + timing.compute).min(answered);
+        let engine_start = batch_end
+            .checked_sub(timing.engine)
+            .map_or(batch_start, |t| t.max(batch_start));
+        nusa_trace::span_between("queue", submitted, batch_start, Vec::new);
+        nusa_trace::span_between("batch", batch_start, batch_end, || {
+            vec![
+                KeyValue::new("nusa.batch.size", timing.batch_rows as i64),
+                KeyValue::new("nusa.batch.instance", timing.instance as i64),
+            ]
+        });
+        nusa_trace::span_between("compute", engine_start, batch_end, || {
+            vec![
+                KeyValue::new("nusa.engine", job.version.engine_name()),
+                KeyValue::new("nusa.model.version", job.version.version as i64),
+            ]
+        });
         let outputs = select(
             &job.version.metadata,
             outcome.outputs,
             job.outputs.as_deref(),
         );
-        Ok((
+        Ok(Answer {
             outputs,
-            ServedBy::Local {
-                compute_us: outcome.timing.compute.as_micros() as u64,
-                batch_rows: outcome.timing.batch_rows,
+            served_by: ServedBy::Local {
+                compute_us: timing.compute.as_micros() as u64,
+                batch_rows: timing.batch_rows,
             },
-        ))
+            phases,
+        })
     }
 
-    async fn run_remote(&self, job: &Job<'_>, region: usize) -> Result<Vec<Tensor>, Retry> {
+    /// Sends the request to `region` (its `attempt`th try), adding the
+    /// call's time to `phases`.
+    async fn run_remote(
+        &self,
+        job: &Job<'_>,
+        region: usize,
+        attempt: usize,
+        phases: &mut Phases,
+    ) -> Result<Vec<Tensor>, Retry> {
         // Settled below on every outcome; if this future is dropped first
         // (the client went away), the ticket's drop says so to the core.
         let mut ticket = Ticket {
@@ -349,17 +443,50 @@ impl Dispatcher {
             .outputs
             .as_ref()
             .map(|o| o.iter().map(String::as_str).collect());
+        let span = tracing::info_span!(
+            target: nusa_trace::TARGET,
+            "region",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            nusa.region = client.name(),
+            nusa.try = attempt as i64,
+            nusa.outcome = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+        );
+        // The region's spans join the trace under this call's span; with
+        // tracing off the caller's context goes on as it came.
+        let trace = nusa_trace::outgoing(&span).or_else(|| job.trace.clone());
+        let traceparent = trace.as_ref().map(|t| t.parent.to_string());
+        let headers = nusa_engine_remote::TraceHeaders {
+            traceparent: traceparent.as_deref(),
+            tracestate: trace.as_ref().and_then(|t| t.state.as_deref()),
+        };
         let started = Instant::now();
         let result = client
-            .infer(
+            .infer_traced(
                 job.model,
                 Some(job.version.version),
                 &job.inputs,
                 names.as_deref(),
-                job.traceparent.as_deref(),
+                headers,
             )
+            .instrument(span.clone())
             .await;
+        phases.add_region(started.elapsed());
         let now = self.now();
+        if !span.is_disabled() {
+            let (outcome, status) = match &result {
+                Ok(_) => ("ok", Some(200)),
+                Err(e) => (e.class(), e.status()),
+            };
+            span.record("nusa.outcome", outcome);
+            if let Some(s) = status {
+                span.record("http.response.status_code", i64::from(s));
+            }
+            if result.is_err() {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
         match result {
             Ok(answer) => {
                 let bytes_back: u64 = answer.outputs.iter().map(|t| t.data.len() as u64).sum();
@@ -369,6 +496,8 @@ impl Dispatcher {
                     // The region answered, wrongly: it counts against it, and
                     // the request is served here rather than sent again.
                     tracing::warn!(region = %client.name(), model = job.model, %why, "region answer does not match the model");
+                    span.record("nusa.outcome", "bad_answer");
+                    span.record("otel.status_code", "ERROR");
                     self.settle(&mut ticket, now, None, true, bytes_back);
                     self.metrics.region_outcome(client.name(), "bad_answer");
                     return Err(Retry::Here);
@@ -556,6 +685,14 @@ impl ProbeLog {
             }
         }
     }
+}
+
+/// A computation the cache ran for a request: when it started (the end of
+/// the lookup) and how it was answered. It travels beside the cache, which
+/// stores only tensors.
+struct Computed {
+    started: Instant,
+    answer: Option<(ServedBy, Phases)>,
 }
 
 /// A request in flight to a region, as the spill core counts it.

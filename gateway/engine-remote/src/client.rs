@@ -36,6 +36,15 @@ pub struct RegionClient {
     http: Client<HttpsConnector<HttpConnector>, FramesBody>,
 }
 
+/// The W3C trace context sent with a request (`traceparent`, and
+/// `tracestate` only with a `traceparent`), as header values; a value that
+/// is not a valid header is dropped, never a failed request.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TraceHeaders<'a> {
+    pub traceparent: Option<&'a str>,
+    pub tracestate: Option<&'a str>,
+}
+
 /// A region's answer to an inference request.
 #[derive(Clone, Debug)]
 pub struct RemoteAnswer {
@@ -112,6 +121,23 @@ impl RegionClient {
         outputs: Option<&[&str]>,
         traceparent: Option<&str>,
     ) -> Result<RemoteAnswer, RegionError> {
+        let trace = TraceHeaders {
+            traceparent,
+            tracestate: None,
+        };
+        self.infer_traced(model, version, inputs, outputs, trace)
+            .await
+    }
+
+    /// [`RegionClient::infer`] with the whole trace context.
+    pub async fn infer_traced(
+        &self,
+        model: &str,
+        version: Option<u64>,
+        inputs: &[Tensor],
+        outputs: Option<&[&str]>,
+        trace: TraceHeaders<'_>,
+    ) -> Result<RemoteAnswer, RegionError> {
         let started = Instant::now();
         let mut path = format!("/v2/models/{}", path_segment(model));
         if let Some(v) = version {
@@ -125,9 +151,14 @@ impl RegionClient {
             .header(CONTENT_TYPE, "application/octet-stream")
             .header(HEADER_LENGTH, encoded.header_length)
             .header(CONTENT_LENGTH, encoded.len());
-        if let Some(tp) = traceparent {
+        if let Some(tp) = trace.traceparent {
             match HeaderValue::from_str(tp) {
-                Ok(v) => request = request.header("traceparent", v),
+                Ok(v) => {
+                    request = request.header("traceparent", v);
+                    if let Some(Ok(ts)) = trace.tracestate.map(HeaderValue::from_str) {
+                        request = request.header("tracestate", ts);
+                    }
+                }
                 // A malformed trace context is dropped, not a failed request.
                 Err(_) => {
                     tracing::debug!(region = %self.name, "traceparent is not a valid header value; not sent")

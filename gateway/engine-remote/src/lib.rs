@@ -25,7 +25,7 @@ mod error;
 mod tls;
 
 pub use check::check_outputs;
-pub use client::{RegionClient, RemoteAnswer};
+pub use client::{RegionClient, RemoteAnswer, TraceHeaders};
 pub use config::RegionConfig;
 pub use engine::RemoteEngine;
 pub use error::RegionError;

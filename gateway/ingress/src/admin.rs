@@ -244,7 +244,7 @@ async fn serve_unix(
                                         uid.map_or_else(|| "unknown".into(), |u| u.to_string())
                                     ),
                                 );
-                                tcp::into_hyper(ApiResponse::error(&e), None)
+                                tcp::into_hyper(ApiResponse::error(&e), None, None)
                             };
                             Ok::<_, Infallible>(resp)
                         }

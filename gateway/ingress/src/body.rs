@@ -11,6 +11,9 @@ use http_body::{Body, Frame, SizeHint};
 pub struct FramesBody {
     frames: VecDeque<Bytes>,
     remaining: u64,
+    /// The request's `send` span (tracing on): it ends, and the request's
+    /// span with it, when hyper drops the body it has written.
+    _sending: Option<nusa_trace::Sending>,
 }
 
 impl FramesBody {
@@ -19,7 +22,13 @@ impl FramesBody {
         FramesBody {
             frames: frames.into_iter().filter(|f| !f.is_empty()).collect(),
             remaining,
+            _sending: None,
         }
+    }
+
+    pub fn with_sending(mut self, sending: Option<nusa_trace::Sending>) -> FramesBody {
+        self._sending = sending;
+        self
     }
 }
 

@@ -12,6 +12,7 @@ use bytes::{Buf, Bytes};
 use h3::server::RequestStream;
 use nusa_api::{ApiResponse, Protocol};
 use tokio::sync::watch;
+use tracing::{Instrument, Span};
 
 use crate::request::{self, ConnInfo, Shared};
 use crate::tls::TlsMaterial;
@@ -261,25 +262,49 @@ type Stream = RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 async fn serve_request(
     shared: &Shared,
     req: http::Request<()>,
-    mut stream: Stream,
+    stream: Stream,
     early: bool,
     conn: &ConnInfo,
 ) {
     let received = Instant::now();
+    let (root, trace) = request::root_span(req.method(), req.uri(), req.headers(), Protocol::Http3);
+    serve_traced(shared, req, stream, early, conn, received, trace, &root)
+        .instrument(root.clone())
+        .await
+}
+
+// serve_request's parts, within the request's span.
+#[allow(clippy::too_many_arguments)]
+async fn serve_traced(
+    shared: &Shared,
+    req: http::Request<()>,
+    mut stream: Stream,
+    early: bool,
+    conn: &ConnInfo,
+    received: Instant,
+    trace: Option<nusa_trace::TraceContext>,
+    root: &Span,
+) {
     let limits = &shared.limits;
     let declared = match declared_length(req.headers()) {
         Ok(n) => n,
         Err(why) => return refuse_malformed(&mut stream, &why),
     };
     let idempotent = matches!(*req.method(), http::Method::GET | http::Method::HEAD);
-    let resp = if early && !idempotent {
+    let mut resp = if early && !idempotent {
         request::too_early()
     } else if let Err(e) = request::check_declared_length(req.headers(), limits) {
         ApiResponse::error(&e)
     } else {
+        let receive = tracing::info_span!(
+            target: nusa_trace::TARGET,
+            "receive",
+            network.protocol.version = "3",
+            nusa.bytes = tracing::field::Empty,
+        );
         match tokio::time::timeout(
             limits.request_timeout,
-            read_body(&mut stream, limits.max_body_bytes, declared),
+            read_body(&mut stream, limits.max_body_bytes, declared).instrument(receive.clone()),
         )
         .await
         {
@@ -298,6 +323,9 @@ async fn serve_request(
                 return refuse_malformed(&mut stream, &why);
             }
             Ok(Ok(frames)) => {
+                let bytes: usize = frames.iter().map(Bytes::len).sum();
+                receive.record("nusa.bytes", bytes as i64);
+                drop(receive);
                 let api_req = request::api_request(
                     req.method(),
                     req.uri(),
@@ -307,6 +335,7 @@ async fn serve_request(
                     received,
                     conn,
                     false,
+                    trace,
                 );
                 let left = limits.request_timeout.saturating_sub(received.elapsed());
                 match tokio::time::timeout(left, shared.serve(api_req)).await {
@@ -316,9 +345,12 @@ async fn serve_request(
             }
         }
     };
+    request::finish(shared, &mut resp, received, root);
+    let sending = nusa_trace::sending(root, resp.body_len());
     if let Err(e) = send(&mut stream, resp).await {
         tracing::debug!(error = %e, "sending an HTTP/3 response");
     }
+    drop(sending);
 }
 
 /// Connection-specific fields: HTTP/3 carries none (RFC 9114 section 4.2).

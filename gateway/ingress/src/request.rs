@@ -8,6 +8,8 @@ use bytes::Bytes;
 use http::{HeaderMap, Method as HttpMethod, StatusCode};
 use nusa_api::{Api, ApiRequest, ApiResponse, Credentials, Method, Protocol};
 use nusa_proto::{ErrorKind, Frames, ProtoError, HEADER_LENGTH};
+use nusa_trace::{TraceContext, TraceParent};
+use tracing::Span;
 
 use crate::{IngressConfig, Limits};
 
@@ -150,8 +152,45 @@ pub(crate) struct ConnInfo {
     pub cert_subject: Option<Arc<str>>,
 }
 
+/// The request's root span (see `nusa_trace::request_span`), continuing
+/// the caller's trace context when it sent a valid one, and that context.
+pub(crate) fn root_span(
+    method: &HttpMethod,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    protocol: Protocol,
+) -> (Span, Option<TraceContext>) {
+    let trace = trace_context(headers);
+    if !nusa_trace::enabled() {
+        return (Span::none(), trace);
+    }
+    let version = match protocol {
+        Protocol::Http1 => "1.1",
+        Protocol::Http2 => "2",
+        Protocol::Http3 => "3",
+    };
+    let span = nusa_trace::request_span(version, method.as_str(), uri.path(), trace.as_ref());
+    (span, trace)
+}
+
+/// Every answer's last touches: `Server-Timing` with the total where the
+/// API gave none (refusals, health, metadata), and the status on the
+/// request's span.
+pub(crate) fn finish(shared: &Shared, resp: &mut ApiResponse, received: Instant, root: &Span) {
+    if shared.api.server_timing()
+        && !resp
+            .headers
+            .iter()
+            .any(|(k, _)| *k == nusa_api::SERVER_TIMING)
+    {
+        let value = nusa_trace::server_timing(&nusa_trace::Phases::default(), received.elapsed());
+        resp.headers.push((nusa_api::SERVER_TIMING, value));
+    }
+    nusa_trace::record_outcome(root, resp.status);
+}
+
 // The request's parts as TCP and QUIC hold them: grouping them would only
-// move the same eight values into a struct each caller fills.
+// move the same values into a struct each caller fills.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn api_request(
     method: &HttpMethod,
@@ -162,6 +201,7 @@ pub(crate) fn api_request(
     received: Instant,
     conn: &ConnInfo,
     admin_token: bool,
+    trace: Option<TraceContext>,
 ) -> ApiRequest {
     let text = |name: &str| {
         headers
@@ -179,7 +219,7 @@ pub(crate) fn api_request(
             uid: conn.uid,
             admin_token,
         },
-        traceparent: traceparent(headers),
+        trace,
         cache_control: text("cache-control"),
         method: self::method(method),
         path: uri.path().to_string(),
@@ -194,47 +234,25 @@ pub(crate) fn api_request(
 }
 
 /// The request's W3C trace context, when it has exactly one valid
-/// `traceparent` (W3C Trace Context, section 3.2): an invalid one, an
-/// all-zero trace or parent id, or two of them (which the recommendation
-/// calls invalid) is dropped, as if none had come. A future version's
-/// known fields are passed on as version `00`, as the recommendation asks.
-fn traceparent(headers: &HeaderMap) -> Option<String> {
+/// `traceparent` (W3C Trace Context, section 3.2; [`TraceParent::parse`]):
+/// an invalid one, or two of them (which the recommendation calls
+/// invalid), is dropped, as if none had come, and `tracestate` with it. A
+/// `tracestate` list with any invalid member is dropped whole.
+fn trace_context(headers: &HeaderMap) -> Option<TraceContext> {
     let mut all = headers.get_all("traceparent").iter();
     let (Some(value), None) = (all.next(), all.next()) else {
         return None;
     };
-    let v = value.to_str().ok()?.trim();
-    let hex = |s: &str, len: usize| {
-        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    let parent = TraceParent::parse(value.to_str().ok()?)?;
+    let mut states = headers.get_all("tracestate").iter().peekable();
+    let state = match states.peek() {
+        None => None,
+        Some(_) => states
+            .map(|v| v.to_str().ok())
+            .collect::<Option<Vec<&str>>>()
+            .and_then(nusa_trace::tracestate),
     };
-    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
-    let (version, rest) = v.split_at_checked(2)?;
-    if !hex(version, 2) || version == "ff" {
-        return None;
-    }
-    // version-trace_id-parent_id-flags: 2 + 1 + 32 + 1 + 16 + 1 + 2.
-    const LEN: usize = 55;
-    let known = match version {
-        "00" if v.len() == LEN => v,
-        "00" => return None,
-        _ if v.len() == LEN || v.as_bytes().get(LEN) == Some(&b'-') => v.get(..LEN)?,
-        _ => return None,
-    };
-    let mut fields = known.split('-');
-    let (_, trace, parent, flags) = (
-        fields.next()?,
-        fields.next()?,
-        fields.next()?,
-        fields.next()?,
-    );
-    let valid = rest.starts_with('-')
-        && hex(trace, 32)
-        && nonzero(trace)
-        && hex(parent, 16)
-        && nonzero(parent)
-        && hex(flags, 2)
-        && fields.next().is_none();
-    valid.then(|| format!("00-{trace}-{parent}-{flags}"))
+    Some(TraceContext { parent, state })
 }
 
 /// Turns an API answer into an `http::Response` head (the body goes
@@ -256,41 +274,43 @@ mod tests {
 
     const GOOD: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-    fn parse(values: &[&str]) -> Option<String> {
+    fn parse(parents: &[&str], states: &[&str]) -> Option<(String, Option<String>)> {
         let mut headers = HeaderMap::new();
-        for v in values {
+        for v in parents {
             headers.append("traceparent", v.parse().unwrap());
         }
-        traceparent(&headers)
-    }
-
-    #[test]
-    fn a_single_valid_traceparent_is_kept() {
-        assert_eq!(parse(&[GOOD]).as_deref(), Some(GOOD));
-        assert_eq!(parse(&[&format!(" {GOOD} ")]).as_deref(), Some(GOOD));
-        // A later version: its known fields, as version 00.
-        let future = "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-comes";
-        assert_eq!(parse(&[future]).as_deref(), Some(GOOD));
-        assert_eq!(parse(&[]), None);
-    }
-
-    #[test]
-    fn invalid_or_repeated_traceparents_are_dropped() {
-        for bad in [
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
-            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "0-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",
-            "00_4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7_01",
-            "garbage",
-            "",
-        ] {
-            assert_eq!(parse(&[bad]), None, "{bad:?}");
+        for v in states {
+            headers.append("tracestate", v.parse().unwrap());
         }
-        assert_eq!(parse(&[GOOD, GOOD]), None);
+        trace_context(&headers).map(|c| (c.parent.to_string(), c.state))
+    }
+
+    // The values themselves: nusa-trace's core tests.
+    #[test]
+    fn a_single_valid_traceparent_is_kept_with_its_tracestate() {
+        assert_eq!(parse(&[GOOD], &[]), Some((GOOD.into(), None)));
+        assert_eq!(
+            parse(&[GOOD], &["a=1", "b=2"]),
+            Some((GOOD.into(), Some("a=1,b=2".into())))
+        );
+        assert_eq!(parse(&[], &["a=1"]), None);
+    }
+
+    #[test]
+    fn invalid_or_repeated_traceparents_and_broken_tracestates_are_dropped() {
+        assert_eq!(parse(&["garbage"], &["a=1"]), None);
+        assert_eq!(parse(&[GOOD, GOOD], &[]), None);
+        // A broken list goes whole; the traceparent stays.
+        assert_eq!(
+            parse(&[GOOD], &["a=1", "Bad Key=2"]),
+            Some((GOOD.into(), None))
+        );
+        let mut headers = HeaderMap::new();
+        headers.append("traceparent", GOOD.parse().unwrap());
+        headers.append(
+            "tracestate",
+            http::HeaderValue::from_bytes(b"a=\xff").unwrap(),
+        );
+        assert_eq!(trace_context(&headers).unwrap().state, None);
     }
 }

@@ -17,6 +17,7 @@ use nusa_api::{ApiResponse, Protocol};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
 
 use crate::body::FramesBody;
 use crate::request::{self, ConnInfo, Shared};
@@ -217,17 +218,47 @@ pub(crate) async fn handle(
     } else {
         Protocol::Http1
     };
+    let (root, trace) = request::root_span(req.method(), req.uri(), req.headers(), protocol);
+    let (mut resp, alt_svc) = respond(shared, req, conn, received, protocol, trace)
+        .instrument(root.clone())
+        .await;
+    request::finish(shared, &mut resp, received, &root);
+    let sending = nusa_trace::sending(&root, resp.body_len());
+    let alt_svc = if alt_svc {
+        shared.alt_svc.as_deref()
+    } else {
+        None
+    };
+    into_hyper(resp, alt_svc, sending)
+}
+
+/// The answer, and whether it may advertise HTTP/3 (not to a caller the
+/// admin listener refused).
+async fn respond(
+    shared: &Shared,
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+    received: Instant,
+    protocol: Protocol,
+    trace: Option<nusa_trace::TraceContext>,
+) -> (ApiResponse, bool) {
     let limits = &shared.limits;
     if let Some(refused) = shared.refuse_caller(req.headers()) {
-        return into_hyper(refused, None);
+        return (refused, false);
     }
     let resp = match request::check_declared_length(req.headers(), limits) {
         Err(e) => ApiResponse::error(&e),
         Ok(()) => {
             let (parts, body) = req.into_parts();
+            let receive = tracing::info_span!(
+                target: nusa_trace::TARGET,
+                "receive",
+                network.protocol.version = if protocol == Protocol::Http2 { "2" } else { "1.1" },
+                nusa.bytes = tracing::field::Empty,
+            );
             match tokio::time::timeout(
                 limits.request_timeout,
-                read_body(body, limits.max_body_bytes),
+                read_body(body, limits.max_body_bytes).instrument(receive.clone()),
             )
             .await
             {
@@ -237,6 +268,9 @@ pub(crate) async fn handle(
                     &nusa_proto::ProtoError::bad_request(format!("reading the request body: {e}")),
                 ),
                 Ok(Ok(frames)) => {
+                    let bytes: usize = frames.iter().map(Bytes::len).sum();
+                    receive.record("nusa.bytes", bytes as i64);
+                    drop(receive);
                     let api_req = request::api_request(
                         &parts.method,
                         &parts.uri,
@@ -246,6 +280,7 @@ pub(crate) async fn handle(
                         received,
                         conn,
                         matches!(shared.admin, Some(request::AdminCheck::Token(_))),
+                        trace,
                     );
                     let left = limits.request_timeout.saturating_sub(received.elapsed());
                     match tokio::time::timeout(left, shared.serve(api_req)).await {
@@ -256,12 +291,18 @@ pub(crate) async fn handle(
             }
         }
     };
-    into_hyper(resp, shared.alt_svc.as_deref())
+    (resp, true)
 }
 
-pub(crate) fn into_hyper(resp: ApiResponse, alt_svc: Option<&str>) -> Response<FramesBody> {
+/// The answer for hyper; `sending` (tracing on) ends when the body has
+/// gone to the connection.
+pub(crate) fn into_hyper(
+    resp: ApiResponse,
+    alt_svc: Option<&str>,
+    sending: Option<nusa_trace::Sending>,
+) -> Response<FramesBody> {
     let head = request::response_head(&resp, alt_svc);
-    match head.body(FramesBody::new(resp.body)) {
+    match head.body(FramesBody::new(resp.body).with_sending(sending)) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "building a response");

@@ -1,10 +1,12 @@
 //! `nusad`: the Nusa inference gateway. Parses flags, reads the config,
-//! sets up logging, takes the sockets systemd passed and hands over to
-//! `nusa-app`, telling systemd how it goes (`nusa-systemd`).
+//! sets up logging and request traces (`nusa-trace`), takes the sockets
+//! systemd passed and hands over to `nusa-app`, telling systemd how it
+//! goes (`nusa-systemd`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use nusa_config::Config;
@@ -13,6 +15,9 @@ use tokio::sync::watch;
 
 /// Exit code for a bad configuration (EX_USAGE in sysexits.h).
 const EXIT_CONFIG: u8 = 64;
+
+/// How long the exit waits for the collector to take the last spans.
+const TRACE_FLUSH: Duration = Duration::from_secs(2);
 
 /// Serve models over the Open Inference Protocol on HTTP/1.1, HTTP/2 and HTTP/3.
 #[derive(Parser, Debug)]
@@ -82,13 +87,13 @@ fn main() -> ExitCode {
         }
     };
 
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let traces = match logging(&config.tracing) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("nusad: config error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
 
     // Before the runtime starts its threads: taking the sockets edits the
     // environment.
@@ -111,7 +116,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config, args, activated)) {
+    let served = runtime.block_on(serve(config, args, activated));
+    if let Some(t) = traces {
+        t.shutdown(TRACE_FLUSH);
+    }
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let mut msg = format!("nusad: {e}");
@@ -125,6 +134,53 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The log on stderr (`RUST_LOG`, default `info`) and, with
+/// `[tracing] otlp_endpoint`, request traces to the collector. The request
+/// spans are the collector's only: the log never shows them, and with
+/// tracing off no layer takes them, so they cost a cached check each.
+fn logging(
+    config: &nusa_config::Tracing,
+) -> Result<Option<nusa_trace::Tracing>, nusa_trace::InstallError> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if let Ok(off) = format!("{}=off", nusa_trace::TARGET).parse() {
+        filter = filter.add_directive(off);
+    }
+    let log = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(filter);
+    let Some(endpoint) = &config.otlp_endpoint else {
+        tracing_subscriber::registry().with(log).init();
+        return Ok(None);
+    };
+    let settings = nusa_trace::Settings {
+        endpoint: endpoint.clone(),
+        headers: config
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        service_name: config.service_name.clone(),
+        sample_ratio: config.sample_ratio,
+        ca: config.ca.clone(),
+        export_timeout: Duration::from_millis(config.export_timeout_ms),
+        queue_spans: config.queue_spans,
+        buffer_spans: config.buffer_spans,
+    };
+    let (traces, handle) = nusa_trace::layer(&settings)?;
+    tracing_subscriber::registry().with(log).with(traces).init();
+    tracing::info!(
+        endpoint = %endpoint,
+        sample_ratio = config.sample_ratio,
+        "request traces to the OTLP collector (slow and failed requests always, others at sample_ratio)"
+    );
+    Ok(Some(handle))
 }
 
 async fn serve(

@@ -21,9 +21,15 @@ use crate::batcher::{Batch, Batcher, Micros, Policy, Rejection, RequestInfo};
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Timing {
     pub queue: Duration,
+    /// From the batch's start to this request's answer (a request isolated
+    /// from a failing batch includes the runs before its own).
     pub compute: Duration,
     /// Rows in the batch the request ran in.
     pub batch_rows: usize,
+    /// The engine instance that ran it.
+    pub instance: usize,
+    /// The engine's run that answered it: the end of `compute`.
+    pub engine: Duration,
 }
 
 #[derive(Debug)]
@@ -357,14 +363,16 @@ impl Driver {
                     ok: first_ok,
                 });
             }
-            for ((job, waited), (result, compute)) in queued.into_iter().zip(results) {
+            for ((job, waited), (result, at, engine)) in queued.into_iter().zip(results) {
                 let reply = result
                     .map(|outputs| InferOutcome {
                         outputs,
                         timing: Timing {
                             queue: waited,
-                            compute: compute.duration_since(started),
+                            compute: at.duration_since(started),
                             batch_rows: rows,
+                            instance,
+                            engine,
                         },
                     })
                     .map_err(SchedError::Engine);
@@ -384,14 +392,16 @@ type RequestResult = Result<Vec<Tensor>, EngineError>;
 /// `2k - 1` in all, bounded by the batch size. An engine that stopped is not
 /// retried. Returns each request's result with the time it was known, and
 /// whether the first run succeeded (its time is then a batch cost sample).
+/// Each result comes with when it was known and how long its run took.
 async fn run_isolating(
     engine: &dyn Engine,
     metadata: &ModelMetadata,
     jobs: &[(Job, Duration)],
     batching: bool,
     metrics: &ModelMetrics,
-) -> (Vec<(RequestResult, Instant)>, bool) {
-    let mut results: Vec<Option<(RequestResult, Instant)>> = jobs.iter().map(|_| None).collect();
+) -> (Vec<(RequestResult, Instant, Duration)>, bool) {
+    let mut results: Vec<Option<(RequestResult, Instant, Duration)>> =
+        jobs.iter().map(|_| None).collect();
     // Ranges of `jobs` still to run, the next one last.
     let mut todo: Vec<std::ops::Range<usize>> = Vec::with_capacity(8);
     todo.push(0..jobs.len());
@@ -408,13 +418,14 @@ async fn run_isolating(
             .run(inputs)
             .await
             .and_then(|outs| split_outputs(outs, part, rows, batching));
-        metrics.compute.observe(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        metrics.compute.observe(took.as_secs_f64());
         first_ok.get_or_insert(result.is_ok());
         let at = Instant::now();
         match result {
             Ok(per_request) => {
                 for (slot, outputs) in results[range].iter_mut().zip(per_request) {
-                    *slot = Some((Ok(outputs), at));
+                    *slot = Some((Ok(outputs), at, took));
                 }
             }
             Err(e) if range.len() > 1 && !matches!(e, EngineError::Stopped) => {
@@ -426,7 +437,7 @@ async fn run_isolating(
             Err(e) => {
                 let msg = e.to_string();
                 for slot in &mut results[range] {
-                    *slot = Some((Err(same_error(&e, &msg)), at));
+                    *slot = Some((Err(same_error(&e, &msg)), at, took));
                 }
             }
         }
@@ -434,7 +445,7 @@ async fn run_isolating(
     let at = Instant::now();
     let results = results
         .into_iter()
-        .map(|r| r.unwrap_or_else(|| (Err(EngineError::Stopped), at)))
+        .map(|r| r.unwrap_or_else(|| (Err(EngineError::Stopped), at, Duration::ZERO)))
         .collect();
     (results, first_ok.unwrap_or(false))
 }

@@ -402,6 +402,30 @@ async fn request_reaches_the_region_as_sent_with_its_traceparent() {
         .unwrap()
         .headers
         .contains_key("traceparent"));
+    // tracestate goes with a traceparent only.
+    let state = "congo=t61rcWkgMzE";
+    let with_state = |traceparent| nusa_engine_remote::TraceHeaders {
+        traceparent,
+        tracestate: Some(state),
+    };
+    client
+        .infer_traced("m", None, &inputs, None, with_state(Some(tp)))
+        .await
+        .unwrap();
+    let seen = fake.recorded.recv().await.unwrap();
+    assert_eq!(seen.headers["traceparent"], tp);
+    assert_eq!(seen.headers["tracestate"], state);
+    client
+        .infer_traced("m", None, &inputs, None, with_state(None))
+        .await
+        .unwrap();
+    assert!(!fake
+        .recorded
+        .recv()
+        .await
+        .unwrap()
+        .headers
+        .contains_key("tracestate"));
 }
 
 #[tokio::test]

@@ -148,6 +148,9 @@ async fn concurrent_requests_share_a_batch_and_get_their_own_rows() {
         assert_eq!(floats(&out.outputs[0]), want);
         assert_eq!(out.outputs[0].shape, vec![(vals.len() / 2) as i64, 2]);
         assert_eq!(out.timing.batch_rows, 6);
+        // One instance ran it; the engine's run ends the request's compute.
+        assert_eq!(out.timing.instance, 0);
+        assert!(out.timing.engine <= out.timing.compute, "{:?}", out.timing);
     }
     assert_eq!(*batches.lock(), vec![6]);
 }
