@@ -211,19 +211,24 @@ pub enum SlotError {
     Config(String),
 }
 
-/// The boot entry parsers, for the fuzz targets in `fuzz/`; not an API:
-/// systemd-boot entries as (file name, text) pairs in boot order (their
-/// file names), the slot the kernel command line names, and whether
-/// `nvbootctrl dump-slots-info` output parses (its error otherwise).
+/// The boot entry parsers, for the `boot_entries` fuzz target and its
+/// regression tests; not an API. `data`: NUL-separated fields, the kernel
+/// command line, `nvbootctrl dump-slots-info` output, then systemd-boot
+/// entries as (file name, text) pairs. Parses them all and sorts the
+/// entries in boot order; panics only on a bug.
 #[doc(hidden)]
-pub fn fuzz_boot_parsers(
-    entries: &[(&str, &str)],
-    cmdline: &str,
-    nvbootctrl_dump: &str,
-) -> (Vec<String>, Option<Slot>, Result<(), &'static str>) {
-    (
-        systemd_boot::entries_from(entries),
-        systemd_boot::booted_from_cmdline(cmdline),
-        nvbootctrl::parse_dump(nvbootctrl_dump).map(|_| ()),
-    )
+pub fn fuzz_boot_entries(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut fields = text.split('\0');
+    let cmdline = fields.next().unwrap_or("");
+    let dump = fields.next().unwrap_or("");
+    let rest: Vec<&str> = fields.collect();
+    let entries: Vec<(&str, &str)> = rest
+        .chunks(2)
+        .map(|p| (p[0], p.get(1).copied().unwrap_or("")))
+        .collect();
+    let order = systemd_boot::entries_from(&entries);
+    let _ = systemd_boot::booted_from_cmdline(cmdline);
+    let _ = nvbootctrl::parse_dump(dump);
+    assert!(order.len() <= entries.len());
 }

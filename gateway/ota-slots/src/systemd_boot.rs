@@ -311,7 +311,7 @@ impl SlotBackend for SystemdBootBackend {
 }
 
 /// What `entries` makes of a folder holding these (file name, text) pairs,
-/// without the folder: for `crate::fuzz_boot_parsers`.
+/// without the folder: for `crate::fuzz_boot_entries`.
 pub(crate) fn entries_from(found: &[(&str, &str)]) -> Vec<String> {
     let mut out: Vec<Entry> = found
         .iter()
