@@ -155,12 +155,10 @@ async fn infer(
     // Naming every output asks for what naming none does (tritonclient
     // names them all when given outputs): the same computation, the same
     // cache entry.
-    let names_every_output = {
-        let mut names: Vec<&str> = wanted.iter().map(|(n, _)| *n).collect();
-        names.sort_unstable();
-        names.dedup();
-        names.len() == meta.outputs.len()
-    };
+    let names_every_output = meta
+        .outputs
+        .iter()
+        .all(|o| wanted.iter().any(|(n, _)| *n == o.name));
     let job = Job {
         model,
         version: &mv,
