@@ -180,7 +180,7 @@ fn escape(s: &str) -> String {
 }
 
 /// `GET /v2/nusa/models`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     /// Where models come from and whether they are verified: `directory`
     /// (a plain local folder, not verified: development and the demo).
@@ -347,6 +347,108 @@ pub struct HistoryEvent {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct History {
     pub events: Vec<HistoryEvent>,
+}
+
+/// `GET`: the box at a glance ([`Overview`]): what the status page
+/// (`/status` on the metrics listener) and `nusactl status` show.
+pub const STATUS: &str = "/v2/nusa/status";
+
+/// The box at a glance. The counters are the metrics endpoint's own
+/// series, read back, so the page and Prometheus agree.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Overview {
+    /// nusad's version.
+    pub version: String,
+    /// The root slot the box booted (`a`, `b`), when the kernel command
+    /// line names one.
+    pub slot: Option<String>,
+    /// Unix seconds now, and seconds since nusad started.
+    pub time_s: u64,
+    pub uptime_s: u64,
+    /// Every model is ready or unloaded on purpose, and there is one.
+    pub ready: bool,
+    /// Every model's versions, engines and readiness.
+    pub models: Status,
+    /// Canary rollouts running or last ended.
+    pub rollouts: Vec<CanaryStatus>,
+    /// Requests waiting per model.
+    pub queues: Vec<QueueDepth>,
+    pub cache: CacheSummary,
+    pub regions: Vec<RegionSummary>,
+    pub requests: RequestSummary,
+    /// The OS updater, from the progress file it writes.
+    pub update: UpdateSummary,
+    /// The last warnings and errors nusad logged, newest last.
+    pub errors: Vec<RecentError>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct QueueDepth {
+    pub model: String,
+    pub depth: u64,
+}
+
+/// The edge cache since start.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CacheSummary {
+    /// `false`: no cache configured.
+    pub enabled: bool,
+    pub hits: u64,
+    pub misses: u64,
+    /// Requests that waited for an identical one in flight.
+    pub coalesced: u64,
+    /// `hits / (hits + misses)`; `None` before the first lookup.
+    pub hit_ratio: Option<f64>,
+    /// Bytes held, per tier (`memory`, `disk`).
+    pub bytes: Vec<(String, u64)>,
+}
+
+/// One regional endpoint, as the last probe and the breaker left it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RegionSummary {
+    pub name: String,
+    /// `ok`, a failure class (`connect`, `tls`, `timeout`, `status_5xx`,
+    /// ...), or `not probed yet`.
+    pub probe: String,
+    /// `closed`, `half-open`, `open`.
+    pub breaker: String,
+    /// The last good probe's round trip.
+    pub rtt_ms: Option<f64>,
+    /// Requests sent there since start.
+    pub spilled: u64,
+}
+
+/// Inference requests since start.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RequestSummary {
+    /// All answered, by outcome (`ok`, `bad_request`, `over_limit`, ...).
+    pub by_outcome: Vec<(String, u64)>,
+    /// Sent to a region.
+    pub spilled: u64,
+    /// `spilled / ok`; `None` before the first good answer.
+    pub spill_share: Option<f64>,
+}
+
+/// What the OS updater last reported.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UpdateSummary {
+    /// The updater's state (`idle`, `downloading`, ...); `None` when it
+    /// has not written its progress file (not an appliance, or not run).
+    pub state: Option<String>,
+    /// The step in progress and its bytes done and in total.
+    pub step: Option<String>,
+    pub done_bytes: Option<u64>,
+    pub total_bytes: Option<u64>,
+}
+
+/// One warning or error from nusad's log.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RecentError {
+    /// Unix seconds.
+    pub time_s: u64,
+    pub level: String,
+    pub target: String,
+    pub text: String,
 }
 
 /// Every error body: `{"error": "..."}`.

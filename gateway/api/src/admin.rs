@@ -506,18 +506,22 @@ fn index(repo: &Repository) -> ApiResponse {
 }
 
 async fn status(repo: &Repository) -> Result<ApiResponse, ProtoError> {
+    Ok(ApiResponse::json(200, to_json(&models_status(repo).await?)))
+}
+
+/// Every model's state, versions and pin (also part of the overview).
+pub(crate) async fn models_status(repo: &Repository) -> Result<Status, ProtoError> {
     let marks = repo.marks().await.map_err(change_error)?;
     let models = repo
         .models()
         .iter()
         .map(|m| model_status(m, marks.bad.get(&m.name).cloned().unwrap_or_default()))
         .collect();
-    let status = Status {
+    Ok(Status {
         mode: repo.mode().into(),
         models,
         pulling: repo.pull_progress(),
-    };
-    Ok(ApiResponse::json(200, to_json(&status)))
+    })
 }
 
 async fn start_canary(

@@ -6,8 +6,10 @@ mod access;
 mod admin;
 mod infer;
 mod meta;
+mod overview;
 
 pub use access::{Access, Caller};
+pub use overview::Identity;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -131,6 +133,10 @@ pub struct Api {
     reload: Option<Reload>,
     /// A `Server-Timing` header on every answer (`[tracing] server_timing`).
     server_timing: bool,
+    /// The version and slot the overview shows.
+    identity: Identity,
+    /// When this nusad started (the overview's uptime).
+    started: Instant,
 }
 
 /// W3C Server Timing's response header.
@@ -158,7 +164,16 @@ impl Api {
             costs: None,
             reload: None,
             server_timing: true,
+            identity: Identity::default(),
+            started: Instant::now(),
         }
+    }
+
+    /// The version and booted slot the overview (`/v2/nusa/status`, the
+    /// status page, `nusactl status`) shows.
+    pub fn with_identity(mut self, identity: Identity) -> Api {
+        self.identity = identity;
+        self
     }
 
     /// Whether answers carry `Server-Timing` (on unless turned off).
@@ -253,6 +268,18 @@ impl Api {
     }
 
     async fn admin(&self, route: Route, req: ApiRequest, actor: Actor) -> ApiResponse {
+        if matches!(route, Route::AdminStatus) {
+            return match req.method {
+                Method::Get | Method::Head => {
+                    let mut resp = ApiResponse::json(200, self.overview_json().await);
+                    if req.method == Method::Head {
+                        resp.body.clear();
+                    }
+                    resp
+                }
+                _ => ApiResponse::error(&method_not_allowed("GET", &req.path)),
+            };
+        }
         let ctx = admin::Ctx {
             repo: &self.repo,
             canaries: &self.canaries,

@@ -534,7 +534,10 @@ pub async fn run_with(
         }
     };
     let hangups = tokio::spawn(hangups);
-    let api = Arc::new(api);
+    let api = Arc::new(api.with_identity(nusa_api::Identity {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        slot: booted_slot(),
+    }));
 
     let mut tls = load_or_generate(config.tls.cert.as_deref(), config.tls.key.as_deref(), &data)?;
     // nusa_tls_certificate_expiry_timestamp_seconds (ops/: NusaTlsCertificateExpiringSoon).
@@ -572,13 +575,19 @@ pub async fn run_with(
     };
     let metrics_limits = ingress_config.limits.clone();
     let admin = AdminIngress::bind(admin_config, &tls, Arc::clone(&api), None).await?;
-    let ingress =
-        nusa_ingress::Ingress::bind(ingress_config, &tls, api, listeners.https, listeners.quic)
-            .await?;
+    let ingress = nusa_ingress::Ingress::bind(
+        ingress_config,
+        &tls,
+        Arc::clone(&api),
+        listeners.https,
+        listeners.quic,
+    )
+    .await?;
     let (metrics_addr, metrics_serve) = nusa_ingress::serve_metrics(
         config.server.metrics_listen,
         listeners.metrics,
         metrics,
+        Some(Arc::clone(&api)),
         &metrics_limits,
         shutdown.clone(),
     )
@@ -615,4 +624,17 @@ pub async fn run_with(
     dispatch.flush().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The root slot the kernel booted, as the updater reads it (`None` off
+/// an appliance).
+fn booted_slot() -> Option<String> {
+    use std::io::Read;
+    let mut cmdline = String::new();
+    std::fs::File::open("/proc/cmdline")
+        .ok()?
+        .take(64 << 10)
+        .read_to_string(&mut cmdline)
+        .ok()?;
+    nusa_ota_slots::booted_from_cmdline(&cmdline).map(|s| s.to_string())
 }

@@ -139,6 +139,11 @@ impl Dispatcher {
         }
     }
 
+    /// Whether answers are cached here (`cache.memory_bytes > 0`).
+    pub fn has_cache(&self) -> bool {
+        self.cache.is_some()
+    }
+
     /// Consults `guard` for every region a request may go to (spend
     /// budgets); without one, residency alone decides.
     pub fn set_spill_guard(&self, guard: SpillGuard) {
@@ -552,6 +557,24 @@ impl Dispatcher {
         }
     }
 
+    /// Every region as its last probe left it, in configuration order (the
+    /// status page and `nusactl status`).
+    pub fn region_states(&self) -> Vec<RegionState> {
+        let logs = self.probe_logs.lock();
+        self.regions
+            .iter()
+            .enumerate()
+            .map(|(i, client)| {
+                let last = logs.get(i).and_then(|l| l.last);
+                RegionState {
+                    name: client.name().to_string(),
+                    probe: last.map(|(outcome, _)| outcome),
+                    breaker: last.and_then(|(_, breaker)| breaker),
+                }
+            })
+            .collect()
+    }
+
     /// Opens the pooled connection to every region (TLS handshake included)
     /// without recording anything: the handshake is not what requests see.
     pub async fn warm_regions(&self) {
@@ -601,6 +624,16 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// One region as its last probe left it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RegionState {
+    pub name: String,
+    /// `None`: not probed yet; `Err(class)`: the failure's class.
+    pub probe: Option<Result<(), &'static str>>,
+    /// The breaker's code after the probe: 0 closed, 1 half-open, 2 open.
+    pub breaker: Option<i64>,
 }
 
 /// What the log has said about one region's probes: a change of outcome

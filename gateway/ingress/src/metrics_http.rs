@@ -1,5 +1,8 @@
-//! The metrics listener: plain HTTP/1.1, `GET /metrics` only, with the
-//! public listener's header and idle timeouts and a bound on connections.
+//! The metrics listener: plain HTTP/1.1, with the public listener's header
+//! and idle timeouts and a bound on connections. `GET /metrics` for
+//! Prometheus; `GET /status`, the status page (a static HTML page that
+//! reads `/status.json`, the API's overview, every 2 s). Both are read
+//! only; the listener is on loopback unless the operator moves it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -11,6 +14,7 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use nusa_api::Api;
 use nusa_telemetry::Metrics;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -30,6 +34,7 @@ pub async fn serve_metrics(
     addr: SocketAddr,
     passed: Option<std::net::TcpListener>,
     metrics: Arc<Metrics>,
+    status: Option<Arc<Api>>,
     limits: &Limits,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, impl std::future::Future<Output = ()>), IngressError> {
@@ -71,7 +76,7 @@ pub async fn serve_metrics(
                         }
                         continue;
                     };
-                    tokio::spawn(serve_connection(stream, Arc::clone(&metrics), timeouts, slot));
+                    tokio::spawn(serve_connection(stream, Arc::clone(&metrics), status.clone(), timeouts, slot));
                 }
                 _ = shutdown.changed() => break,
             }
@@ -89,15 +94,20 @@ struct Timeouts {
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     metrics: Arc<Metrics>,
+    status: Option<Arc<Api>>,
     timeouts: Timeouts,
     _slot: OwnedSemaphorePermit,
 ) {
     let activity = Activity::new();
     let act = activity.clone();
     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-        let _busy = act.busy();
-        let resp = answer(&metrics, &req);
-        async move { Ok::<_, Infallible>(resp) }
+        let busy = act.busy();
+        let (metrics, status) = (Arc::clone(&metrics), status.clone());
+        async move {
+            let resp = answer(&metrics, status.as_deref(), &req).await;
+            drop(busy);
+            Ok::<_, Infallible>(resp)
+        }
     });
     // hyper's header read timer runs whenever it waits for a head, the
     // first one or the next on a kept-alive connection: a silent or
@@ -121,23 +131,50 @@ async fn serve_connection(
     }
 }
 
-fn answer(metrics: &Metrics, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
-    let (status, ctype, body) = if req.uri().path() == "/metrics" {
-        (
+/// The status page: static, so it is compiled in.
+const STATUS_PAGE: &str = include_str!("status.html");
+
+async fn answer(
+    metrics: &Metrics,
+    status: Option<&Api>,
+    req: &Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
+    let get = matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD);
+    let (code, ctype, body) = match (req.uri().path(), status) {
+        (_, _) if !get => (
+            405,
+            "application/json",
+            r#"{"error":"the metrics listener serves GET only"}"#.to_string(),
+        ),
+        ("/metrics", _) => (
             200,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics.encode(),
-        )
-    } else {
-        (
+        ),
+        ("/status", Some(_)) => (200, "text/html; charset=utf-8", STATUS_PAGE.to_string()),
+        ("/status.json", Some(api)) => (200, "application/json", api.overview_json().await),
+        _ => (
             404,
             "text/plain",
-            "not found; metrics are at /metrics\n".to_string(),
-        )
+            "not found; metrics are at /metrics, the status page at /status\n".to_string(),
+        ),
+    };
+    let body = if *req.method() == hyper::Method::HEAD {
+        String::new()
+    } else {
+        body
     };
     Response::builder()
-        .status(status)
+        .status(code)
         .header("content-type", ctype)
+        // The page and its data are read only and change every refresh.
+        .header("cache-control", "no-store")
+        // No framing by other sites, no scripts or assets from elsewhere.
+        .header(
+            "content-security-policy",
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'",
+        )
+        .header("x-content-type-options", "nosniff")
         .body(Full::new(Bytes::from(body)))
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }

@@ -5,6 +5,7 @@
 mod access;
 mod models;
 mod release;
+mod status;
 mod update;
 
 use clap::{Parser, Subcommand};
@@ -36,6 +37,9 @@ enum Cmd {
     Cache(access::CacheArgs),
     /// nusad's configuration: reload (over the admin socket).
     Config(access::ConfigArgs),
+    /// The box at a glance: models, rollouts, cache, regions, spill share,
+    /// the updater, recent errors (over the admin socket; `--json`).
+    Status(status::StatusArgs),
     /// Publish signed releases (a release engineer's machine).
     Release {
         #[command(subcommand)]
@@ -64,6 +68,7 @@ async fn main() -> std::process::ExitCode {
         Cmd::Cost(args) => access::cost(args).await,
         Cmd::Cache(args) => access::cache(args).await,
         Cmd::Config(args) => access::config(args).await,
+        Cmd::Status(args) => status::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

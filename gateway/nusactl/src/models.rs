@@ -11,7 +11,7 @@ use nusa_admin::{CanaryStatus, ChangeReply, Client, History, PinRequest, Status}
 
 /// The appliance's socket (`server.admin_socket`, by default in its
 /// `data_dir`, /var/lib/nusa).
-const DEFAULT_SOCKET: &str = "/var/lib/nusa/admin.sock";
+pub(crate) const DEFAULT_SOCKET: &str = "/var/lib/nusa/admin.sock";
 
 #[derive(Debug, Args)]
 pub struct ModelsArgs {

@@ -155,8 +155,10 @@ fn logging(
     let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_filter(filter);
+    // The last warnings and errors, for the status page and `nusactl status`.
+    let recent = nusa_telemetry::recent::layer();
     let Some(endpoint) = &config.otlp_endpoint else {
-        tracing_subscriber::registry().with(log).init();
+        tracing_subscriber::registry().with(log).with(recent).init();
         return Ok(None);
     };
     let settings = nusa_trace::Settings {
@@ -174,7 +176,11 @@ fn logging(
         buffer_spans: config.buffer_spans,
     };
     let (traces, handle) = nusa_trace::layer(&settings)?;
-    tracing_subscriber::registry().with(log).with(traces).init();
+    tracing_subscriber::registry()
+        .with(log)
+        .with(recent)
+        .with(traces)
+        .init();
     tracing::info!(
         endpoint = %endpoint,
         sample_ratio = config.sample_ratio,

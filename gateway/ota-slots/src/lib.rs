@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 pub use config::{from_config, BackendConfig};
 pub use file::{FileBackend, FileConfig, WriteFault};
 pub use nvbootctrl::{NvBootCtrlBackend, NvBootCtrlConfig};
-pub use systemd_boot::{SystemdBootBackend, SystemdBootConfig};
+pub use systemd_boot::{booted_from_cmdline, SystemdBootBackend, SystemdBootConfig};
 
 /// One of the two root filesystem slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -333,7 +333,9 @@ pub(crate) fn entries_from(found: &[(&str, &str)]) -> Vec<String> {
 
 /// `nusa.slot=` wins; else a `root=PARTLABEL=` ending in `-a`/`-b`. The
 /// last occurrence counts, as for the kernel.
-pub(crate) fn booted_from_cmdline(cmdline: &str) -> Option<Slot> {
+/// The slot a kernel command line booted: `nusa.slot=`, else the suffix
+/// of `root=PARTLABEL=...-a`.
+pub fn booted_from_cmdline(cmdline: &str) -> Option<Slot> {
     let last = |key: &str| {
         cmdline
             .split_whitespace()

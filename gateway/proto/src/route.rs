@@ -83,6 +83,8 @@ pub enum Route {
     AdminCachePurge,
     /// `/v2/nusa/config/reload` (POST) (admin).
     AdminConfigReload,
+    /// `/v2/nusa/status` (GET): the box at a glance (admin).
+    AdminStatus,
 }
 
 impl Route {
@@ -110,6 +112,7 @@ impl Route {
                 | Route::AdminCost
                 | Route::AdminCachePurge
                 | Route::AdminConfigReload
+                | Route::AdminStatus
         )
     }
 }
@@ -149,6 +152,7 @@ pub fn parse_route(path: &str) -> Option<Route> {
         ["nusa", "cost"] => Route::AdminCost,
         ["nusa", "cache", "purge"] => Route::AdminCachePurge,
         ["nusa", "config", "reload"] => Route::AdminConfigReload,
+        ["nusa", "status"] => Route::AdminStatus,
         ["nusa", "models", m, "canary"] => Route::AdminCanary {
             model: Some(owned(m)?),
         },

@@ -7,6 +7,9 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 pub use prometheus_client;
+
+pub mod recent;
+pub mod samples;
 use prometheus_client::encoding::{text::encode, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
