@@ -47,6 +47,9 @@ JOB = "nusad"
 # with why. Each must still be written in the source under gateway/ (a
 # registration or the text a process writes), so a misspelling fails.
 NOT_MADE_HERE = {
+    "nusa_model_drift_drifted": "a drift verdict needs a baseline and a closed window of sampled "
+                                "requests (gateway/drift/src/driver/metrics.rs); "
+                                "test_drift.py makes one",
     "nusa_update_bytes": "the updater writes it only while it downloads a release or writes a "
                          "slot (gateway/ota/src/runner.rs); the failed update made here writes "
                          "its state alone",

@@ -208,6 +208,10 @@ def test_the_page_in_headless_chromium_shows_every_section(box):
     # Every refresh was answered.
     assert dom.by_id.get("stale-reason", "") == "", dom.by_id["stale-reason"]
     assert "none" in dom.by_id["rollouts"], dom.by_id["rollouts"]
+    # The drift monitor started at the first sampled request (1 in 16, the
+    # first one included) and is learning its baseline.
+    drift = dom.rows[f"model:{nt.MODEL}/1"]
+    assert drift[2] == "warmup" and drift[5] == "learning the baseline", drift
 
 
 def nusactl(server: nt.NusadServer | None, *args: str, socket: Path | None = None):

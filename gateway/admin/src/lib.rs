@@ -45,6 +45,20 @@ pub fn history_path(model: &str) -> String {
     format!("{MODELS}/{}/history", escape(model))
 }
 
+/// `GET`: one model's drift ([`DriftReply`]).
+pub fn drift_path(model: &str) -> String {
+    format!("{MODELS}/{}/drift", escape(model))
+}
+
+/// A model's drift: each version's monitor (`nusa_drift::Report`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DriftReply {
+    pub model: String,
+    /// `false` with `[drift] enabled = false`: no reports.
+    pub enabled: bool,
+    pub versions: Vec<nusa_drift::Report>,
+}
+
 /// Every model's canary rollout, running or last ended.
 pub const CANARY: &str = "/v2/nusa/canary";
 
@@ -380,6 +394,9 @@ pub struct Overview {
     pub update: UpdateSummary,
     /// The last warnings and errors nusad logged, newest last.
     pub errors: Vec<RecentError>,
+    /// Each model version's drift monitor.
+    #[serde(default)]
+    pub drift: Vec<nusa_drift::Report>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

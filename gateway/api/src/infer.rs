@@ -177,6 +177,13 @@ async fn infer(
         trace: req.trace,
         cache_control: req.cache_control,
     };
+    // Drift: a sampled request keeps its inputs (refcounted bytes) until
+    // its answer is there; the others pay one atomic add.
+    let drift_inputs = api
+        .drift
+        .as_ref()
+        .filter(|d| d.sample())
+        .map(|_| job.inputs.clone());
     let shadow_copy = ticket
         .as_ref()
         .and_then(|t| t.shadow)
@@ -206,6 +213,9 @@ async fn infer(
     };
     if let (ServedBy::Cloud(_), Some(k), Some(access)) = (&served_by, caller.key(), &api.access) {
         access.limiter().spilled(k, model, request_bytes, day);
+    }
+    if let (Some(drift), Some(inputs)) = (&api.drift, &drift_inputs) {
+        drift.observe_sampled(model, mv.version, inputs, &tensors);
     }
     if let (Some(t), Some((inputs, rows))) = (ticket, shadow_copy) {
         shadow(api, model, t, inputs, rows, &tensors);

@@ -137,6 +137,8 @@ pub struct Api {
     identity: Identity,
     /// When this nusad started (the overview's uptime).
     started: Instant,
+    /// The drift monitor (`[drift]`), fed a sample of answered requests.
+    drift: Option<Arc<nusa_drift::Drift>>,
 }
 
 /// W3C Server Timing's response header.
@@ -166,7 +168,14 @@ impl Api {
             server_timing: true,
             identity: Identity::default(),
             started: Instant::now(),
+            drift: None,
         }
+    }
+
+    /// Feeds a sample of answered requests to the drift monitor.
+    pub fn with_drift(mut self, drift: Arc<nusa_drift::Drift>) -> Api {
+        self.drift = Some(drift);
+        self
     }
 
     /// The version and booted slot the overview (`/v2/nusa/status`, the
@@ -268,6 +277,9 @@ impl Api {
     }
 
     async fn admin(&self, route: Route, req: ApiRequest, actor: Actor) -> ApiResponse {
+        if let Route::AdminDrift { model } = &route {
+            return self.drift_reply(model, &req);
+        }
         if matches!(route, Route::AdminStatus) {
             return match req.method {
                 Method::Get | Method::Head => {
@@ -290,7 +302,16 @@ impl Api {
             reload: self.reload.as_ref(),
             actor,
         };
-        admin::handle(&ctx, route, req).await
+        let unloading = match &route {
+            Route::RepositoryUnload { model } => Some(model.clone()),
+            _ => None,
+        };
+        let resp = admin::handle(&ctx, route, req).await;
+        // An unloaded model's drift monitors and series go with it.
+        if let (Some(model), Some(drift), 200) = (unloading, &self.drift, resp.status) {
+            drift.forget(&model);
+        }
+        resp
     }
 
     async fn serve(&self, route: Route, req: ApiRequest, caller: &Caller) -> ApiResponse {

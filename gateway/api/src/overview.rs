@@ -12,7 +12,10 @@ use nusa_admin::{
 use nusa_telemetry::recent::RecentEvents;
 use nusa_telemetry::samples::{self, Sample};
 
-use crate::Api;
+use nusa_admin::DriftReply;
+use nusa_proto::ProtoError;
+
+use crate::{method_not_allowed, Api, ApiRequest, ApiResponse, Method};
 
 /// Who this nusad is: its version and the root slot it booted.
 #[derive(Clone, Debug, Default)]
@@ -22,6 +25,28 @@ pub struct Identity {
 }
 
 impl Api {
+    /// `GET /v2/nusa/models/{m}/drift`: each version's drift monitor.
+    pub(crate) fn drift_reply(&self, model: &str, req: &ApiRequest) -> ApiResponse {
+        if !matches!(req.method, Method::Get | Method::Head) {
+            return ApiResponse::error(&method_not_allowed("GET", &req.path));
+        }
+        if self.repo.model(model).is_err() {
+            return ApiResponse::error(&ProtoError::not_found(format!("unknown model '{model}'")));
+        }
+        let reply = DriftReply {
+            model: model.to_string(),
+            enabled: self.drift.is_some(),
+            versions: self
+                .drift
+                .as_ref()
+                .and_then(|d| d.report(model))
+                .unwrap_or_default(),
+        };
+        let body = serde_json::to_string(&reply)
+            .unwrap_or_else(|e| format!(r#"{{"error":"encoding the drift report: {e}"}}"#));
+        ApiResponse::json(200, body)
+    }
+
     /// [`Api::overview`] as JSON: the admin route's and the status page's.
     pub async fn overview_json(&self) -> String {
         serde_json::to_string(&self.overview().await)
@@ -64,6 +89,7 @@ impl Api {
                     text: e.text,
                 })
                 .collect(),
+            drift: self.drift.as_ref().map(|d| d.reports()).unwrap_or_default(),
         }
     }
 

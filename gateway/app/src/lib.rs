@@ -482,6 +482,9 @@ pub async fn run_with(
         .with_audit(Arc::clone(&audit))
         .with_costs(Arc::clone(&costs))
         .with_server_timing(config.tracing.server_timing);
+    if config.drift.enabled {
+        api = api.with_drift(nusa_drift::Drift::spawn(&config.drift, Some(&metrics)));
+    }
     let mut keys = None;
     match config.auth_mode() {
         AuthMode::Keys => {

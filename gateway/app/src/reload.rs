@@ -163,6 +163,7 @@ fn restart_needed(running: &Config, new: &Config) -> Vec<String> {
         ("cost", running.cost != new.cost),
         ("rollout", running.rollout != new.rollout),
         ("tracing", running.tracing != new.tracing),
+        ("drift", running.drift != new.drift),
     ]
     .into_iter()
     .filter(|(_, changed)| *changed)

@@ -46,6 +46,9 @@ pub struct Config {
     /// `[tracing]`: request traces to an OpenTelemetry collector, and
     /// the `Server-Timing` header.
     pub tracing: Tracing,
+    /// `[drift]`: sampled summaries of inputs and outputs per model
+    /// version, compared with a baseline (`nusa-drift`'s README).
+    pub drift: nusa_drift::DriftConfig,
 }
 
 /// `[tracing]`: request traces exported over OTLP/HTTP (protobuf) to a
@@ -472,6 +475,7 @@ impl Default for Config {
             budgets: nusa_cost::Budgets::default(),
             cost: nusa_cost::Bounds::default(),
             tracing: Tracing::default(),
+            drift: nusa_drift::DriftConfig::default(),
         }
     }
 }
@@ -593,6 +597,12 @@ impl Config {
                     message: e.message,
                 });
             }
+        }
+        if let Err(e) = self.drift.check() {
+            return Err(ConfigError::Named {
+                key: format!("drift.{}", e.key),
+                message: e.reason.to_string(),
+            });
         }
         if let Err(e) = nusa_rollout::Plan::default().with(&self.rollout) {
             return Err(ConfigError::Invalid {

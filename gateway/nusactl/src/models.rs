@@ -59,6 +59,10 @@ enum ModelsCmd {
     },
     /// Loads, swaps, unloads, pins, rollouts and refusals, oldest first.
     History { model: Option<String> },
+    /// Whether what a model receives and answers has moved away from its
+    /// baseline: per version and tensor, the population stability index
+    /// of the last window (above the threshold: drifted).
+    Drift { model: String },
     /// Start a canary rollout of a version (`--version`), or show the
     /// rollout of MODEL (of every model without one): per-version
     /// requests, error rate, p99, shadow agreement, the step, the next
@@ -382,6 +386,13 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             }
             print_ended(&model, &r);
         }
+        ModelsCmd::Drift { model } => {
+            let r: nusa_admin::DriftReply = client.get(&nusa_admin::drift_path(&model)).await?;
+            if args.json {
+                return print_json(&r);
+            }
+            print!("{}", drift_text(&r));
+        }
         ModelsCmd::History { model } => {
             let path = match &model {
                 Some(m) => nusa_admin::history_path(m),
@@ -608,4 +619,64 @@ fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
 
 fn opt(v: Option<u64>) -> String {
     v.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+/// `nusactl models drift NAME` as text.
+fn drift_text(r: &nusa_admin::DriftReply) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    if !r.enabled {
+        let _ = writeln!(out, "drift monitoring is off ([drift] enabled = false)");
+        return out;
+    }
+    if r.versions.is_empty() {
+        let _ = writeln!(
+            out,
+            "{}: no sampled requests yet (drift starts at a version's first sampled request)",
+            r.model
+        );
+        return out;
+    }
+    let num = |x: Option<f64>| x.map_or_else(|| "-".to_string(), |x| format!("{x:.3}"));
+    for v in &r.versions {
+        let _ = writeln!(
+            out,
+            "{} version {}: {:?} (baseline {:?}, {} sampled, {} in the baseline, {} windows of {} s){}",
+            v.model,
+            v.version,
+            v.phase,
+            v.source,
+            v.samples,
+            v.baseline_samples,
+            v.windows,
+            v.window_s,
+            if v.drifted() { "  DRIFTED" } else { "" }
+        );
+        let _ = writeln!(
+            out,
+            "  {:<16} {:<7} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10}  status",
+            "tensor", "kind", "psi", "worst", "base mean", "base std", "now mean", "now std"
+        );
+        for t in &v.tensors {
+            let _ = writeln!(
+                out,
+                "  {:<16} {:<7} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10}  {:?}{}",
+                t.name,
+                format!("{:?}", t.kind).to_lowercase(),
+                num(t.psi),
+                num(t.worst_psi),
+                num(t.baseline_mean),
+                num(t.baseline_std),
+                num(t.current_mean),
+                num(t.current_std),
+                t.status,
+                if t.drifted {
+                    format!("  DRIFTED (psi > {})", t.threshold)
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    out
 }

@@ -116,6 +116,33 @@ pub(crate) fn render(o: &Overview) -> String {
             );
         }
     }
+    for d in &o.drift {
+        let drifted: Vec<String> = d
+            .tensors
+            .iter()
+            .filter(|t| t.drifted)
+            .map(|t| t.name.clone())
+            .collect();
+        let top = d
+            .tensors
+            .iter()
+            .filter_map(|t| t.psi.map(|p| (p, t.name.as_str())))
+            .max_by(|a, b| a.0.total_cmp(&b.0));
+        let _ = writeln!(
+            out,
+            "  drift {} {}: {:?}, {} sampled, highest psi {}{}",
+            d.model,
+            d.version,
+            d.phase,
+            d.samples,
+            top.map_or_else(|| "-".into(), |(p, n)| format!("{p:.3} ({n})")),
+            if drifted.is_empty() {
+                String::new()
+            } else {
+                format!("  DRIFTED: {}", drifted.join(", "))
+            }
+        );
+    }
     let c = &o.cache;
     if c.enabled {
         let _ = writeln!(

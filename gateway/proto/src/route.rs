@@ -85,6 +85,10 @@ pub enum Route {
     AdminConfigReload,
     /// `/v2/nusa/status` (GET): the box at a glance (admin).
     AdminStatus,
+    /// `/v2/nusa/models/{m}/drift` (GET): the model's drift (admin).
+    AdminDrift {
+        model: String,
+    },
 }
 
 impl Route {
@@ -113,6 +117,7 @@ impl Route {
                 | Route::AdminCachePurge
                 | Route::AdminConfigReload
                 | Route::AdminStatus
+                | Route::AdminDrift { .. }
         )
     }
 }
@@ -153,6 +158,7 @@ pub fn parse_route(path: &str) -> Option<Route> {
         ["nusa", "cache", "purge"] => Route::AdminCachePurge,
         ["nusa", "config", "reload"] => Route::AdminConfigReload,
         ["nusa", "status"] => Route::AdminStatus,
+        ["nusa", "models", m, "drift"] => Route::AdminDrift { model: owned(m)? },
         ["nusa", "models", m, "canary"] => Route::AdminCanary {
             model: Some(owned(m)?),
         },
