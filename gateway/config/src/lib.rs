@@ -509,19 +509,12 @@ pub enum ConfigError {
     },
 }
 
-/// Parses `addr` or `addr/prefix` into the network address and prefix.
-pub fn parse_prefix(s: &str) -> Option<(std::net::IpAddr, u8)> {
-    let (addr, len) = match s.split_once('/') {
-        Some((a, l)) => (a, Some(l)),
-        None => (s, None),
-    };
-    let ip: std::net::IpAddr = addr.trim().parse().ok()?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    let len = match len {
-        Some(l) => l.trim().parse::<u8>().ok().filter(|&l| l <= max)?,
-        None => max,
-    };
-    Some((ip, len))
+/// Parses `addr/prefix`, or one address (a prefix of its full length).
+pub fn parse_prefix(s: &str) -> Option<ipnet::IpNet> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
 impl Config {
@@ -817,12 +810,10 @@ mod tests {
         .unwrap();
         c.validate().unwrap();
         assert_eq!(c.regions[0].timeout_ms, 2_000);
-        assert_eq!(
-            parse_prefix("10.0.0.0/8"),
-            Some(("10.0.0.0".parse().unwrap(), 8))
-        );
-        assert_eq!(parse_prefix("::1"), Some(("::1".parse().unwrap(), 128)));
+        assert_eq!(parse_prefix("10.0.0.0/8"), Some("10.0.0.0/8".parse().unwrap()));
+        assert_eq!(parse_prefix(" ::1 "), Some("::1/128".parse().unwrap()));
         assert!(parse_prefix("10.0.0.0/33").is_none());
+        assert!(parse_prefix("10.0.0.0/").is_none());
         let e = err("[[regions]]\nname = \"a\"\nurl = \"http://x\"\nca = \"/c\"\n");
         assert!(e.starts_with("regions[0] (a): url"), "{e}");
         let e = err("[[regions]]\nname = \"a\"\nurl = \"https://x\"\n");

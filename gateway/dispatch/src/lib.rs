@@ -74,7 +74,7 @@ pub struct DispatchConfig {
     pub spill_enabled: bool,
     pub max_tries: usize,
     /// Client prefixes whose requests never leave the box.
-    pub local_only_clients: Vec<(IpAddr, u8)>,
+    pub local_only_clients: Vec<ipnet::IpNet>,
 }
 
 /// One inference request, checked against the model.
@@ -342,7 +342,7 @@ impl Dispatcher {
                 self.config
                     .local_only_clients
                     .iter()
-                    .any(|&p| prefix::contains(p, ip))
+                    .any(|p| prefix::contains(p, ip))
             });
         if pinned {
             return RegionSet::NONE;
@@ -835,26 +835,19 @@ fn sched_error(e: SchedError) -> ProtoError {
     ProtoError::new(kind, e.to_string())
 }
 
-/// Address-prefix matching; the config parses and checks the prefixes.
+/// Address-prefix matching (ipnet); the config parses and checks the
+/// prefixes.
 mod prefix {
     use std::net::IpAddr;
 
-    pub fn contains(prefix: (IpAddr, u8), ip: IpAddr) -> bool {
+    /// Whether `ip` is in `net`; an IPv4 client seen on a dual-stack
+    /// socket (`::ffff:a.b.c.d`) is matched as IPv4.
+    pub fn contains(net: &ipnet::IpNet, ip: IpAddr) -> bool {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
             v4 => v4,
         };
-        match (prefix.0, ip) {
-            (IpAddr::V4(p), IpAddr::V4(a)) => {
-                let mask = u32::MAX.checked_shl(32 - prefix.1 as u32).unwrap_or(0);
-                u32::from(p) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(p), IpAddr::V6(a)) => {
-                let mask = u128::MAX.checked_shl(128 - prefix.1 as u32).unwrap_or(0);
-                u128::from(p) & mask == u128::from(a) & mask
-            }
-            _ => false,
-        }
+        net.contains(&ip)
     }
 }
 
@@ -864,18 +857,15 @@ mod tests {
 
     #[test]
     fn client_prefixes() {
-        let p = ("10.0.0.0".parse().unwrap(), 8);
-        assert!(prefix::contains(p, "10.2.3.4".parse().unwrap()));
-        assert!(prefix::contains(p, "::ffff:10.2.3.4".parse().unwrap()));
-        assert!(!prefix::contains(p, "11.0.0.1".parse().unwrap()));
-        assert!(prefix::contains(
-            ("0.0.0.0".parse().unwrap(), 0),
-            "1.2.3.4".parse().unwrap()
-        ));
-        assert!(prefix::contains(
-            ("::1".parse().unwrap(), 128),
-            "::1".parse().unwrap()
-        ));
+        let p: ipnet::IpNet = "10.0.0.0/8".parse().unwrap();
+        assert!(prefix::contains(&p, "10.2.3.4".parse().unwrap()));
+        assert!(prefix::contains(&p, "::ffff:10.2.3.4".parse().unwrap()));
+        assert!(!prefix::contains(&p, "11.0.0.1".parse().unwrap()));
+        let all: ipnet::IpNet = "0.0.0.0/0".parse().unwrap();
+        assert!(prefix::contains(&all, "1.2.3.4".parse().unwrap()));
+        let one: ipnet::IpNet = "::1/128".parse().unwrap();
+        assert!(prefix::contains(&one, "::1".parse().unwrap()));
+        assert!(!prefix::contains(&one, "::2".parse().unwrap()));
     }
 
     #[test]

@@ -192,25 +192,28 @@ pub fn parse_route(path: &str) -> Option<Route> {
     })
 }
 
-/// Decodes %XX escapes; `None` for a bad escape, non-UTF-8 or an empty name.
+/// Decodes %XX escapes (`percent-encoding`); `None` for a malformed
+/// escape (`%`, `%4`, `%zz`), non-UTF-8 or an empty name.
 fn percent_decode(s: &str) -> Option<String> {
     if s.is_empty() {
         return None;
     }
+    // percent-encoding passes a malformed escape through as it is; a name
+    // with one is refused instead of guessed at.
     let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    let well_formed = bytes.iter().enumerate().all(|(i, &b)| {
+        b != b'%'
+            || bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !well_formed {
+        return None;
     }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(|c| c.into_owned())
 }
 
 #[cfg(test)]
