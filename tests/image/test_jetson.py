@@ -96,6 +96,9 @@ def _build(fleet: Fleet, l4t: Path, bins: Path, version: str, extra: list[str]) 
            "--trusted-root", str(fleet.trusted_root),
            "--update-repository", f"http://10.0.2.2:{fleet.server.port}",
            "--update-setting", f"health_timeout_s = {HEALTH_TIMEOUT_S}",
+           # The repository is the host, 10.0.2.2 to QEMU, over plain HTTP: an
+           # explicit choice the updater logs (it refuses http:// off loopback).
+           "--update-setting", "allow_insecure_transport = true",
            "--overlay", str(HERE / "overlays" / "test"), "--overlay", str(OVERLAY_JETSON), *extra]
     log = fleet.work / f"jetson-build-{version}.log"
     t = time.monotonic()

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use nusa_ota_core::{Wave, Waves};
+use nusa_ota_publish::brake::{change_brake, current_brake, entry, BrakeChange};
 use nusa_ota_publish::{add_release, NewRelease};
 use nusa_ota_tuf::{Expiries, KeyCounts, Role, SigningKeys, Thresholds};
 
@@ -60,6 +61,34 @@ pub enum ReleaseCmd {
         #[arg(long = "boot-file")]
         boot_files: Vec<String>,
     },
+    /// Fleet brake: stop every box from starting (or applying a staged)
+    /// release; `resume` lifts it. Signed by the targets key.
+    Pause {
+        #[command(flatten)]
+        brake: BrakeArgs,
+        #[arg(long, default_value = "paused by the release engineers")]
+        reason: String,
+    },
+    /// Lift a pause: boxes take the release again on their next check.
+    Resume {
+        #[command(flatten)]
+        brake: BrakeArgs,
+    },
+    /// Fleet brake for good: the release is never installed again and
+    /// cannot be resumed. Boxes already running it stay on it.
+    Yank {
+        #[command(flatten)]
+        brake: BrakeArgs,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Show the fleet brake: paused and yanked releases.
+    Brake {
+        #[arg(long)]
+        repo: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Re-sign a role (and those above it) with a new expiry.
     Expire {
         #[arg(long)]
@@ -85,6 +114,23 @@ pub enum ReleaseCmd {
     },
 }
 
+#[derive(Debug, clap::Args)]
+pub struct BrakeArgs {
+    #[arg(long)]
+    repo: PathBuf,
+    #[arg(long)]
+    keys: PathBuf,
+    /// The release's MAJOR.MINOR.PATCH.
+    #[arg(long)]
+    version: String,
+    /// Only this variant's release; default: every variant's.
+    #[arg(long)]
+    variant: Option<String>,
+    /// Who, for the record; default: $USER.
+    #[arg(long)]
+    by: Option<String>,
+}
+
 fn thresholds(root: u64) -> anyhow::Result<Thresholds> {
     let one = NonZeroU64::MIN;
     Ok(Thresholds {
@@ -97,6 +143,18 @@ fn thresholds(root: u64) -> anyhow::Result<Thresholds> {
 
 fn keys(dir: &std::path::Path) -> anyhow::Result<SigningKeys> {
     SigningKeys::load(dir).with_context(|| format!("loading keys from {}", dir.display()))
+}
+
+fn brake_entry(b: &BrakeArgs, reason: &str) -> anyhow::Result<nusa_ota_core::BrakeEntry> {
+    let by =
+        b.by.clone()
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "unknown".into());
+    let at = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    Ok(entry(&b.version, b.variant.as_deref(), reason, &by, at)?)
 }
 
 pub fn parse_wave(s: &str, now: SystemTime) -> anyhow::Result<Wave> {
@@ -208,6 +266,80 @@ pub async fn run(cmd: ReleaseCmd) -> anyhow::Result<()> {
                 info.image_len,
                 info.image_sha256
             );
+        }
+        ReleaseCmd::Pause { brake, reason } => {
+            let e = brake_entry(&brake, &reason)?;
+            let b = change_brake(
+                &brake.repo,
+                &keys(&brake.keys)?,
+                BrakeChange::Pause(e),
+                &Expiries::standard(),
+            )
+            .await?;
+            println!(
+                "paused {} (brake {}): boxes neither start nor apply it; `nusactl release resume` lifts it",
+                brake.version, b.sequence
+            );
+        }
+        ReleaseCmd::Resume { brake } => {
+            let version = brake
+                .version
+                .parse()
+                .with_context(|| format!("--version {:?}", brake.version))?;
+            let variant = brake
+                .variant
+                .as_deref()
+                .map(nusa_ota_core::Variant::new)
+                .transpose()
+                .context("--variant")?;
+            let b = change_brake(
+                &brake.repo,
+                &keys(&brake.keys)?,
+                BrakeChange::Resume { version, variant },
+                &Expiries::standard(),
+            )
+            .await?;
+            println!(
+                "resumed {} (brake {}): boxes take it on their next check",
+                brake.version, b.sequence
+            );
+        }
+        ReleaseCmd::Yank { brake, reason } => {
+            let e = brake_entry(&brake, &reason)?;
+            let b = change_brake(
+                &brake.repo,
+                &keys(&brake.keys)?,
+                BrakeChange::Yank(e),
+                &Expiries::standard(),
+            )
+            .await?;
+            println!(
+                "yanked {} (brake {}): never installed again; boxes running it stay on it",
+                brake.version, b.sequence
+            );
+        }
+        ReleaseCmd::Brake { repo, json } => {
+            let (b, _) = current_brake(&repo).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&b)?);
+            } else {
+                println!("brake {}", b.sequence);
+                for (what, list) in [("paused", b.paused()), ("yanked", b.yanked())] {
+                    for e in list {
+                        println!(
+                            "{what} {}{}: {} (by {} at unix time {})",
+                            e.version,
+                            e.variant
+                                .as_ref()
+                                .map(|v| format!(" ({v})"))
+                                .unwrap_or_default(),
+                            e.reason,
+                            e.by,
+                            e.at
+                        );
+                    }
+                }
+            }
         }
         ReleaseCmd::Expire {
             repo,

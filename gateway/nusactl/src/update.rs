@@ -219,8 +219,12 @@ async fn check(r: &mut Runner, json: bool) -> anyhow::Result<()> {
         }
         return Ok(());
     };
+    // The brake from the same verified metadata.
+    let brake = r.brake().await.map_err(anyhow::Error::msg)?;
+    let held = brake.holds(release.version, &release.variant);
     let decision = match admit(&release, &running, r.history().bad_set(), false) {
         Err(refusal) => refusal.to_string(),
+        Ok(()) if held.is_some() => held.map(|h| h.to_string()).unwrap_or_default(),
         Ok(()) => match eligible(r.setup().config.seed, &release.waves, unix_now()) {
             Eligibility::Now => "would install now".into(),
             Eligibility::NotBefore(t) => {

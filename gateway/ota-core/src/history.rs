@@ -50,6 +50,9 @@ pub enum Outcome {
     Abandoned,
     /// Installed, then left for the other slot by an operator.
     RolledBack,
+    /// Written and verified, then not applied: the fleet brake held the
+    /// release (paused or yanked) before its slot was armed.
+    Braked,
 }
 
 impl History {

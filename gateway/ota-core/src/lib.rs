@@ -16,6 +16,9 @@
 //! - [`progress`]: rate and ETA for the CLI and metrics.
 //! - [`history`]: attempts, beside the bad-release set ([`bad`]) that
 //!   admission reads; both name the failed [`Step`].
+//! - [`brake`]: the fleet brake (paused and yanked releases), signed in
+//!   the repository; checked when a release is found and again before a
+//!   written slot is armed.
 //!
 //! # Driving it
 //!
@@ -59,6 +62,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bad;
+pub mod brake;
 pub mod chunk;
 mod digest;
 pub mod history;
@@ -71,6 +75,7 @@ mod testutil;
 mod version;
 
 pub use bad::{BadRelease, BadReleases};
+pub use brake::{Brake, BrakeCheck, BrakeEntry, BrakeError, BrakeKind};
 pub use chunk::{
     plan, ByteRange, ChunkBitmap, ChunkError, ChunkIndex, ChunkVerifier, IndexBuilder, IndexError,
     LocalChunks, Plan,

@@ -9,7 +9,9 @@
 //!   overridden: the release cannot migrate from older systems);
 //! - a release recorded bad is not retried automatically;
 //! - the version floor: only a newer release is taken automatically;
-//! - the staged rollout (waves) must have reached this appliance.
+//! - the staged rollout (waves) must have reached this appliance;
+//! - the fleet brake ([`crate::brake`]) must not hold it (checked by the
+//!   state machine at check time and again before the slot is armed).
 //!
 //! `admit`'s `force` would lift the last three; no `nusactl` command sends a
 //! forced install.
@@ -229,6 +231,22 @@ pub enum Refusal {
     },
     #[error("release {version}: the staged rollout's last wave does not reach this appliance")]
     OutsideRollout { version: Version },
+    #[error("release {version} is paused by the fleet brake: {reason} (by {by} at unix time {at}); it is taken again once resumed")]
+    Paused {
+        version: Version,
+        reason: String,
+        by: String,
+        at: UnixSecs,
+    },
+    #[error("release {version} is yanked by the fleet brake: {reason} (by {by} at unix time {at}); it is never installed")]
+    Yanked {
+        version: Version,
+        reason: String,
+        by: String,
+        at: UnixSecs,
+    },
+    #[error("release {version} is written but not applied: the fleet brake could not be checked ({why}); the next run checks again")]
+    BrakeUnknown { version: Version, why: String },
 }
 
 /// Whether `release` may be installed over `running`, waves aside (they

@@ -26,9 +26,14 @@
 //! - A boot is confirmed to the bootloader ([`Command::ConfirmBoot`]) only
 //!   for the running slot, and never while a new release on it is on
 //!   trial, a reboot is pending, or it runs a release that failed.
+//! - The fleet brake ([`crate::brake`]): a release it holds (paused,
+//!   yanked) is not started, and a written slot is armed only after a
+//!   brake check since the last resume cleared its release
+//!   ([`Command::CheckBrake`], answered by [`Event::BrakeChecked`]).
 
 use serde::{Deserialize, Serialize};
 
+use crate::brake::{Brake, BrakeCheck};
 use crate::chunk::{ByteRange, ChunkBitmap, Plan};
 use crate::digest::Sha256Digest;
 use crate::history::History;
@@ -42,6 +47,7 @@ pub use crate::step::Step;
 
 mod accept;
 mod boot;
+mod brake;
 mod machine;
 mod resume;
 mod transfer;
@@ -138,7 +144,7 @@ pub enum State {
         release: ReleaseInfo,
         bytes_written: u64,
     },
-    /// The slot verified; arming it.
+    /// The slot verified; checking the fleet brake, then arming it.
     Staged {
         release: ReleaseInfo,
         slot: Slot,
@@ -214,7 +220,12 @@ pub enum Event {
     CheckRequested,
     /// The time asked for by [`Command::WakeAt`] has come.
     Wake,
-    ReleaseFound(ReleaseInfo),
+    /// The newest release, and the fleet brake from the same verified
+    /// metadata (empty when the repository publishes none).
+    ReleaseFound {
+        release: ReleaseInfo,
+        brake: Brake,
+    },
     NoUpdate,
     /// An operator's install of a given release; `force` lifts the version
     /// floor, the bad-release record and the waves.
@@ -237,6 +248,8 @@ pub enum Event {
     WriteVerified {
         sha256: Sha256Digest,
     },
+    /// The answer to [`Command::CheckBrake`].
+    BrakeChecked(BrakeCheck),
     SlotArmed,
     RebootIssued,
     /// Normally derived by [`Updater::resume`] from [`BootFacts`].
@@ -278,7 +291,7 @@ impl Event {
         match self {
             Event::CheckRequested => "CheckRequested",
             Event::Wake => "Wake",
-            Event::ReleaseFound(_) => "ReleaseFound",
+            Event::ReleaseFound { .. } => "ReleaseFound",
             Event::NoUpdate => "NoUpdate",
             Event::InstallRequested { .. } => "InstallRequested",
             Event::DownloadPlanned(_) => "DownloadPlanned",
@@ -286,6 +299,7 @@ impl Event {
             Event::DownloadDone => "DownloadDone",
             Event::WriteProgress { .. } => "WriteProgress",
             Event::WriteVerified { .. } => "WriteVerified",
+            Event::BrakeChecked(_) => "BrakeChecked",
             Event::SlotArmed => "SlotArmed",
             Event::RebootIssued => "RebootIssued",
             Event::BootedInto { .. } => "BootedInto",
@@ -312,8 +326,12 @@ pub enum Command {
     Persist(State),
     /// Write [`Updater::history`] likewise.
     PersistHistory(History),
-    /// Refresh the TUF metadata and answer `ReleaseFound` or `NoUpdate`.
+    /// Refresh the TUF metadata and answer `ReleaseFound` (with the
+    /// brake) or `NoUpdate`.
     FetchMetadata,
+    /// Refresh the TUF metadata (offline: the last verified) and answer
+    /// [`Event::BrakeChecked`]; asked for before a written slot is armed.
+    CheckBrake,
     /// Send [`Event::Wake`] at this time.
     WakeAt(UnixSecs),
     /// A release was not taken; for logs and `nusactl`.

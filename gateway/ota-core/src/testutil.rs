@@ -73,3 +73,31 @@ pub fn facts(booted: Slot, version: &str) -> BootFacts {
         inactive_bootable: true,
     }
 }
+
+fn brake_with(version: &str, yank: bool) -> crate::Brake {
+    let mut b = crate::Brake::default();
+    let entry = crate::BrakeEntry {
+        version: v(version),
+        variant: None,
+        reason: "bad GPU driver".into(),
+        by: "alice".into(),
+        at: 1_699_999_000,
+    };
+    if yank {
+        b.yank(entry).unwrap();
+    } else {
+        b.pause(entry).unwrap();
+    }
+    b.sequence = 1;
+    b
+}
+
+/// A brake pausing `version` (every variant).
+pub fn pausing(version: &str) -> crate::Brake {
+    brake_with(version, false)
+}
+
+/// A brake yanking `version` (every variant).
+pub fn yanking(version: &str) -> crate::Brake {
+    brake_with(version, true)
+}

@@ -7,8 +7,13 @@
 //! releases: the updater carries no code path that signs. The layout both
 //! sides agree on is `nusa_ota_core::release::{IMAGE_FILE, INDEX_FILE}`
 //! under `nusa_ota_tuf::target_name`.
+//!
+//! The fleet brake ([`brake`]: pause, resume, yank) is published the same
+//! way, as the signed target `brake/<n>/brake.json`.
 
 #![forbid(unsafe_code)]
+
+pub mod brake;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -1,24 +1,51 @@
 //! The device side: verify the repository, then answer "what is the latest
 //! release of my variant" and hand out verified targets or their hashes.
 //!
-//! Trust starts from the root shipped in the image and moves only forward:
-//! tough walks root rotations (`N+1.root.json`), and keeps the last
-//! timestamp, snapshot and targets it accepted in the datastore on the data
-//! partition, so metadata older than those is refused even after a reboot
-//! or a reinstall of the same image. Expiry is always enforced.
+//! Trust starts from the root shipped in the image and moves only forward.
+//! tough starts from exactly the root it is given and never reads a root
+//! back from its datastore (it only writes its latest one there), so this
+//! client gives it the shipped root, walked forward through the root
+//! versions it verified in earlier runs (`roots/N.root.json` in the
+//! datastore), each of which must be signed by a threshold of the version
+//! before it and of its own keys, and be exactly one version newer. That
+//! walk is done again on every start: a root planted in the datastore that
+//! does not chain from the shipped root is ignored. tough then walks the
+//! repository's `N+1.root.json` files, and keeps the last timestamp,
+//! snapshot and targets it accepted in the datastore on the data partition,
+//! so metadata older than those is refused even after a reboot or a
+//! reinstall of the same image. Expiry is always enforced.
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::fs::DirBuilderExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use futures_util::StreamExt;
+use parking_lot::Mutex;
 use tough::schema::{Root, Signed, Target, Targets};
-use tough::{ExpirationEnforcement, IntoVec, Repository, RepositoryLoader, TargetName, Transport};
+use tough::{
+    Bytes, ExpirationEnforcement, IntoVec, Repository, RepositoryLoader, TargetName, Transport,
+    TransportError, TransportStream,
+};
 use url::Url;
 
 use crate::error::Stage;
 use crate::names::{check_component, check_signed_name, split_release_name};
 use crate::TufError;
+
+/// The folder of the datastore holding every root version walked past the
+/// shipped one, as `<version>.root.json`.
+pub const ROOTS_DIR: &str = "roots";
+/// tough's record, in the datastore, of the latest system time it read.
+pub const LATEST_KNOWN_TIME: &str = "latest_known_time.json";
+/// systemd-timesyncd creates this file (on tmpfs, so once per boot) when it
+/// synchronized the clock.
+pub const SYSTEMD_TIMESYNC_MARKER: &str = "/run/systemd/timesync/synchronized";
+/// Most persisted root versions walked at start.
+const MAX_PERSISTED_ROOTS: u64 = 4096;
+/// Largest `latest_known_time.json` read (an RFC 3339 string).
+const MAX_TIME_FILE: u64 = 4096;
 
 /// Bounds on everything the client downloads. Metadata limits apply before
 /// a file's signed length is known (timestamp, root); after that tough
@@ -37,14 +64,53 @@ pub struct Limits {
 }
 
 impl Default for Limits {
+    /// Chosen for Nusa's repositories (ed25519 keys, no delegations), with
+    /// wide headroom; see README.md ("Limits") for the reasoning.
     fn default() -> Self {
         Self {
-            max_root_size: 1024 * 1024,
-            max_targets_size: 10 * 1024 * 1024,
+            // A root lists every role's keys and carries the root
+            // signatures: a few KiB with ed25519 (under 20 KiB even with
+            // dozens of RSA keys). Unsigned length: fetched against this.
+            max_root_size: 128 * 1024,
+            // Used only when snapshot.json does not sign the targets
+            // length (ours always does); about 300 bytes per target.
+            max_targets_size: 16 * 1024 * 1024,
+            // Used only when timestamp.json does not sign the snapshot
+            // length (ours always does); one entry per targets role.
             max_snapshot_size: 1024 * 1024,
-            max_timestamp_size: 64 * 1024,
+            // One entry (snapshot.json) and its signatures: about 1 KiB.
+            // Unsigned length: always fetched against this.
+            max_timestamp_size: 16 * 1024,
             max_root_updates: 64,
             max_read_target: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// How the client tells that the system clock was synchronized (NTP) in
+/// this boot, which is what lets it recover from a clock that had jumped
+/// ahead (see [`Client::open_with`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimeSync {
+    /// The clock counts as synchronized while this file exists.
+    Marker(PathBuf),
+    /// Never assumed: recovering from a clock that jumped ahead is always
+    /// the manual action.
+    Never,
+}
+
+impl Default for TimeSync {
+    /// systemd-timesyncd's marker, [`SYSTEMD_TIMESYNC_MARKER`].
+    fn default() -> Self {
+        TimeSync::Marker(PathBuf::from(SYSTEMD_TIMESYNC_MARKER))
+    }
+}
+
+impl TimeSync {
+    fn synchronized(&self) -> bool {
+        match self {
+            TimeSync::Marker(path) => path.exists(),
+            TimeSync::Never => false,
         }
     }
 }
@@ -109,7 +175,8 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Loads and verifies the repository's metadata through `transport`.
+    /// Loads and verifies the repository's metadata through `transport`,
+    /// with the default [`TimeSync`] (systemd-timesyncd's marker).
     ///
     /// `trusted_root` is the root.json shipped in the image; `datastore` a
     /// folder on the data partition (created 0700 if missing) where the last
@@ -122,16 +189,48 @@ impl Client {
         transport: impl Transport + 'static,
         limits: Limits,
     ) -> Result<Self, TufError> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(datastore)
-            .map_err(|source| TufError::Io {
-                path: datastore.to_owned(),
-                source,
-            })?;
-        let root = start_root(trusted_root, datastore, limits.max_root_size)?;
-        let repo = RepositoryLoader::new(&root, metadata_url, targets_url.clone())
+        Self::open_with(
+            trusted_root,
+            datastore,
+            metadata_url,
+            targets_url,
+            transport,
+            limits,
+            &TimeSync::default(),
+        )
+        .await
+    }
+
+    /// [`Client::open`] with the way to tell a synchronized clock.
+    ///
+    /// tough records the latest system time it read in the datastore
+    /// ([`LATEST_KNOWN_TIME`]) and refuses to run while the clock is
+    /// earlier. A clock that once jumped ahead (a bad RTC before NTP) would
+    /// then wedge every later check. So when the clock is behind that
+    /// record: if `time_sync` says the clock is synchronized, the record is
+    /// dropped and the check goes on with the synchronized time (expiry is
+    /// judged against it as always); otherwise the check fails with
+    /// [`TufError::ClockWentBackward`], naming the file to remove once the
+    /// clock is known to be right.
+    pub async fn open_with(
+        trusted_root: &Path,
+        datastore: &Path,
+        metadata_url: Url,
+        targets_url: Url,
+        transport: impl Transport + 'static,
+        limits: Limits,
+        time_sync: &TimeSync,
+    ) -> Result<Self, TufError> {
+        make_private_dir(datastore)?;
+        check_clock(datastore, time_sync)?;
+        let (root_bytes, start) = start_root(trusted_root, datastore, limits.max_root_size)?;
+        let recorded = Arc::new(Mutex::new(BTreeMap::new()));
+        let transport = RootRecorder {
+            inner: Box::new(transport),
+            max: limits.max_root_size,
+            roots: Arc::clone(&recorded),
+        };
+        let loaded = RepositoryLoader::new(&root_bytes, metadata_url, targets_url.clone())
             .transport(transport)
             .limits(tough::Limits {
                 max_root_size: limits.max_root_size,
@@ -145,8 +244,14 @@ impl Client {
             // a replayed, validly signed old timestamp would be accepted.
             .expiration_enforcement(ExpirationEnforcement::Safe)
             .load()
-            .await
-            .map_err(|e| TufError::from_tough(e, Stage::Metadata))?;
+            .await;
+        // The roots tough walked are kept even when a later step failed
+        // (as TUF persists each new root at once): they chain from `start`,
+        // which is all that trusting them takes.
+        let recorded = std::mem::take(&mut *recorded.lock());
+        let persisted = persist_chain(datastore, start, recorded);
+        let repo = loaded.map_err(|e| TufError::from_tough(e, Stage::Metadata))?;
+        persisted?;
 
         check_targets(&repo.targets().signed)?;
         Ok(Self {
@@ -320,32 +425,230 @@ impl Client {
     }
 }
 
-/// The root to start from: the newer of the shipped root and the one tough
-/// persisted in the datastore after the last successful check.
+/// The root to start from: the shipped root, walked forward through the
+/// root versions persisted in the datastore as far as each chains from the
+/// one before. Returns its bytes and the parsed root.
 ///
 /// tough starts from exactly the root it is given. Starting from the
-/// shipped root every time would let an attacker who hides
-/// `N+1.root.json` roll a device back to the keys a rotation revoked, so a
-/// newer persisted root (valid and self-signed) wins. A damaged persisted
-/// root is ignored: the shipped one is still a safe start.
-fn start_root(shipped: &Path, datastore: &Path, max: u64) -> Result<Vec<u8>, TufError> {
+/// shipped root alone would let an attacker who hides `N+1.root.json` roll
+/// a device back to the keys a rotation revoked; starting from whatever
+/// root the datastore holds would let anyone who can write the data
+/// partition plant a self-signed root of their own. So a persisted root is
+/// used only if version N+1 is signed by a threshold of version N's root
+/// keys and of its own, from the shipped version up, checked on every
+/// start. The candidates for version N+1 are `roots/N+1.root.json` and
+/// tough's own `root.json` (the only copy an older client kept); anything
+/// that does not chain is ignored, and the walk stops there.
+fn start_root(
+    shipped: &Path,
+    datastore: &Path,
+    max: u64,
+) -> Result<(Vec<u8>, Signed<Root>), TufError> {
     let trusted_root_error = |detail: String| TufError::TrustedRoot {
         path: shipped.to_owned(),
         detail,
     };
-    let shipped_bytes = read_bounded(shipped, max)?
+    let mut bytes = read_bounded(shipped, max)?
         .ok_or_else(|| trusted_root_error(format!("over {max} bytes")))?;
-    let shipped_version = self_signed_version(&shipped_bytes).map_err(trusted_root_error)?;
-    let persisted = datastore.join("root.json");
-    if !persisted.exists() {
-        return Ok(shipped_bytes);
+    let mut root = self_signed(&bytes).map_err(trusted_root_error)?;
+    let roots = datastore.join(ROOTS_DIR);
+    let latest = datastore.join("root.json");
+    for _ in 0..MAX_PERSISTED_ROOTS {
+        let Some(next) = root.signed.version.get().checked_add(1) else {
+            break;
+        };
+        let chained = [roots.join(format!("{next}.root.json")), latest.clone()]
+            .into_iter()
+            .find_map(|path| {
+                let candidate = read_bounded(&path, max).ok()??;
+                let new = chain_next(&root, &candidate).ok()?;
+                Some((candidate, new))
+            });
+        let Some((next_bytes, next_root)) = chained else {
+            break;
+        };
+        bytes = next_bytes;
+        root = next_root;
     }
-    match read_bounded(&persisted, max) {
-        Ok(Some(bytes)) if self_signed_version(&bytes).is_ok_and(|v| v > shipped_version) => {
-            Ok(bytes)
+    Ok((bytes, root))
+}
+
+/// Checks `bytes` as the root version after `trusted` (TUF 5.3.4-5.3.5, as
+/// tough does for a downloaded one): signed by a threshold of `trusted`'s
+/// root keys and of its own, and exactly one version newer.
+fn chain_next(trusted: &Signed<Root>, bytes: &[u8]) -> Result<Signed<Root>, String> {
+    let new: Signed<Root> = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    trusted
+        .signed
+        .verify_role(&new)
+        .map_err(|e| format!("not signed by the previous root: {e}"))?;
+    new.signed.verify_role(&new).map_err(|e| e.to_string())?;
+    if trusted.signed.version.get().checked_add(1) != Some(new.signed.version.get()) {
+        return Err(format!(
+            "version {} does not follow version {}",
+            new.signed.version, trusted.signed.version
+        ));
+    }
+    Ok(new)
+}
+
+/// Persists the roots tough walked past `start` as `roots/N.root.json`,
+/// as far as they chain from `start` (checked again here, on the bytes
+/// tough was given).
+fn persist_chain(
+    datastore: &Path,
+    start: Signed<Root>,
+    mut recorded: BTreeMap<u64, Vec<u8>>,
+) -> Result<(), TufError> {
+    let dir = datastore.join(ROOTS_DIR);
+    let mut root = start;
+    while let Some(bytes) = root
+        .signed
+        .version
+        .get()
+        .checked_add(1)
+        .and_then(|next| recorded.remove(&next))
+    {
+        let Ok(next) = chain_next(&root, &bytes) else {
+            break;
+        };
+        make_private_dir(&dir)?;
+        write_atomic(
+            &dir.join(format!("{}.root.json", next.signed.version)),
+            &bytes,
+        )?;
+        root = next;
+    }
+    Ok(())
+}
+
+/// Refuses a system clock behind the time tough recorded, unless the clock
+/// is synchronized now, in which case the record (left by a clock that had
+/// jumped ahead) is dropped. See [`Client::open_with`].
+fn check_clock(datastore: &Path, time_sync: &TimeSync) -> Result<(), TufError> {
+    let path = datastore.join(LATEST_KNOWN_TIME);
+    if !path.exists() {
+        return Ok(());
+    }
+    // tough overwrites a record it cannot read; so does this.
+    let Some(Ok(recorded)) = read_bounded(&path, MAX_TIME_FILE)?
+        .map(|bytes| serde_json::from_slice::<jiff::Timestamp>(&bytes))
+    else {
+        return Ok(());
+    };
+    let now = jiff::Timestamp::now();
+    if now >= recorded {
+        return Ok(());
+    }
+    if time_sync.synchronized() {
+        std::fs::remove_file(&path).map_err(|source| TufError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        tracing::warn!(
+            recorded = %recorded,
+            now = %now,
+            file = %path.display(),
+            "the system clock is behind the time recorded at an earlier update check, and is \
+             synchronized now: the record (from a clock that had jumped ahead) is dropped"
+        );
+        return Ok(());
+    }
+    let how = match time_sync {
+        TimeSync::Marker(marker) => format!(
+            "the next check recovers by itself once the clock is synchronized ({} exists); \
+             if the clock is known to be right without that, remove {}",
+            marker.display(),
+            path.display()
+        ),
+        TimeSync::Never => format!(
+            "once the clock is known to be right, remove {}",
+            path.display()
+        ),
+    };
+    Err(TufError::ClockWentBackward {
+        detail: format!(
+            "the system time {now} is before {recorded}, the latest time an earlier check \
+             recorded ({}); expiry cannot be judged until the clock is right: {how}",
+            path.display()
+        ),
+    })
+}
+
+fn make_private_dir(dir: &Path) -> Result<(), TufError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| TufError::Io {
+            path: dir.to_owned(),
+            source,
+        })
+}
+
+/// Writes `path` whole or not at all: a temporary file in the same folder,
+/// synced, renamed over it.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TufError> {
+    let io = |source| TufError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    tmp.write_all(bytes).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
+}
+
+/// The transport tough is given: `inner`, recording the bytes of every
+/// versioned root (`N.root.json`) it serves, so the roots tough verified
+/// can be persisted. A root is collected (at most `max` bytes and one
+/// chunk more, so tough's own `max_root_size` check still refuses a longer
+/// one) and handed on whole; other files pass straight through.
+#[derive(Debug, Clone)]
+struct RootRecorder {
+    inner: Box<dyn Transport>,
+    max: u64,
+    roots: Arc<Mutex<BTreeMap<u64, Vec<u8>>>>,
+}
+
+#[tough::async_trait]
+impl Transport for RootRecorder {
+    async fn fetch(&self, url: Url) -> Result<TransportStream, TransportError> {
+        let Some(version) = root_file_version(&url) else {
+            return self.inner.fetch(url).await;
+        };
+        let mut stream = self.inner.fetch(url).await?;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(chunk) => {
+                    bytes.extend_from_slice(&chunk);
+                    if bytes.len() as u64 > self.max {
+                        return Ok(one(Ok(Bytes::from(bytes))));
+                    }
+                }
+                Err(e) => return Ok(one(Err(e))),
+            }
         }
-        _ => Ok(shipped_bytes),
+        self.roots.lock().insert(version, bytes.clone());
+        Ok(one(Ok(Bytes::from(bytes))))
     }
+}
+
+fn one(item: Result<Bytes, TransportError>) -> TransportStream {
+    Box::pin(futures_util::stream::iter([item]))
+}
+
+/// `N` of a URL whose last segment is `N.root.json`.
+fn root_file_version(url: &Url) -> Option<u64> {
+    let name = url.path_segments()?.next_back()?;
+    let digits = name.strip_suffix(".root.json")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 /// What the client refuses in verified targets metadata: any delegation,
@@ -374,9 +677,13 @@ pub(crate) fn check_targets(targets: &Targets) -> Result<(), TufError> {
 /// The version of a root that parses and carries its own threshold of
 /// signatures.
 pub(crate) fn self_signed_version(bytes: &[u8]) -> Result<u64, String> {
+    Ok(self_signed(bytes)?.signed.version.get())
+}
+
+fn self_signed(bytes: &[u8]) -> Result<Signed<Root>, String> {
     let root: Signed<Root> = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     root.signed.verify_role(&root).map_err(|e| e.to_string())?;
-    Ok(root.signed.version.get())
+    Ok(root)
 }
 
 /// Reads a file of at most `max` bytes; `None` when it is larger.

@@ -246,7 +246,12 @@ impl TufError {
                 detail: err.to_string(),
             },
             ToughError::SystemTimeSteppedBackward { .. } => TufError::ClockWentBackward {
-                detail: err.to_string(),
+                // The file is client::LATEST_KNOWN_TIME (not imported:
+                // client imports this module).
+                detail: format!(
+                    "{err}; once the clock is right (synchronized), remove \
+                     latest_known_time.json in the datastore"
+                ),
             },
             ToughError::ParseMetadata { role, source, .. } => TufError::InvalidMetadata {
                 role: role.to_string(),

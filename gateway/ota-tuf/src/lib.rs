@@ -27,7 +27,10 @@ mod publish;
 use std::fmt;
 use std::path::Path;
 
-pub use client::{Client, Limits, MetadataVersions, ReleaseFile, ReleaseTarget, TargetInfo};
+pub use client::{
+    Client, Limits, MetadataVersions, ReleaseFile, ReleaseTarget, TargetInfo, TimeSync,
+    LATEST_KNOWN_TIME, ROOTS_DIR, SYSTEMD_TIMESYNC_MARKER,
+};
 pub use error::{NameError, PublishError, TufError};
 pub use keys::{create_keys, KeyCounts, SigningKeys};
 pub use names::{check_component, target_name};

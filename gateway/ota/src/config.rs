@@ -22,9 +22,19 @@ pub struct UpdateConfig {
     pub variant: String,
     /// An update server's URL (`https://...`, serving `metadata/` and
     /// `targets/`), or a folder holding the same repository (a USB stick).
+    /// Plain `http://` only to a loopback host, or with
+    /// `allow_insecure_transport`.
     pub repository: String,
-    /// PEM roots for an https repository.
+    /// PEM roots for an https repository; without it, the system's roots.
     pub ca: Option<PathBuf>,
+    /// Allows a plain `http://` repository on a host other than loopback
+    /// (signatures are still verified; the transport is not private, and
+    /// anyone on the path can withhold updates). Logged as a warning.
+    #[serde(default)]
+    pub allow_insecure_transport: bool,
+    /// A whole TUF metadata file must arrive within this many seconds.
+    #[serde(default = "d::metadata_timeout_s")]
+    pub metadata_timeout_s: u64,
     #[serde(default = "d::version_file")]
     pub version_file: PathBuf,
     #[serde(default = "d::trusted_root")]
@@ -123,6 +133,9 @@ mod d {
     pub fn download_retries() -> u32 {
         5
     }
+    pub fn metadata_timeout_s() -> u64 {
+        60
+    }
     pub fn retry_backoff_s() -> u64 {
         30
     }
@@ -156,13 +169,52 @@ impl UpdateConfig {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        if !(1..=16).contains(&config.boot_tries) {
-            return Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                message: "boot_tries: must be 1..=16".into(),
-            });
-        }
+        config.check().map_err(|message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })?;
         Ok(config)
+    }
+
+    /// The checks `load` makes beyond the schema; the message names the key.
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=16).contains(&self.boot_tries) {
+            return Err("boot_tries: must be 1..=16".into());
+        }
+        if !(1..=3600).contains(&self.metadata_timeout_s) {
+            return Err("metadata_timeout_s: must be 1..=3600".into());
+        }
+        self.check_transport()
+    }
+
+    /// A remote repository is https (trusting `ca`, or the system's
+    /// roots); plain http only to a loopback host or with
+    /// `allow_insecure_transport = true`; anything without a scheme is a
+    /// folder.
+    fn check_transport(&self) -> Result<(), String> {
+        let Some((scheme, _)) = self.repository.split_once("://") else {
+            return Ok(());
+        };
+        match scheme.to_ascii_lowercase().as_str() {
+            "https" => Ok(()),
+            "http" => {
+                let url = nusa_ota_tuf::Url::parse(&self.repository)
+                    .map_err(|e| format!("repository: {e}"))?;
+                if is_loopback(&url) || self.allow_insecure_transport {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "repository: plain http:// to {} is refused: use https:// (trusting `ca`, \
+                         or the system's roots without it), or set allow_insecure_transport = true",
+                        url.host_str().unwrap_or("(no host)")
+                    ))
+                }
+            }
+            other => Err(format!(
+                "repository: unsupported scheme {other}:// (https://, http:// to loopback, or a \
+                 folder path)"
+            )),
+        }
     }
 
     /// The runner's setup. The running version and the seed are read now.
@@ -179,23 +231,38 @@ impl UpdateConfig {
         let seed = read_small(&self.machine_id)
             .map(|id| seed_from_machine_id(id.trim().as_bytes()))
             .unwrap_or(0);
-        let repository =
-            if self.repository.starts_with("https://") || self.repository.starts_with("http://") {
-                let fetcher = HttpFetcher::new(
-                    &format!("{}/targets", self.repository.trim_end_matches('/')),
-                    FetchConfig {
-                        ca_bundle: self.ca.clone(),
-                        ..FetchConfig::default()
-                    },
-                )
-                .map_err(|e| invalid(format!("repository: {e}")))?;
-                Repository::Http {
-                    base: self.repository.clone(),
-                    fetcher: Box::new(fetcher),
+        self.check().map_err(&invalid)?;
+        let repository = if self.repository.starts_with("https://")
+            || self.repository.starts_with("http://")
+        {
+            if self.repository.starts_with("http://") {
+                if self.allow_insecure_transport {
+                    tracing::warn!(
+                        repository = %self.repository,
+                        "allow_insecure_transport = true: the update repository is fetched \
+                         over plain http (signatures are still verified, but the transport \
+                         is not private and anyone on the path can withhold updates)"
+                    );
+                } else {
+                    tracing::info!(repository = %self.repository, "update repository over plain http on loopback");
                 }
-            } else {
-                Repository::Dir(PathBuf::from(&self.repository))
-            };
+            }
+            let fetcher = HttpFetcher::new(
+                &format!("{}/targets", self.repository.trim_end_matches('/')),
+                FetchConfig {
+                    ca_bundle: self.ca.clone(),
+                    metadata_timeout: Duration::from_secs(self.metadata_timeout_s),
+                    ..FetchConfig::default()
+                },
+            )
+            .map_err(|e| invalid(format!("repository: {e}")))?;
+            Repository::Http {
+                base: self.repository.clone(),
+                fetcher: Box::new(fetcher),
+            }
+        } else {
+            Repository::Dir(PathBuf::from(&self.repository))
+        };
         let backend = nusa_ota_slots::from_config(&self.bootloader)
             .map_err(|e| invalid(format!("bootloader: {e}")))?;
         let gate = GatewayGate::new(&self.health.url, self.health.ca.clone(), &self.health.model)
@@ -229,6 +296,19 @@ impl UpdateConfig {
     }
 }
 
+/// `localhost`, 127.0.0.0/8 or ::1.
+fn is_loopback(url: &nusa_ota_tuf::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn read_small(path: &Path) -> Result<String, ConfigError> {
     use std::io::Read;
     let err = |source| ConfigError::Read {
@@ -242,4 +322,104 @@ fn read_small(path: &Path) -> Result<String, ConfigError> {
         .read_to_string(&mut s)
         .map_err(err)?;
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> UpdateConfig {
+        toml::from_str(&format!(
+            "variant = \"x86_64-rtx\"\n{extra}\n[bootloader]\nkind = \"file\"\ndir = \"/tmp/boot\"\n"
+        ))
+        .expect("config parses")
+    }
+
+    fn check(extra: &str) -> Result<(), String> {
+        config(extra).check()
+    }
+
+    #[test]
+    fn https_repository_is_accepted_with_or_without_a_ca() {
+        check("repository = \"https://updates.example/x86_64-rtx\"").expect("system roots");
+        check("repository = \"https://updates.example\"\nca = \"/etc/nusa/update-ca.pem\"")
+            .expect("configured CA");
+    }
+
+    #[test]
+    fn plain_http_to_another_host_is_refused_naming_the_key() {
+        for url in [
+            "http://updates.example/x86_64-rtx",
+            "http://10.0.2.2:8080",
+            "HTTP://192.168.1.5",
+            "http://[2001:db8::1]:80",
+            "http://localhost.example.com",
+        ] {
+            let err = check(&format!("repository = \"{url}\"")).expect_err(url);
+            assert!(
+                err.starts_with("repository:") && err.contains("allow_insecure_transport = true"),
+                "{url}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn plain_http_to_loopback_is_accepted() {
+        for url in [
+            "http://127.0.0.1:8080",
+            "http://127.1.2.3/repo",
+            "http://localhost:9000/",
+            "http://[::1]:8080/x",
+        ] {
+            check(&format!("repository = \"{url}\"")).expect(url);
+        }
+    }
+
+    #[test]
+    fn plain_http_anywhere_with_the_explicit_key() {
+        let c = config("repository = \"http://10.0.2.2:8080\"\nallow_insecure_transport = true");
+        assert!(c.allow_insecure_transport);
+        c.check().expect("explicitly allowed");
+        // The default is off.
+        assert!(!config("repository = \"/media/usb\"").allow_insecure_transport);
+    }
+
+    #[test]
+    fn folders_are_accepted_and_other_schemes_refused() {
+        check("repository = \"/media/usb/nusa-repo\"").expect("folder");
+        let err = check("repository = \"ftp://updates.example\"").expect_err("ftp");
+        assert!(
+            err.starts_with("repository: unsupported scheme ftp://"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn load_refuses_an_insecure_repository_naming_the_file_and_key() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("update.toml");
+        std::fs::write(
+            &path,
+            "variant = \"x86_64-rtx\"\nrepository = \"http://updates.example\"\n\
+             [bootloader]\nkind = \"file\"\ndir = \"/tmp/boot\"\n",
+        )
+        .expect("write");
+        let err = UpdateConfig::load(&path).expect_err("insecure");
+        let text = err.to_string();
+        assert!(
+            text.contains("update.toml") && text.contains("repository: plain http://"),
+            "{text}"
+        );
+        std::fs::write(
+            &path,
+            "variant = \"x86_64-rtx\"\nrepository = \"http://updates.example\"\n\
+             allow_insecure_transport = true\nmetadata_timeout_s = 0\n\
+             [bootloader]\nkind = \"file\"\ndir = \"/tmp/boot\"\n",
+        )
+        .expect("write");
+        let err = UpdateConfig::load(&path)
+            .expect_err("timeout 0")
+            .to_string();
+        assert!(err.contains("metadata_timeout_s"), "{err}");
+    }
 }

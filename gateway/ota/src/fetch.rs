@@ -40,8 +40,15 @@ pub struct FetchConfig {
     /// First wait between attempts; doubles up to `backoff_max`.
     pub backoff: Duration,
     pub backoff_max: Duration,
-    /// PEM roots for the update server; `None`: HTTP only (the bytes are
-    /// verified against signed hashes either way; TLS adds privacy).
+    /// A whole TUF metadata file must arrive within this, however slowly
+    /// the server trickles it (`stall` alone would let a byte every few
+    /// seconds go on forever).
+    pub metadata_timeout: Duration,
+    /// PEM roots for the update server; `None`: the system's roots (the
+    /// first bundle of [`SYSTEM_CA_BUNDLES`] there is; none: https fails).
+    /// Plain http is the config's choice (loopback, or
+    /// `allow_insecure_transport`); the bytes are verified against signed
+    /// hashes either way.
     pub ca_bundle: Option<PathBuf>,
     /// Bandwidth cap over every download of this fetcher (and its clones),
     /// bytes per second; 0: none.
@@ -54,6 +61,7 @@ impl Default for FetchConfig {
             stall: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(15),
             max_attempts: 8,
+            metadata_timeout: Duration::from_secs(60),
             backoff: Duration::from_millis(500),
             backoff_max: Duration::from_secs(60),
             ca_bundle: None,
@@ -68,6 +76,9 @@ pub enum FetchError {
     Http { url: String, message: String },
     #[error("{url}: not found (404)")]
     NotFound { url: String },
+    /// A metadata file did not arrive whole within `metadata_timeout`.
+    #[error("{url}: timed out: not received whole within {after:?} (metadata_timeout_s)")]
+    Timeout { url: String, after: Duration },
     #[error("{url}: gave up after {attempts} attempts without progress; last: {last}")]
     GaveUp {
         url: String,
@@ -209,7 +220,7 @@ impl HttpFetcher {
         tcp.enforce_http(false);
         tcp.set_connect_timeout(Some(config.connect_timeout));
         let connector = HttpsConnectorBuilder::new()
-            .with_tls_config(client_tls(config.ca_bundle.as_deref())?)
+            .with_tls_config(server_tls(config.ca_bundle.as_deref())?)
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -379,8 +390,34 @@ impl HttpFetcher {
         }
     }
 
-    /// GETs a whole small file (TUF metadata), at most `max` bytes.
+    /// GETs a whole small file (TUF metadata), at most `max` bytes, within
+    /// `metadata_timeout`.
     pub async fn fetch_all(&self, url: &str, max: u64) -> Result<Vec<u8>, FetchError> {
+        let mut chunks = self.fetch_chunks(url).await?;
+        let mut out = Vec::new();
+        while let Some(data) = chunks.next().await {
+            let data = data?;
+            if out.len() as u64 + data.len() as u64 > max {
+                return Err(FetchError::Http {
+                    url: url.to_string(),
+                    message: format!("longer than {max} bytes"),
+                });
+            }
+            out.extend_from_slice(&data);
+        }
+        Ok(out)
+    }
+
+    /// GETs a TUF metadata file as its body's chunks, as they arrive, so
+    /// that the reader (tough, with its per-role limits) bounds it before
+    /// it is buffered. The whole file must arrive within
+    /// `metadata_timeout` (headers included), and no gap may be longer
+    /// than `stall`; either ends the body with an error. At most two
+    /// chunks are read ahead of the reader.
+    pub async fn fetch_chunks(&self, url: &str) -> Result<Chunks, FetchError> {
+        let after = self.config.metadata_timeout;
+        let stall = self.config.stall;
+        let deadline = tokio::time::Instant::now() + after;
         let uri: Uri = url.parse().map_err(|e| FetchError::Http {
             url: url.to_string(),
             message: format!("not a URL: {e}"),
@@ -388,10 +425,27 @@ impl HttpFetcher {
         let req = Request::get(uri.clone())
             .body(Empty::new())
             .map_err(|e| self.http_err(&uri, e.to_string()))?;
-        let resp = tokio::time::timeout(self.config.stall, self.client.request(req))
-            .await
-            .map_err(|_| self.http_err(&uri, "no response".into()))?
-            .map_err(|e| self.http_err(&uri, error_chain(&e)))?;
+        let owned_url = url.to_string();
+        let timed_out = move |what: &str| {
+            if tokio::time::Instant::now() >= deadline {
+                FetchError::Timeout {
+                    url: owned_url.clone(),
+                    after,
+                }
+            } else {
+                FetchError::Http {
+                    url: owned_url.clone(),
+                    message: format!("{what}: nothing for {stall:?}"),
+                }
+            }
+        };
+        let resp = tokio::time::timeout_at(
+            deadline.min(tokio::time::Instant::now() + stall),
+            self.client.request(req),
+        )
+        .await
+        .map_err(|_| timed_out("no response"))?
+        .map_err(|e| self.http_err(&uri, error_chain(&e)))?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Err(FetchError::NotFound {
                 url: url.to_string(),
@@ -400,21 +454,56 @@ impl HttpFetcher {
         if !resp.status().is_success() {
             return Err(self.http_err(&uri, format!("HTTP {}", resp.status())));
         }
-        let mut out = Vec::new();
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
         let mut body = resp.into_body();
-        while let Some(frame) = tokio::time::timeout(self.config.stall, body.frame())
-            .await
-            .map_err(|_| self.http_err(&uri, "stalled".into()))?
-        {
-            let frame = frame.map_err(|e| self.http_err(&uri, error_chain(&e)))?;
-            if let Ok(data) = frame.into_data() {
-                if out.len() as u64 + data.len() as u64 > max {
-                    return Err(self.http_err(&uri, format!("longer than {max} bytes")));
+        let url = url.to_string();
+        tokio::spawn(async move {
+            loop {
+                let next = deadline.min(tokio::time::Instant::now() + stall);
+                let item = match tokio::time::timeout_at(next, body.frame()).await {
+                    Err(_) => Err(timed_out("stalled")),
+                    Ok(None) => return,
+                    Ok(Some(Err(e))) => Err(FetchError::Http {
+                        url: url.clone(),
+                        message: error_chain(&e),
+                    }),
+                    Ok(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(data) if !data.is_empty() => Ok(data),
+                        _ => continue,
+                    },
+                };
+                let last = item.is_err();
+                // The reader went away (it had enough, or too much): stop
+                // reading, which drops the connection.
+                if tx.send(item).await.is_err() || last {
+                    return;
                 }
-                out.extend_from_slice(&data);
             }
-        }
-        Ok(out)
+        });
+        Ok(Chunks { rx })
+    }
+}
+
+/// A metadata body as it arrives ([`HttpFetcher::fetch_chunks`]): chunks
+/// in order, then the end, or an error that ends it.
+pub struct Chunks {
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, FetchError>>,
+}
+
+impl Chunks {
+    pub async fn next(&mut self) -> Option<Result<Bytes, FetchError>> {
+        self.rx.recv().await
+    }
+}
+
+impl futures_util::Stream for Chunks {
+    type Item = Result<Bytes, FetchError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
     }
 }
 
@@ -435,6 +524,35 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// Where the system's CA bundle may be (Debian's first), for an update
+/// server trusted without a `ca` of its own.
+pub const SYSTEM_CA_BUNDLES: [&str; 3] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+/// TLS for an update server: trusting `ca` only, or without one the
+/// system's roots (the first bundle of [`SYSTEM_CA_BUNDLES`] there is); no
+/// bundle at all: no roots, so https fails rather than pass unverified.
+pub(crate) fn server_tls(ca: Option<&Path>) -> Result<rustls::ClientConfig, FetchError> {
+    match ca {
+        Some(path) => tls_config(path),
+        None => match system_ca_bundle() {
+            Some(path) => tls_config(path),
+            None => empty_tls_config(),
+        },
+    }
+}
+
+/// The first system CA bundle that exists.
+pub fn system_ca_bundle() -> Option<&'static Path> {
+    SYSTEM_CA_BUNDLES
+        .iter()
+        .map(Path::new)
+        .find(|path| path.is_file())
 }
 
 /// TLS trusting `ca` only (no roots: https fails, plain http works).

@@ -8,6 +8,7 @@
 //! state that [`Runner::open`] resumes: the core's `resume` reconciles it
 //! with what the bootloader reports.
 
+mod brake;
 mod exec;
 mod write;
 
@@ -241,6 +242,12 @@ impl Runner {
     pub async fn latest_release(&mut self) -> Result<Option<nusa_ota_core::ReleaseInfo>, String> {
         self.tuf = None;
         self.latest().await
+    }
+
+    /// The fleet brake in the repository's verified metadata (after
+    /// [`Runner::latest_release`], from the same metadata).
+    pub async fn brake(&mut self) -> Result<nusa_ota_core::Brake, String> {
+        self.read_brake().await.map_err(|e| e.to_string())?
     }
 
     /// Image bytes fetched by this runner.

@@ -1,14 +1,22 @@
 //! The invariants of the state machine, checked by brute force: every
 //! state resumed against every boot situation, then one and two events of
 //! every kind. The running slot is never a write target; the boot target
-//! moves to a new slot only after `SlotArmed` in `Staged`; a state change
-//! is persisted before anything else is done; the boot events change
-//! nothing and confirm only an accepted boot of the running slot.
+//! moves to a new slot only after `SlotArmed` in `Staged`, and a slot is
+//! armed only right after a brake check cleared its release (never on a
+//! resume); a release the brake holds is neither started nor armed; a
+//! state change is persisted before anything else is done; the boot
+//! events change nothing and confirm only an accepted boot of the running
+//! slot.
 
-use super::tests::{delta_plan, downloading, facts_on_new, ok, resume, writing, NOW};
+use super::tests::{
+    brake_clear, delta_plan, downloading, facts_on_new, found, ok, resume, writing, NOW,
+};
 use super::{BootFacts, BootVerdict, Command, Event, Rollback, State, Step, Updater};
-use crate::testutil::{facts, release, RELEASE_LEN};
-use crate::{ReleaseInfo, Slot};
+use crate::testutil::{facts, pausing, release, yanking, RELEASE_LEN};
+use crate::{Brake, BrakeCheck, Outcome, Refusal, ReleaseInfo, Slot};
+
+/// The time `check_step` feeds its events at.
+const STEP_NOW: u64 = NOW + 10_000;
 
 const A: Slot = Slot::A;
 const B: Slot = Slot::B;
@@ -117,7 +125,33 @@ fn every_event() -> Vec<Event> {
     vec![
         Event::CheckRequested,
         Event::Wake,
-        Event::ReleaseFound(release("1.6.0")),
+        found(release("1.6.0")),
+        Event::ReleaseFound {
+            release: release("1.6.0"),
+            brake: pausing("1.6.0"),
+        },
+        brake_clear(),
+        Event::BrakeChecked(BrakeCheck::Fresh(pausing("1.5.0"))),
+        Event::BrakeChecked(BrakeCheck::Fresh(yanking("1.5.0"))),
+        // Offline: the last verified metadata still valid, or expired.
+        Event::BrakeChecked(BrakeCheck::Stale {
+            brake: Brake::default(),
+            expires: NOW + 20_000,
+            error: "offline".into(),
+        }),
+        Event::BrakeChecked(BrakeCheck::Stale {
+            brake: Brake::default(),
+            expires: NOW,
+            error: "offline".into(),
+        }),
+        Event::BrakeChecked(BrakeCheck::Stale {
+            brake: pausing("1.5.0"),
+            expires: NOW + 20_000,
+            error: "offline".into(),
+        }),
+        Event::BrakeChecked(BrakeCheck::Unknown {
+            error: "offline".into(),
+        }),
         Event::NoUpdate,
         Event::InstallRequested {
             release: release("1.3.0"),
@@ -245,6 +279,7 @@ fn assert_boot_event_keeps_the_rules(
 /// old system.
 fn assert_switch_is_earned(
     before: &State,
+    cleared: bool,
     event: Option<&Event>,
     up: &Updater,
     cmds: &[Command],
@@ -258,7 +293,8 @@ fn assert_switch_is_earned(
         if *slot == active {
             continue;
         }
-        let armed = matches!((before, event), (State::Staged { slot: s, .. }, Some(Event::SlotArmed)) if s == slot);
+        let armed = cleared
+            && matches!((before, event), (State::Staged { slot: s, .. }, Some(Event::SlotArmed)) if s == slot);
         let rollback =
             matches!(up.state(), State::Failed { rollback: Some(rb), .. } if rb.to == *slot);
         assert!(
@@ -266,6 +302,81 @@ fn assert_switch_is_earned(
             "{ctx}: switch to {slot} from {before:?} -> {:?}",
             up.state()
         );
+    }
+}
+
+/// `ArmSlot` only as the answer to a brake check that cleared the staged
+/// release: never on a resume, never after another event.
+fn assert_arm_is_cleared(before: &State, event: Option<&Event>, cmds: &[Command], ctx: &str) {
+    if !cmds.iter().any(|c| matches!(c, Command::ArmSlot { .. })) {
+        return;
+    }
+    let cleared = match (before, event) {
+        (State::Staged { release, .. }, Some(Event::BrakeChecked(check))) => check
+            .verdict(release.version, &release.variant, STEP_NOW)
+            .is_ok(),
+        _ => false,
+    };
+    assert!(
+        cleared,
+        "{ctx}: armed without a brake check clearing it: {cmds:?}"
+    );
+}
+
+/// A release the brake holds is not started (check time) and not armed
+/// (before the reboot): paused or yanked, the staged slot is invalidated,
+/// the open attempt closed as braked and the updater idle; the brake
+/// unknown, it stays staged.
+fn assert_brake_holds(
+    before: &Updater,
+    event: &Event,
+    after: &Updater,
+    cmds: &[Command],
+    ctx: &str,
+) {
+    match (before.state(), event) {
+        (State::Checking, Event::ReleaseFound { release, brake }) => {
+            if let Some(refusal) = brake.holds(release.version, &release.variant) {
+                assert_eq!(after.state(), &State::Idle, "{ctx}");
+                assert!(cmds.contains(&Command::Refused(refusal)), "{ctx}: {cmds:?}");
+                assert!(
+                    !cmds
+                        .iter()
+                        .any(|c| matches!(c, Command::PrepareDownload { .. })),
+                    "{ctx}: {cmds:?}"
+                );
+            }
+        }
+        (State::Staged { release, slot }, Event::BrakeChecked(check)) => {
+            match check.verdict(release.version, &release.variant, STEP_NOW) {
+                Ok(()) => assert!(after.brake_cleared, "{ctx}"),
+                Err(Refusal::BrakeUnknown { .. }) => {
+                    assert_eq!(after.state(), before.state(), "{ctx}");
+                    assert_eq!(after.history(), before.history(), "{ctx}");
+                    assert!(!after.brake_cleared, "{ctx}");
+                }
+                Err(refusal) => {
+                    assert_eq!(after.state(), &State::Idle, "{ctx}");
+                    assert!(
+                        cmds.contains(&Command::InvalidateSlot { slot: *slot }),
+                        "{ctx}: {cmds:?}"
+                    );
+                    assert!(cmds.contains(&Command::Refused(refusal)), "{ctx}");
+                    let open = before
+                        .history()
+                        .last_attempt()
+                        .is_some_and(|a| a.outcome == Outcome::InProgress);
+                    if open {
+                        assert_eq!(
+                            after.history().last_attempt().map(|a| a.outcome),
+                            Some(Outcome::Braked),
+                            "{ctx}"
+                        );
+                    }
+                }
+            }
+        }
+        _ => {}
     }
 }
 
@@ -277,7 +388,9 @@ fn resume_then_any_event_never_writes_the_running_slot() {
             let ctx = format!("{} on {:?}", state.name(), facts);
             let (up, cmds) = resume(state.clone(), facts.clone());
             assert_active_untouched(facts.booted, &cmds, &ctx);
-            assert_switch_is_earned(&state, None, &up, &cmds, &ctx);
+            assert_switch_is_earned(&state, false, None, &up, &cmds, &ctx);
+            assert_arm_is_cleared(&state, None, &cmds, &ctx);
+            assert!(!up.brake_cleared, "{ctx}: a resume clears nothing");
             if up.state() != &state {
                 assert_eq!(
                     cmds.first(),
@@ -323,7 +436,7 @@ fn check_step(up: &Updater, event: &Event, ctx: &str) -> Option<Updater> {
     let mut next = up.clone();
     let before = up.state().clone();
     let ctx = format!("{ctx} + {}", event.name());
-    match next.handle(event.clone(), NOW + 10_000) {
+    match next.handle(event.clone(), STEP_NOW) {
         Err(_) => {
             assert_eq!(next.state(), up.state(), "{ctx}");
             assert_eq!(next.history(), up.history(), "{ctx}");
@@ -331,7 +444,9 @@ fn check_step(up: &Updater, event: &Event, ctx: &str) -> Option<Updater> {
         }
         Ok(cmds) => {
             assert_active_untouched(up.active(), &cmds, &ctx);
-            assert_switch_is_earned(&before, Some(event), &next, &cmds, &ctx);
+            assert_switch_is_earned(&before, up.brake_cleared, Some(event), &next, &cmds, &ctx);
+            assert_arm_is_cleared(&before, Some(event), &cmds, &ctx);
+            assert_brake_holds(up, event, &next, &cmds, &ctx);
             assert_boot_event_keeps_the_rules(up, event, &next, &cmds, &ctx);
             // Write progress alone is not persisted: a power cut restarts
             // the write anyway.

@@ -18,6 +18,10 @@ pub struct Updater {
     pub(super) facts: BootFacts,
     pub(super) state: State,
     pub(super) history: History,
+    /// A brake check cleared the staged release since the last resume or
+    /// state change: only then is `SlotArmed` taken. Never persisted: after
+    /// a restart the brake is checked again.
+    pub(super) brake_cleared: bool,
 }
 
 impl Updater {
@@ -28,6 +32,7 @@ impl Updater {
             facts,
             state: State::Idle,
             history,
+            brake_cleared: false,
         }
     }
 
@@ -79,7 +84,9 @@ impl Updater {
             }
             (State::Checking, Event::CheckRequested) => Ok(Vec::new()),
             (State::Checking, Event::NoUpdate) => Ok(self.set(State::Idle, Vec::new())),
-            (State::Checking, Event::ReleaseFound(release)) => Ok(self.found(release, now)),
+            (State::Checking, Event::ReleaseFound { release, brake }) => {
+                Ok(self.found(release, &brake, now))
+            }
             (State::Checking, Event::Abandon) => Ok(self.set(State::Idle, Vec::new())),
             (State::Checking, Event::Error { step, reason }) => {
                 let failed = State::Failed {
@@ -92,7 +99,11 @@ impl Updater {
             }
             (State::Downloading { .. }, event) => self.downloading(event, now, unexpected),
             (State::Writing { .. }, event) => self.writing(event, now, unexpected),
-            (State::Staged { release, slot }, Event::SlotArmed) => {
+            (State::Staged { .. }, Event::BrakeChecked(check)) => {
+                Ok(self.brake_checked(&check, now))
+            }
+            // Armed only after a brake check cleared the release.
+            (State::Staged { release, slot }, Event::SlotArmed) if self.brake_cleared => {
                 let (release, slot) = (release.clone(), *slot);
                 let cmds = vec![Command::SwitchBootTarget { slot }, Command::Reboot];
                 Ok(self.set(State::Rebooting { release, slot }, cmds))
@@ -212,6 +223,7 @@ impl Updater {
     /// Moves to `state`: persist it first, then `after`.
     pub(super) fn set(&mut self, state: State, after: Vec<Command>) -> Vec<Command> {
         self.state = state;
+        self.brake_cleared = false;
         self.persist(after)
     }
 

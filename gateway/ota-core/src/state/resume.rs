@@ -8,10 +8,10 @@
 //! | Checking        |                                              | fetch the metadata again |
 //! | Downloading     |                                              | re-plan; only chunks not in `have` are fetched |
 //! | Writing         |                                              | invalidate and rewrite the inactive slot from byte 0 |
-//! | Staged          | slot is not the running one                  | arm it again |
+//! | Staged          | slot is not the running one                  | check the brake, then arm it |
 //! | Rebooting       | running the new slot                         | PendingHealth, health gate |
 //! | Rebooting       | old slot, boot target already the new slot   | reboot again |
-//! | Rebooting       | old slot, new slot armed and never tried     | Staged: re-arm, switch, reboot |
+//! | Rebooting       | old slot, new slot armed and never tried     | Staged: check the brake, re-arm, switch, reboot |
 //! | Rebooting       | old slot, new slot tried (tries used)        | Failed, release recorded bad |
 //! | PendingHealth   | new slot, already marked good                | Good |
 //! | PendingHealth   | new slot, not marked good                    | health gate again, fresh deadline |
@@ -49,6 +49,7 @@ impl Updater {
             facts,
             state: persisted,
             history,
+            brake_cleared: false,
         };
         let cmds = up.reconcile(now);
         (up, cmds)
@@ -76,10 +77,8 @@ impl Updater {
                 self.state = State::Rebooting { release, slot };
                 self.booted_into(now)
             }
-            State::Staged { slot, .. } => vec![Command::ArmSlot {
-                slot: *slot,
-                tries: self.config.boot_tries,
-            }],
+            // Time may have passed: the brake is checked again first.
+            State::Staged { .. } => vec![Command::CheckBrake],
             State::Rebooting { slot, .. } if *slot == booted => self.booted_into(now),
             State::Rebooting { release, slot } => {
                 let (release, slot) = (release.clone(), *slot);
@@ -90,11 +89,8 @@ impl Updater {
                 }
                 if self.facts.inactive_tries_left == Some(self.config.boot_tries) {
                     // Armed and never tried: the switch did not stick.
-                    let cmds = vec![Command::ArmSlot {
-                        slot,
-                        tries: self.config.boot_tries,
-                    }];
-                    return self.set(State::Staged { release, slot }, cmds);
+                    // Staged again: the brake first, then re-arm.
+                    return self.set(State::Staged { release, slot }, vec![Command::CheckBrake]);
                 }
                 // Tried and fell back to the old slot.
                 self.booted_into(now)

@@ -17,6 +17,19 @@ pub(super) fn updater() -> Updater {
     )
 }
 
+/// The check's answer: `r`, no brake.
+pub(super) fn found(r: ReleaseInfo) -> Event {
+    Event::ReleaseFound {
+        release: r,
+        brake: Brake::default(),
+    }
+}
+
+/// A fresh brake check that holds nothing.
+pub(super) fn brake_clear() -> Event {
+    Event::BrakeChecked(BrakeCheck::Fresh(Brake::default()))
+}
+
 pub(super) fn ok(up: &mut Updater, e: Event) -> Vec<Command> {
     up.handle(e, NOW).unwrap()
 }
@@ -50,7 +63,7 @@ pub(super) fn delta_plan() -> Plan {
 pub(super) fn downloading() -> Updater {
     let mut up = updater();
     ok(&mut up, Event::CheckRequested);
-    ok(&mut up, Event::ReleaseFound(release("1.5.0")));
+    ok(&mut up, found(release("1.5.0")));
     up
 }
 
@@ -88,6 +101,7 @@ pub(super) fn staged() -> Updater {
 
 pub(super) fn rebooting() -> Updater {
     let mut up = staged();
+    ok(&mut up, brake_clear());
     ok(&mut up, Event::SlotArmed);
     up
 }
@@ -121,7 +135,7 @@ fn the_whole_update_in_order() {
     assert_eq!(after_persist(&up, c), vec![Command::FetchMetadata]);
     assert_eq!(up.state(), &State::Checking);
 
-    let c = ok(&mut up, Event::ReleaseFound(release("1.5.0")));
+    let c = ok(&mut up, found(release("1.5.0")));
     assert!(c.iter().any(|c| matches!(c, Command::PersistHistory(_))));
     assert_eq!(
         after_persist(&up, c),
@@ -204,10 +218,7 @@ fn the_whole_update_in_order() {
     );
     assert_eq!(
         after_persist(&up, c),
-        vec![
-            Command::DiscardDownload,
-            Command::ArmSlot { slot: B, tries: 3 }
-        ]
+        vec![Command::DiscardDownload, Command::CheckBrake]
     );
     assert_eq!(
         up.state(),
@@ -216,6 +227,9 @@ fn the_whole_update_in_order() {
             slot: B
         }
     );
+    // The brake holds nothing: arm (the state is unchanged).
+    let c = ok(&mut up, brake_clear());
+    assert_eq!(c, vec![Command::ArmSlot { slot: B, tries: 3 }]);
 
     let c = ok(&mut up, Event::SlotArmed);
     assert_eq!(
@@ -303,7 +317,7 @@ fn checking_ends_idle_on_no_update_abandon_or_error() {
 
 pub(super) fn refused_on_check(up: &mut Updater, r: ReleaseInfo) -> Vec<Command> {
     ok(up, Event::CheckRequested);
-    let c = ok(up, Event::ReleaseFound(r));
+    let c = ok(up, found(r));
     assert_eq!(up.state(), &State::Idle);
     after_persist(up, c)
 }
@@ -323,6 +337,8 @@ fn unexpected_events_change_nothing() {
         (downloading(), Event::SlotArmed),
         (writing(), Event::DownloadDone),
         (staged(), Event::RebootIssued),
+        // Armed only after a brake check cleared the release.
+        (staged(), Event::SlotArmed),
         (rebooting(), Event::HealthPassed),
         (pending(), Event::CheckRequested),
     ];

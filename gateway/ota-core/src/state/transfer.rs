@@ -3,6 +3,7 @@
 
 use super::machine::{Handled, Updater};
 use super::{Command, Event, EventError, FetchProgress, State, Step};
+use crate::brake::Brake;
 use crate::chunk::{chunk_range, coalesce, ByteRange, Plan};
 use crate::release::{admit, eligible, Eligibility, Refusal, ReleaseInfo};
 use crate::UnixSecs;
@@ -176,8 +177,9 @@ impl Updater {
                     ));
                 }
                 let release = release.clone();
-                let tries = self.config.boot_tries;
-                let cmds = vec![Command::DiscardDownload, Command::ArmSlot { slot, tries }];
+                // The brake before arming: a release paused while it
+                // downloaded is not applied.
+                let cmds = vec![Command::DiscardDownload, Command::CheckBrake];
                 Ok(self.set(State::Staged { release, slot }, cmds))
             }
             Event::Error { step, reason } => {
@@ -188,9 +190,18 @@ impl Updater {
         }
     }
 
-    /// A release from the metadata: admitted, in this appliance's wave?
-    pub(super) fn found(&mut self, release: ReleaseInfo, now: UnixSecs) -> Vec<Command> {
+    /// A release from the metadata: admitted, not held by the brake, in
+    /// this appliance's wave?
+    pub(super) fn found(
+        &mut self,
+        release: ReleaseInfo,
+        brake: &Brake,
+        now: UnixSecs,
+    ) -> Vec<Command> {
         if let Err(refusal) = admit(&release, &self.facts.running, self.history.bad_set(), false) {
+            return self.set(State::Idle, vec![Command::Refused(refusal)]);
+        }
+        if let Some(refusal) = brake.holds(release.version, &release.variant) {
             return self.set(State::Idle, vec![Command::Refused(refusal)]);
         }
         let version = release.version;

@@ -9,6 +9,7 @@ mod forge;
 mod publish;
 mod rotation;
 mod target_attacks;
+mod trust;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};

@@ -83,12 +83,19 @@ impl Runner {
                 // verified from the trusted root and the datastore.
                 self.tuf = None;
                 let event = match self.latest().await {
-                    Ok(Some(release)) => Event::ReleaseFound(release),
+                    Ok(Some(release)) => match self.read_brake().await? {
+                        Ok(brake) => Event::ReleaseFound { release, brake },
+                        Err(e) => return Ok(Err(e)),
+                    },
                     Ok(None) => Event::NoUpdate,
                     Err(e) => return Ok(Err(e)),
                 };
                 self.setup.store.save_wake_at(None)?;
                 self.feed(event)?;
+            }
+            Command::CheckBrake => {
+                let check = self.check_brake().await?;
+                self.feed(Event::BrakeChecked(check))?;
             }
             Command::PrepareDownload { release } => match self.prepare(&release).await? {
                 Ok(plan) => self.feed(Event::DownloadPlanned(plan))?,

@@ -17,6 +17,7 @@ fn updater(state: State, facts: BootFacts) -> Updater {
         facts,
         state,
         history: History::new(),
+        brake_cleared: false,
     }
 }
 

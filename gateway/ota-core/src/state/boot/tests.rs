@@ -181,7 +181,7 @@ fn a_bad_release_is_not_retried_unless_forced() {
     }
     // The next release is taken as usual.
     ok(&mut up, Event::CheckRequested);
-    ok(&mut up, Event::ReleaseFound(release("1.5.1")));
+    ok(&mut up, found(release("1.5.1")));
     assert!(
         matches!(up.state(), State::Downloading { release, .. } if release.version == v("1.5.1"))
     );

@@ -53,12 +53,7 @@ fn found_releases_that_are_not_taken() {
         ]
     );
     ok(&mut up, Event::Wake);
-    assert_eq!(
-        up.handle(Event::ReleaseFound(staged), not_before)
-            .unwrap()
-            .len(),
-        3
-    );
+    assert_eq!(up.handle(found(staged), not_before).unwrap().len(), 3);
     assert!(matches!(up.state(), State::Downloading { .. }));
 
     let mut up = updater();
