@@ -810,7 +810,10 @@ mod tests {
         .unwrap();
         c.validate().unwrap();
         assert_eq!(c.regions[0].timeout_ms, 2_000);
-        assert_eq!(parse_prefix("10.0.0.0/8"), Some("10.0.0.0/8".parse().unwrap()));
+        assert_eq!(
+            parse_prefix("10.0.0.0/8"),
+            Some("10.0.0.0/8".parse().unwrap())
+        );
         assert_eq!(parse_prefix(" ::1 "), Some("::1/128".parse().unwrap()));
         assert!(parse_prefix("10.0.0.0/33").is_none());
         assert!(parse_prefix("10.0.0.0/").is_none());

@@ -58,7 +58,103 @@ enum UpdateCmd {
     History,
 }
 
-pub async fn run(args: UpdateArgs) -> anyhow::Result<()> {
+/// Where this run's trace goes (`[tracing]` in update.toml), for the
+/// log's set-up before the run; `None` without it, for the read-only
+/// commands, or when the file does not load (the run says why).
+pub fn trace_settings(args: &UpdateArgs) -> Option<nusa_trace::Settings> {
+    if matches!(args.cmd, UpdateCmd::Status | UpdateCmd::History) {
+        return None;
+    }
+    let t = UpdateConfig::load(&args.config).ok()?.tracing?;
+    Some(nusa_trace::Settings {
+        endpoint: t.otlp_endpoint,
+        headers: t.headers.into_iter().collect(),
+        service_name: t.service_name,
+        // An update is rare: every run's trace is kept.
+        sample_ratio: 1.0,
+        ca: t.ca,
+        export_timeout: Duration::from_millis(t.export_timeout_ms),
+        queue_spans: 1024,
+        buffer_spans: 1024,
+    })
+}
+
+/// The file that carries an update attempt's trace context from one run
+/// to the next (downloaded by one, applied by another, its health gate
+/// after the reboot), so that an attempt is one trace.
+const TRACE_CONTEXT: &str = "trace-context";
+
+/// This run's trace: its root span, and the exporter to flush.
+struct Trace {
+    root: tracing::Span,
+    exporter: Option<nusa_trace::Tracing>,
+    state_dir: PathBuf,
+}
+
+impl Trace {
+    /// A new trace when no attempt is under way, else the attempt's
+    /// trace continued from the context the previous run left.
+    fn start(
+        state_dir: &std::path::Path,
+        command: &'static str,
+        under_way: bool,
+        exporter: Option<nusa_trace::Tracing>,
+    ) -> Trace {
+        let caller = under_way
+            .then(|| {
+                use std::io::Read;
+                let mut text = String::new();
+                std::fs::File::open(state_dir.join(TRACE_CONTEXT))
+                    .ok()?
+                    .take(256)
+                    .read_to_string(&mut text)
+                    .ok()?;
+                Some(nusa_trace::TraceContext {
+                    parent: nusa_trace::TraceParent::parse(&text)?,
+                    state: None,
+                })
+            })
+            .flatten();
+        Trace {
+            root: nusa_trace::update_span(command, caller.as_ref()),
+            exporter,
+            state_dir: state_dir.to_path_buf(),
+        }
+    }
+
+    /// Ends the run's trace: leaves the context for the next run while an
+    /// update is under way (removes it once the attempt ended), ends the
+    /// root span and sends what is queued. Before a reboot, which ends
+    /// this process, and at the end of the run; the second call does
+    /// nothing.
+    fn end(&mut self, r: &Runner) {
+        let Some(exporter) = self.exporter.take() else {
+            return;
+        };
+        let path = self.state_dir.join(TRACE_CONTEXT);
+        let under_way = !idle(r);
+        self.root.record("nusa.update.state", r.state().name());
+        if let State::Failed { reason, .. } = r.state() {
+            nusa_trace::record_failure(&self.root, reason);
+        }
+        match nusa_trace::outgoing(&self.root) {
+            Some(cx) if under_way => {
+                let tmp = self.state_dir.join(format!("{TRACE_CONTEXT}.tmp"));
+                if std::fs::write(&tmp, format!("{}\n", cx.parent)).is_ok() {
+                    let _ = std::fs::rename(&tmp, &path);
+                }
+            }
+            _ => {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        self.root = tracing::Span::none();
+        exporter.shutdown(Duration::from_secs(5));
+    }
+}
+
+pub async fn run(args: UpdateArgs, exporter: Option<nusa_trace::Tracing>) -> anyhow::Result<()> {
+    use tracing::Instrument;
     let config = UpdateConfig::load(&args.config)?;
     let mut setup = config.setup(&args.config)?;
     std::fs::create_dir_all(&config.state_dir)
@@ -89,24 +185,56 @@ pub async fn run(args: UpdateArgs) -> anyhow::Result<()> {
     }
     let reboot = config.reboot_command.clone();
     let mut runner = Runner::open(setup)?;
+    let command = match &args.cmd {
+        UpdateCmd::Status => "status",
+        UpdateCmd::Check => "check",
+        UpdateCmd::Download => "download",
+        UpdateCmd::Apply { .. } => "apply",
+        UpdateCmd::Auto => "auto",
+        UpdateCmd::Boot => "boot",
+        UpdateCmd::MarkGood => "mark-good",
+        UpdateCmd::Rollback { .. } => "rollback",
+        UpdateCmd::History => "history",
+    };
+    let mut trace = Trace::start(&config.state_dir, command, !idle(&runner), exporter);
+    let root = trace.root.clone();
+    let result = commands(args, &mut runner, &reboot, &mut trace)
+        .instrument(root)
+        .await;
+    trace.end(&runner);
+    result
+}
+
+async fn commands(
+    args: UpdateArgs,
+    runner: &mut Runner,
+    reboot: &Vec<String>,
+    trace: &mut Trace,
+) -> anyhow::Result<()> {
     match args.cmd {
-        UpdateCmd::Status => status(&runner, args.json),
-        UpdateCmd::History => history(&runner, args.json),
-        UpdateCmd::Check => check(&mut runner, args.json).await,
+        UpdateCmd::Status => status(runner, args.json),
+        UpdateCmd::History => history(runner, args.json),
+        UpdateCmd::Check => check(runner, args.json).await,
         UpdateCmd::Download => {
-            let event = idle(&runner).then_some(Event::CheckRequested);
+            let event = idle(runner).then_some(Event::CheckRequested);
             let stop = runner.drive(event, Until::Downloaded).await?;
-            finish(&runner, stop, None, args.json)
+            finish(runner, stop, None, args.json, trace)
         }
         UpdateCmd::Apply { no_reboot } => {
-            let event = idle(&runner).then_some(Event::CheckRequested);
+            let event = idle(runner).then_some(Event::CheckRequested);
             let stop = runner.drive(event, Until::Settled).await?;
-            finish(&runner, stop, (!no_reboot).then_some(&reboot), args.json)
+            finish(
+                runner,
+                stop,
+                (!no_reboot).then_some(reboot),
+                args.json,
+                trace,
+            )
         }
         UpdateCmd::Auto => {
-            let event = idle(&runner).then_some(Event::CheckRequested);
+            let event = idle(runner).then_some(Event::CheckRequested);
             let stop = runner.drive(event, Until::Settled).await?;
-            finish(&runner, stop, Some(&reboot), args.json)
+            finish(runner, stop, Some(reboot), args.json, trace)
         }
         UpdateCmd::Boot => {
             // What this boot is (accepted, told to the bootloader, left to
@@ -133,20 +261,26 @@ pub async fn run(args: UpdateArgs) -> anyhow::Result<()> {
                     }
                     Ok(())
                 }
-                BootVerdict::Settled => finish(&runner, stop, Some(&reboot), args.json),
+                BootVerdict::Settled => finish(runner, stop, Some(reboot), args.json, trace),
             }
         }
         UpdateCmd::MarkGood => {
             runner.skip_health_gate();
             let stop = runner.drive(Some(Event::MarkGood), Until::Settled).await?;
-            finish(&runner, stop, None, args.json)
+            finish(runner, stop, None, args.json, trace)
         }
         UpdateCmd::Rollback { force, no_reboot } => {
             runner.skip_health_gate();
             let stop = runner
                 .drive(Some(Event::Rollback { force }), Until::Settled)
                 .await?;
-            finish(&runner, stop, (!no_reboot).then_some(&reboot), args.json)
+            finish(
+                runner,
+                stop,
+                (!no_reboot).then_some(reboot),
+                args.json,
+                trace,
+            )
         }
     }
 }
@@ -161,6 +295,7 @@ fn finish(
     stop: Stopped,
     reboot: Option<&Vec<String>>,
     json: bool,
+    trace: &mut Trace,
 ) -> anyhow::Result<()> {
     if std::io::stderr().is_terminal() && !json {
         eprintln!();
@@ -182,6 +317,10 @@ fn finish(
     if stop == Stopped::Reboot {
         match reboot {
             Some(cmd) if !cmd.is_empty() => {
+                // The reboot ends this process: its step and the run's
+                // spans leave first.
+                drop(nusa_trace::update_step("reboot"));
+                trace.end(r);
                 let status = std::process::Command::new(&cmd[0])
                     .args(&cmd[1..])
                     .status()

@@ -18,3 +18,22 @@ pub enum Step {
     MarkGood,
     Rollback,
 }
+
+impl Step {
+    /// Lower-case, as traces and logs name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Check => "check",
+            Step::Download => "download",
+            Step::Write => "write",
+            Step::Verify => "verify",
+            Step::Arm => "arm",
+            Step::SwitchBoot => "switch_boot",
+            Step::Reboot => "reboot",
+            Step::Boot => "boot",
+            Step::Health => "health",
+            Step::MarkGood => "mark_good",
+            Step::Rollback => "rollback",
+        }
+    }
+}

@@ -70,6 +70,29 @@ pub struct UpdateConfig {
     /// (`server.metrics_textfiles` there).
     #[serde(default = "d::metrics_file")]
     pub metrics_file: Option<PathBuf>,
+    /// `[tracing]`: each update attempt as one trace of its steps, exported
+    /// over OTLP/HTTP (off without it).
+    pub tracing: Option<UpdateTracing>,
+}
+
+/// `[tracing]` in update.toml: where the updater's traces go. Every run's
+/// trace is exported (an update is rare and worth seeing whole).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTracing {
+    /// The collector's OTLP/HTTP base URL (`http://collector:4318`).
+    pub otlp_endpoint: String,
+    /// `service.name` of the spans.
+    #[serde(default = "d::trace_service")]
+    pub service_name: String,
+    /// Sent with every export (a collector's API key; never logged).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// PEM roots for an `https://` collector.
+    pub ca: Option<PathBuf>,
+    /// One export's limit; what is not exported by then is dropped.
+    #[serde(default = "d::trace_timeout_ms")]
+    pub export_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -102,6 +125,12 @@ impl Default for HealthConfig {
 
 mod d {
     use std::path::PathBuf;
+    pub fn trace_service() -> String {
+        "nusa-update".into()
+    }
+    pub fn trace_timeout_ms() -> u64 {
+        10_000
+    }
     pub fn version_file() -> PathBuf {
         "/usr/lib/nusa/version".into()
     }

@@ -258,9 +258,13 @@ impl Runner {
     /// Feeds `event` (if any) and carries out commands until the core has
     /// nothing left, a reboot is needed, or `until` says stop.
     pub async fn drive(&mut self, event: Option<Event>, until: Until) -> Result<Stopped, RunError> {
+        use tracing::Instrument;
         if let Some(e) = event {
             self.feed(e)?;
         }
+        // With traces on (nusactl's `[tracing]`): one span per step, for as
+        // long as its commands run back to back, under the run's span.
+        let mut traced: Option<(&'static str, tracing::Span)> = None;
         while let Some(cmd) = self.queue.pop_front() {
             let writes = matches!(
                 cmd,
@@ -302,7 +306,18 @@ impl Runner {
                         return Err(RunError::CutAfterCommands(self.commands));
                     }
                     let step = step_of(&cmd);
-                    if let Err(reason) = self.exec(cmd).await? {
+                    // Bookkeeping (persisting, refusals) stays in the step
+                    // it follows.
+                    if let Some(name) = traced_step(&cmd) {
+                        if traced.as_ref().map(|(s, _)| *s) != Some(name) {
+                            traced = Some((name, nusa_trace::update_step(name)));
+                        }
+                    }
+                    let span = traced
+                        .as_ref()
+                        .map_or_else(tracing::Span::none, |(_, s)| s.clone());
+                    if let Err(reason) = self.exec(cmd).instrument(span.clone()).await? {
+                        nusa_trace::record_failure(&span, &reason);
                         tracing::warn!(?step, %reason, "update step failed");
                         self.queue.clear();
                         self.feed(Event::Error { step, reason })?;
@@ -473,6 +488,22 @@ fn step_of(cmd: &Command) -> Step {
         Command::MarkSlotGood { .. } => Step::MarkGood,
         _ => Step::Check,
     }
+}
+
+/// The step a command's span is named after; `None` for bookkeeping.
+fn traced_step(cmd: &Command) -> Option<&'static str> {
+    Some(match cmd {
+        Command::FetchMetadata => Step::Check.name(),
+        Command::CheckBrake => "brake_check",
+        Command::PrepareDownload { .. } | Command::Download { .. } => Step::Download.name(),
+        Command::InvalidateSlot { .. } | Command::WriteSlot { .. } => Step::Write.name(),
+        Command::VerifyImage { .. } => Step::Verify.name(),
+        Command::ArmSlot { .. } => Step::Arm.name(),
+        Command::SwitchBootTarget { .. } => Step::SwitchBoot.name(),
+        Command::RunHealthGate { .. } => Step::Health.name(),
+        Command::MarkSlotGood { .. } | Command::ConfirmBoot { .. } => Step::MarkGood.name(),
+        _ => return None,
+    })
 }
 
 /// Prometheus text for the gateway's metrics port to pass on.

@@ -13,6 +13,6 @@ mod spans;
 pub use install::{layer, InstallError, Settings, Tracing};
 pub use metrics::register_metrics;
 pub use spans::{
-    enabled, outgoing, record_model, record_outcome, request_span, sending, span_between, Sending,
-    TARGET,
+    enabled, outgoing, record_failure, record_model, record_outcome, request_span, sending,
+    span_between, update_span, update_step, Sending, TARGET,
 };

@@ -30,7 +30,8 @@ mod driver;
 
 pub use crate::core::{server_timing, tracestate, Phases, TraceContext, TraceParent};
 pub use driver::{
-    enabled, layer, outgoing, record_model, record_outcome, register_metrics, request_span,
-    sending, span_between, InstallError, Sending, Settings, Tracing, TARGET,
+    enabled, layer, outgoing, record_failure, record_model, record_outcome, register_metrics,
+    request_span, sending, span_between, update_span, update_step, InstallError, Sending, Settings,
+    Tracing, TARGET,
 };
 pub use opentelemetry::KeyValue;

@@ -70,6 +70,13 @@ pub fn request_span(
         nusa.slo_ms = tracing::field::Empty,
         nusa.served_by = tracing::field::Empty,
     );
+    continue_trace(&span, caller);
+    span
+}
+
+/// Makes `span` (a fresh root) a child of the caller's span, when there
+/// is a caller.
+fn continue_trace(span: &Span, caller: Option<&TraceContext>) {
     if let Some(c) = caller {
         let state = c
             .state
@@ -87,7 +94,56 @@ pub fn request_span(
         // which a fresh span is.
         let _ = span.set_parent(Context::new().with_remote_span_context(remote));
     }
+}
+
+/// One run of the OS updater (`nusactl update auto|apply|download|boot`):
+/// the root span of its steps ([`update_step`]). An update attempt that
+/// runs over several processes (downloaded by one run, applied by the
+/// next, its health gate after the reboot) is one trace: each run after
+/// the first continues the context the previous one left
+/// ([`outgoing`]).
+pub fn update_span(command: &'static str, caller: Option<&TraceContext>) -> Span {
+    if !enabled() {
+        return Span::none();
+    }
+    let span = tracing::info_span!(
+        target: TARGET,
+        parent: None,
+        "update",
+        otel.kind = "internal",
+        otel.status_code = tracing::field::Empty,
+        nusa.update.command = command,
+        nusa.update.release = tracing::field::Empty,
+        nusa.update.state = tracing::field::Empty,
+    );
+    continue_trace(&span, caller);
     span
+}
+
+/// A step of an update (`check`, `download`, `write`, `verify`, `arm`,
+/// `switch_boot`, `reboot`, `health`, `mark_good`) under the current
+/// span (the run's [`update_span`]); a failed step records its reason.
+pub fn update_step(step: &'static str) -> Span {
+    if !enabled() {
+        return Span::none();
+    }
+    tracing::info_span!(
+        target: TARGET,
+        "update_step",
+        otel.name = step,
+        otel.status_code = tracing::field::Empty,
+        nusa.update.step = step,
+        nusa.update.error = tracing::field::Empty,
+    )
+}
+
+/// Marks an update step (or run) failed, with why.
+pub fn record_failure(span: &Span, reason: &str) {
+    if span.is_disabled() {
+        return;
+    }
+    span.record("otel.status_code", "ERROR");
+    span.record("nusa.update.error", reason);
 }
 
 /// Records on a request's root span what the tail decision reads: the
