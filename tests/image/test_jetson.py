@@ -56,7 +56,7 @@ from qemu import nt
 from repo_server import RepoServer
 from test_appliance import Fleet, _bin_dir
 
-VARIANT = "jetson-orin"
+VARIANT = "aarch64-jetson"
 BASE, GOOD, BROKEN = "1.0.0", "1.1.0", "1.2.0"
 HEALTH_TIMEOUT_S = 60
 HERE = Path(__file__).resolve().parent

@@ -102,3 +102,24 @@ def test_without_tracing_nothing_is_sent_and_no_context_kept(tmp_path, receiver)
     assert r.returncode == 0, r.stdout + r.stderr
     assert not (box.root / "state" / "trace-context").exists()
     assert receiver.spans() == []
+
+
+def test_the_progress_file_is_readable_by_the_gateway_under_the_units_umask(tmp_path):
+    """nusa-update.service runs with UMask=0077; nusad (another user) reads
+    metrics_file to export the update's state (issue 17)."""
+    import os
+    import stat
+    import subprocess
+    fleet = rb.Fleet(tmp_path / "fleet")
+    box = rb.Box(tmp_path / "box", fleet)
+    r = subprocess.run([str(nt.nusactl_binary()), "update", "--config", str(box.config), "download"],
+                       capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                       preexec_fn=lambda: os.umask(0o077))
+    assert r.returncode == 0, r.stdout + r.stderr
+    metrics = box.root / "metrics.prom"
+    mode = stat.S_IMODE(metrics.stat().st_mode)
+    assert mode == 0o644, oct(mode)
+    assert "nusa_update_state" in metrics.read_text()
+    # The state files stay the updater's.
+    state = box.root / "state" / "state.json"
+    assert stat.S_IMODE(state.stat().st_mode) & 0o077 == 0, oct(state.stat().st_mode)

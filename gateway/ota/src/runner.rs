@@ -385,7 +385,9 @@ impl Runner {
             if let Some(dir) = path.parent() {
                 let _ = std::fs::create_dir_all(dir);
             }
-            if let Err(e) = crate::store::write_atomic(path, text.as_bytes()) {
+            // World-readable: nusad (another user) exports it on its
+            // metrics port.
+            if let Err(e) = crate::store::write_atomic_mode(path, text.as_bytes(), 0o644) {
                 tracing::debug!(error = %e, "writing the update metrics");
             }
         }

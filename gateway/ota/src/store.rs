@@ -158,6 +158,17 @@ impl Store {
 }
 
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    write_atomic_with(path, bytes, None)
+}
+
+/// [`write_atomic`], the file given `mode` whatever the umask (the unit's
+/// `UMask=0077` would make it the updater's alone).
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
+    write_atomic_with(path, bytes, Some(mode))
+}
+
+fn write_atomic_with(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
     let io = |source| StoreError::Io {
         path: path.to_path_buf(),
         source,
@@ -165,6 +176,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("tmp");
     let mut f = fs::File::create(&tmp).map_err(io)?;
+    if let Some(mode) = mode {
+        // fchmod is not masked by the umask, as the create's mode is.
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(io)?;
+    }
     f.write_all(bytes).map_err(io)?;
     f.sync_all().map_err(io)?;
     drop(f);
