@@ -53,6 +53,11 @@ pub struct UpdateConfig {
     pub health_timeout_s: u64,
     #[serde(default = "d::download_retries")]
     pub download_retries: u32,
+    /// Downloaded and verified bytes between two records of the progress
+    /// on disk: a kill, power cut or timeout mid-download refetches at most
+    /// this much (each record writes the resume bitmap, a few KiB).
+    #[serde(default = "d::download_checkpoint_bytes")]
+    pub download_checkpoint_bytes: u64,
     #[serde(default = "d::retry_backoff_s")]
     pub retry_backoff_s: u64,
     /// Sleep through a retry's backoff up to this long instead of exiting.
@@ -158,6 +163,9 @@ mod d {
 
     pub fn health_timeout_s() -> u64 {
         300
+    }
+    pub fn download_checkpoint_bytes() -> u64 {
+        32 << 20
     }
     pub fn download_retries() -> u32 {
         5
@@ -321,6 +329,7 @@ impl UpdateConfig {
             metrics_file: self.metrics_file.clone(),
             cut_write_at: None,
             cut_after_commands: None,
+            checkpoint_bytes: self.download_checkpoint_bytes,
         })
     }
 }

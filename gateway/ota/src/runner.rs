@@ -75,6 +75,9 @@ pub struct Setup {
     pub audit_socket: Option<PathBuf>,
     /// Tests: stop dead before carrying out the n-th command (1-based).
     pub cut_after_commands: Option<u64>,
+    /// Downloaded bytes between two records of what is on disk: a kill
+    /// loses at most this much (`download_checkpoint_bytes`).
+    pub checkpoint_bytes: u64,
 }
 
 /// Release files that go to the boot partition for a slot (the kernel and

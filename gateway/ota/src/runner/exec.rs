@@ -56,18 +56,23 @@ impl Runner {
         }
     }
 
+    /// `Command::Persist`: the state on disk, in the audit log when it is
+    /// a step that changes the box, and in the progress file.
+    pub(super) async fn record_state(&mut self, state: &State) -> Result<(), RunError> {
+        self.setup.store.save_state(state)?;
+        self.audit(state).await;
+        self.write_metrics(&format!(
+            "# HELP nusa_update_state The updater's state (1 for the current one).\n# TYPE nusa_update_state gauge\nnusa_update_state{{state=\"{}\"}} 1\n",
+            state.name()
+        ));
+        Ok(())
+    }
+
     pub(super) async fn exec(&mut self, cmd: Command) -> Done {
         let backend = self.setup.backend.name();
         let slots = |source| RunError::Slots { backend, source };
         match cmd {
-            Command::Persist(state) => {
-                self.setup.store.save_state(&state)?;
-                self.audit(&state).await;
-                self.write_metrics(&format!(
-                    "# HELP nusa_update_state The updater's state (1 for the current one).\n# TYPE nusa_update_state gauge\nnusa_update_state{{state=\"{}\"}} 1\n",
-                    state.name()
-                ));
-            }
+            Command::Persist(state) => self.record_state(&state).await?,
             Command::PersistHistory(h) => self.setup.store.save_history(&h)?,
             Command::Refused(r) => {
                 tracing::info!(refusal = %r, "release not taken");

@@ -8,7 +8,8 @@ use std::os::unix::fs::FileExt;
 
 use nusa_ota_core::chunk::chunk_range;
 use nusa_ota_core::{
-    plan, ByteRange, ChunkIndex, ChunkVerifier, Event, LocalChunks, Plan, ReleaseInfo, Slot, State,
+    plan, ByteRange, ChunkIndex, ChunkVerifier, Command, Event, LocalChunks, Plan, ReleaseInfo,
+    Slot, State,
 };
 
 use super::exec::slot_index;
@@ -149,6 +150,19 @@ impl Runner {
         Ok(index)
     }
 
+    /// Carries out at once the state records the core queued (the newest
+    /// one holds the others), ahead of the rest of the queue.
+    async fn persist_queued(&mut self) -> Result<(), RunError> {
+        let mut newest = None;
+        while let Some(Command::Persist(_)) = self.queue.front() {
+            newest = self.queue.pop_front();
+        }
+        if let Some(Command::Persist(state)) = newest {
+            self.record_state(&state).await?;
+        }
+        Ok(())
+    }
+
     pub(super) async fn download(&mut self, ranges: Vec<ByteRange>) -> Done {
         let Some(release) = self.release() else {
             return Ok(Err("download outside Downloading".into()));
@@ -167,7 +181,17 @@ impl Runner {
             Err(e) => return Ok(Err(format!("{}: {e}", path.display()))),
         };
         let (size, len) = (index.chunk_size(), index.image_len());
-        for range in ranges {
+        // Each range in pieces of whole chunks, at most checkpoint_bytes
+        // each: what verified is recorded after every piece, so a kill
+        // refetches at most one piece.
+        let step = (self.setup.checkpoint_bytes / u64::from(size)).max(1) * u64::from(size);
+        let pieces = ranges.into_iter().flat_map(|r| {
+            (r.start..r.end).step_by(step as usize).map(move |start| ByteRange {
+                start,
+                end: (start + step).min(r.end),
+            })
+        });
+        for range in pieces {
             let first = u32::try_from(range.start / u64::from(size)).unwrap_or(u32::MAX);
             let mut next = first;
             let mut pending: Vec<u8> = Vec::with_capacity(size as usize);
@@ -206,6 +230,9 @@ impl Runner {
                     first,
                     count: next - first,
                 })?;
+                // Recorded now, not when the whole download ends: a kill,
+                // power cut or timeout resumes from this piece.
+                self.persist_queued().await?;
                 if let State::Downloading {
                     bytes_done,
                     bytes_total,

@@ -178,6 +178,7 @@ impl Rig {
             cut_write_at: None,
             audit_socket: None,
             cut_after_commands: None,
+            checkpoint_bytes: 32 << 20,
         }
     }
 
