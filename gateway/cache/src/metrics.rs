@@ -47,6 +47,7 @@ pub struct CacheMetrics {
     evictions: Family<TierLabels, Counter>,
     bytes: Family<TierLabels, Gauge>,
     disk_writes_dropped: Counter,
+    disk_write_errors: Counter,
 }
 
 impl CacheMetrics {
@@ -91,6 +92,11 @@ impl CacheMetrics {
                 "Answers not written to the disk tier because its write queue was full",
                 m.disk_writes_dropped.clone(),
             );
+            r.register(
+                "cache_disk_write_errors",
+                "Answers not written to the disk tier because the write failed (disk full, I/O error); they stay in memory only",
+                m.disk_write_errors.clone(),
+            );
         });
         m
     }
@@ -129,6 +135,10 @@ impl CacheMetrics {
         self.disk_writes_dropped.get()
     }
 
+    pub fn disk_write_errors(&self) -> u64 {
+        self.disk_write_errors.get()
+    }
+
     pub(crate) fn hit(&self, model: &str, tier: Tier) {
         self.hits
             .get_or_create(&ModelTierLabels {
@@ -158,6 +168,10 @@ impl CacheMetrics {
 
     pub(crate) fn disk_write_dropped(&self) {
         self.disk_writes_dropped.inc();
+    }
+
+    pub(crate) fn disk_write_failed(&self, answers: u64) {
+        self.disk_write_errors.inc_by(answers);
     }
 }
 

@@ -3,6 +3,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableTable};
 use tokio::sync::{mpsc, oneshot};
@@ -15,6 +16,8 @@ use crate::metrics::Tier;
 /// One transaction (one fsync) covers up to this much queued work.
 const BATCH_OPS: usize = 256;
 const BATCH_BYTES: u64 = 16 << 20;
+/// A failing disk (full, I/O errors) is logged once, then at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 pub(super) fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Op>) {
     let Some((db, mut counters)) = open::open_or_replace(&shared.path) else {
@@ -31,6 +34,9 @@ pub(super) fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Op>) {
     let _ = shared.db.set(db.clone());
     shared.state.store(READY, Ordering::Release);
 
+    // Failed transactions since the last warning, and when that was.
+    let mut failed_since_warn = 0u64;
+    let mut last_warn: Option<Instant> = None;
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         let mut bytes = 0;
@@ -59,10 +65,21 @@ pub(super) fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Op>) {
                 op => ops.push(op),
             }
         }
+        let puts = ops.iter().filter(|op| matches!(op, Op::Put { .. })).count() as u64;
         match catch_unwind(AssertUnwindSafe(|| apply(&shared, &db, &mut counters, ops))) {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
-                tracing::warn!(%error, "cache disk write failed; the batch is lost");
+                shared.metrics.disk_write_failed(puts);
+                failed_since_warn += 1;
+                if last_warn.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                    tracing::warn!(
+                        %error,
+                        failed_batches = failed_since_warn,
+                        "cache disk write failed; the batch is lost (counted in nusa_cache_disk_write_errors_total; logged at most once a minute)"
+                    );
+                    failed_since_warn = 0;
+                    last_warn = Some(Instant::now());
+                }
             }
             Err(_) => {
                 tracing::warn!("cache disk writer panicked; running memory-only from now on");
