@@ -186,10 +186,12 @@ impl Runner {
         // refetches at most one piece.
         let step = (self.setup.checkpoint_bytes / u64::from(size)).max(1) * u64::from(size);
         let pieces = ranges.into_iter().flat_map(|r| {
-            (r.start..r.end).step_by(step as usize).map(move |start| ByteRange {
-                start,
-                end: (start + step).min(r.end),
-            })
+            (r.start..r.end)
+                .step_by(step as usize)
+                .map(move |start| ByteRange {
+                    start,
+                    end: (start + step).min(r.end),
+                })
         });
         for range in pieces {
             let first = u32::try_from(range.start / u64::from(size)).unwrap_or(u32::MAX);
