@@ -118,7 +118,6 @@ fn dispatcher(
 /// its owner may read it. Its key texts reach no log or error.
 /// Returns how many were added.
 fn bootstrap_keys(store: &nusa_auth::KeyStore, path: &std::path::Path) -> Result<usize, String> {
-    use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
@@ -132,10 +131,7 @@ fn bootstrap_keys(store: &nusa_auth::KeyStore, path: &std::path::Path) -> Result
             meta.permissions().mode() & 0o777
         ));
     }
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(1 << 20).read_to_string(&mut text))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = nusa_fsutil::read_to_string_bounded(path, 1 << 20).map_err(|e| e.to_string())?;
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct File {
@@ -632,12 +628,8 @@ pub async fn run_with(
 /// The root slot the kernel booted, as the updater reads it (`None` off
 /// an appliance).
 fn booted_slot() -> Option<String> {
-    use std::io::Read;
-    let mut cmdline = String::new();
-    std::fs::File::open("/proc/cmdline")
-        .ok()?
-        .take(64 << 10)
-        .read_to_string(&mut cmdline)
-        .ok()?;
+    let cmdline =
+        nusa_fsutil::read_to_string_bounded(std::path::Path::new("/proc/cmdline"), 64 << 10)
+            .ok()?;
     nusa_ota_slots::booted_from_cmdline(&cmdline).map(|s| s.to_string())
 }

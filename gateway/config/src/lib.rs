@@ -520,22 +520,19 @@ pub fn parse_prefix(s: &str) -> Option<ipnet::IpNet> {
 impl Config {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        use std::io::Read;
-        let read_err = |source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        };
         // Bounded like every other read: a config is a few KiB.
-        let mut text = String::new();
-        std::fs::File::open(path)
-            .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text))
-            .map_err(read_err)?;
-        if text.len() as u64 > MAX_CONFIG_BYTES {
-            return Err(read_err(std::io::Error::other(format!(
-                "larger than {} KiB: not a configuration file",
-                MAX_CONFIG_BYTES >> 10
-            ))));
-        }
+        let text = nusa_fsutil::read_to_string_bounded(path, MAX_CONFIG_BYTES).map_err(|e| {
+            ConfigError::Read {
+                path: path.to_path_buf(),
+                source: match e {
+                    nusa_fsutil::ReadError::Io { source, .. } => source,
+                    nusa_fsutil::ReadError::TooLarge { .. } => std::io::Error::other(format!(
+                        "larger than {} KiB: not a configuration file",
+                        MAX_CONFIG_BYTES >> 10
+                    )),
+                },
+            }
+        })?;
         Config::from_toml(&text, path)
     }
 

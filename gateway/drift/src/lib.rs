@@ -37,6 +37,8 @@
 
 mod core;
 mod driver;
+#[cfg(test)]
+mod testutil;
 
 pub use crate::core::{
     argmax, decode_prefix, proportions, psi, Baseline, BaselineError, ConfigError, DriftConfig,

@@ -14,8 +14,8 @@ use nusa_proto::{decode_infer_response, encode_infer_request, Frames, HEADER_LEN
 use nusa_tensor::Tensor;
 use serde_json::Map;
 
-use crate::body::FramesBody;
 use crate::{RegionConfig, RegionError};
+use nusa_frames_body::FramesBody;
 
 /// Error bodies are read only this far: enough for `{"error": ...}`.
 const MAX_ERROR_BODY: u64 = 4 << 10;

@@ -16,7 +16,6 @@
 //!   under the same name.
 //! - [`RemoteEngine`] puts a region behind the [`nusa_engine::Engine`] seam.
 
-mod body;
 mod check;
 mod client;
 mod config;

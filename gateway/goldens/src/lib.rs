@@ -16,7 +16,6 @@
 //! Numbers match when `|got - want| <= atol + rtol * |want|`; integers,
 //! booleans and BYTES must be equal.
 
-use std::io::Read;
 use std::path::Path;
 
 use bytes::Bytes;
@@ -98,13 +97,8 @@ fn parse_file(path: &Path) -> Result<Golden, String> {
         path.file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
     );
-    let mut text = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_GOLDEN_BYTES + 1).read_to_end(&mut text))
-        .map_err(|e| format!("{name}: {e}"))?;
-    if text.len() as u64 > MAX_GOLDEN_BYTES {
-        return Err(format!("{name}: larger than {MAX_GOLDEN_BYTES} bytes"));
-    }
+    let text = nusa_fsutil::read_bounded(path, MAX_GOLDEN_BYTES)
+        .map_err(|e| format!("{name}: {}", e.detail()))?;
     parse(&name, &text)
 }
 

@@ -128,14 +128,10 @@ impl AdminIngress {
 /// The admin token from `path`, or a new one (256 random bits, hex) written
 /// there with mode 0600 when there is no file yet.
 pub fn load_or_generate_token(path: &Path) -> Result<String, String> {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::File::open(path) {
-        Ok(f) => {
-            let mut text = String::new();
-            f.take(4096)
-                .read_to_string(&mut text)
-                .map_err(|e| format!("reading {}: {e}", path.display()))?;
+    match nusa_fsutil::read_to_string_bounded(path, 4096) {
+        Ok(text) => {
             let token = text.trim().to_string();
             if token.len() < 32 {
                 return Err(format!(
@@ -145,7 +141,7 @@ pub fn load_or_generate_token(path: &Path) -> Result<String, String> {
             }
             Ok(token)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(e) if e.is_not_found() => {
             let mut raw = [0u8; 32];
             ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
                 .map_err(|_| "no randomness for the admin token".to_string())?;
@@ -166,7 +162,7 @@ pub fn load_or_generate_token(path: &Path) -> Result<String, String> {
             tracing::info!(path = %path.display(), "generated the admin token");
             Ok(token)
         }
-        Err(e) => Err(format!("reading {}: {e}", path.display())),
+        Err(e) => Err(format!("reading {}: {}", path.display(), e.detail())),
     }
 }
 

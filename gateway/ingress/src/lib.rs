@@ -4,7 +4,6 @@
 //! [`nusa_api::ApiRequest`]s; answers come back as [`nusa_api::ApiResponse`]s.
 
 mod admin;
-mod body;
 mod metrics_http;
 mod quic;
 mod request;

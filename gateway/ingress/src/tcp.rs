@@ -19,11 +19,11 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
-use crate::body::FramesBody;
 use crate::request::{self, ConnInfo, Shared};
 use crate::tls::TlsMaterial;
 use crate::track::{Activity, LogLimit, Tracker};
 use crate::{IngressConfig, IngressError};
+use nusa_frames_body::FramesBody;
 
 pub(crate) struct TcpIngress {
     listener: TcpListener,
@@ -302,7 +302,14 @@ pub(crate) fn into_hyper(
     sending: Option<nusa_trace::Sending>,
 ) -> Response<FramesBody> {
     let head = request::response_head(&resp, alt_svc);
-    match head.body(FramesBody::new(resp.body).with_sending(sending)) {
+    let body = FramesBody::new(resp.body);
+    // The `send` span, and the request's with it, end when hyper drops the
+    // body it has written.
+    let body = match sending {
+        Some(sending) => body.keeping(sending),
+        None => body,
+    };
+    match head.body(body) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "building a response");

@@ -6,11 +6,7 @@ mod local_ca;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-/// Certificate files are small; a larger file is not one.
-const MAX_PEM_BYTES: u64 = 1 << 20;
 
 pub struct TlsMaterial {
     pub certs: Vec<CertificateDer<'static>>,
@@ -27,21 +23,7 @@ impl TlsMaterial {
     /// Verifies client certificates against the CA certificates in `path`
     /// (PEM), optional for the client (an API key serves as well).
     pub fn with_client_ca(mut self, path: &Path) -> Result<TlsMaterial, TlsError> {
-        let err = |message: String| TlsError::File {
-            path: path.to_path_buf(),
-            message,
-        };
-        let pem = read_bounded(path)?;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|e| err(format!("not a PEM certificate: {e}")))?;
-            roots
-                .add(cert)
-                .map_err(|e| err(format!("not a usable CA certificate: {e}")))?;
-        }
-        if roots.is_empty() {
-            return Err(err("no certificate in the file".into()));
-        }
+        let roots = nusa_tls_config::load_roots(path).map_err(file_error)?;
         self.client_roots = Some(Arc::new(roots));
         Ok(self)
     }
@@ -107,43 +89,23 @@ pub fn load_or_generate(
     load(&files.cert, &files.key, Some(files.ca))
 }
 
-fn read_bounded(path: &Path) -> Result<Vec<u8>, TlsError> {
-    let err = |message: String| TlsError::File {
-        path: path.to_path_buf(),
-        message,
-    };
-    let len = std::fs::metadata(path)
-        .map_err(|e| err(e.to_string()))?
-        .len();
-    if len > MAX_PEM_BYTES {
-        return Err(err(format!("{len} bytes is too large for a PEM file")));
+/// `nusa-tls-config`'s errors as this crate's (`auth.client_ca`, `server.tls`).
+fn file_error(e: nusa_tls_config::TlsError) -> TlsError {
+    match e {
+        nusa_tls_config::TlsError::File { path, detail } => TlsError::File {
+            path,
+            message: detail,
+        },
+        // The loaders fail only on files; kept total all the same.
+        other => TlsError::Generate(other.to_string()),
     }
-    std::fs::read(path).map_err(|e| err(e.to_string()))
 }
 
 fn load(cert: &Path, key: &Path, generated_ca: Option<PathBuf>) -> Result<TlsMaterial, TlsError> {
-    let cert_pem = read_bounded(cert)?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::File {
-            path: cert.to_path_buf(),
-            message: format!("not a PEM certificate chain: {e}"),
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::File {
-            path: cert.to_path_buf(),
-            message: "no certificate in the file".into(),
-        });
-    }
-    let key_pem = read_bounded(key)?;
-    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::File {
-        path: key.to_path_buf(),
-        // The error names the PEM section, never the key's bytes.
-        message: format!("no usable private key: {e}"),
-    })?;
     Ok(TlsMaterial {
-        certs,
-        key: key_der,
+        certs: nusa_tls_config::load_chain(cert).map_err(file_error)?,
+        // The error says what is wrong with the file, never its bytes.
+        key: nusa_tls_config::load_key(key).map_err(file_error)?,
         generated_ca,
         client_roots: None,
     })

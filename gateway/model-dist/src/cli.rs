@@ -243,7 +243,6 @@ mod tests {
 /// `--canary` and the folder's `rollout.toml` go together, and the policy
 /// must be a plan a box accepts (checked here, before anything is signed).
 fn check_rollout_policy(dir: &std::path::Path, canary: bool) -> anyhow::Result<()> {
-    use std::io::Read;
     let path = dir.join(nusa_rollout::POLICY_FILE);
     match (canary, path.is_file()) {
         (false, false) => Ok(()),
@@ -256,10 +255,8 @@ fn check_rollout_policy(dir: &std::path::Path, canary: bool) -> anyhow::Result<(
             path.display()
         ),
         (true, true) => {
-            let mut text = String::new();
-            std::fs::File::open(&path)
-                .and_then(|f| f.take(64 << 10).read_to_string(&mut text))
-                .with_context(|| format!("reading {}", path.display()))?;
+            let text = nusa_fsutil::read_to_string_bounded(&path, 64 << 10)
+                .map_err(|e| anyhow::anyhow!("reading {}: {}", path.display(), e.detail()))?;
             let spec: nusa_rollout::PlanSpec =
                 toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
             nusa_rollout::Plan::default()

@@ -23,7 +23,7 @@
 //! message or a log.
 
 use std::fmt;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -521,21 +521,14 @@ fn kek(
 
 /// Reads a small text file, refusing one over [`MAX_KEY_BYTES`].
 fn read_bounded(path: &Path) -> Result<String, CryptoError> {
-    let io = |source| CryptoError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_KEY_BYTES + 1).read_to_end(&mut bytes))
-        .map_err(io)?;
-    if bytes.len() as u64 > MAX_KEY_BYTES {
-        bytes.fill(0);
-        return Err(CryptoError::BadKeyFile {
-            path: path.to_owned(),
+    // nusa-fsutil wipes what it read of a file found too large.
+    let bytes = nusa_fsutil::read_bounded(path, MAX_KEY_BYTES).map_err(|e| match e {
+        nusa_fsutil::ReadError::Io { path, source } => CryptoError::Io { path, source },
+        nusa_fsutil::ReadError::TooLarge { path, .. } => CryptoError::BadKeyFile {
+            path,
             why: format!("is larger than {MAX_KEY_BYTES} bytes"),
-        });
-    }
+        },
+    })?;
     String::from_utf8(bytes).map_err(|e| {
         let mut b = e.into_bytes();
         b.fill(0);

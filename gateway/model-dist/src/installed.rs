@@ -3,7 +3,6 @@
 //! length and sha256 when the verified metadata is at hand.
 
 use std::collections::BTreeSet;
-use std::io::Read;
 use std::path::Path;
 
 use nusa_ota_core::Sha256Digest;
@@ -34,10 +33,13 @@ pub fn verify_installed(
         detail,
     };
     let manifest_path = dir.join(MANIFEST_FILE);
-    let mut bytes = Vec::new();
-    std::fs::File::open(&manifest_path)
-        .and_then(|f| f.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut bytes))
-        .map_err(ModelError::io(&manifest_path))?;
+    let bytes = match nusa_fsutil::read_bounded(&manifest_path, MAX_MANIFEST_BYTES) {
+        Ok(bytes) => bytes,
+        Err(nusa_fsutil::ReadError::Io { path, source }) => {
+            return Err(ModelError::Io { path, source })
+        }
+        Err(e) => return Err(bad(format!("manifest.json: {}", e.detail()))),
+    };
     if let Some(s) = signed {
         let digest = sha256_of(&bytes);
         if bytes.len() as u64 != s.length || digest != Sha256Digest::from_bytes(s.sha256) {

@@ -435,12 +435,8 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
 
 /// A checkpoint file: small (1 MiB at most).
 fn read_small(path: &std::path::Path) -> anyhow::Result<String> {
-    use std::io::Read;
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(1 << 20).read_to_string(&mut text))
-        .with_context(|| format!("reading {}", path.display()))?;
-    Ok(text)
+    nusa_fsutil::read_to_string_bounded(path, 1 << 20)
+        .map_err(|e| anyhow::anyhow!("reading {}: {}", path.display(), e.detail()))
 }
 
 /// `--since`: Unix seconds, or an age (`90s`, `30m`, `24h`, `7d`).

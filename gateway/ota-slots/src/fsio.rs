@@ -7,7 +7,7 @@
 //! so neither systemd-boot nor our readers mistake a leftover for state.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::SlotError;
@@ -76,22 +76,15 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), SlotError> {
 /// Reads a whole small file, refusing one over [`MAX_READ`] bytes.
 /// `Ok(None)` when it does not exist.
 pub(crate) fn read_bounded(path: &Path) -> Result<Option<String>, SlotError> {
-    let f = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_err("opening", path)(e)),
-    };
-    let mut buf = String::new();
-    f.take(MAX_READ + 1)
-        .read_to_string(&mut buf)
-        .map_err(io_err("reading", path))?;
-    if buf.len() as u64 > MAX_READ {
-        return Err(SlotError::Corrupt {
+    match nusa_fsutil::read_to_string_bounded(path, MAX_READ) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(nusa_fsutil::ReadError::Io { source, .. }) => Err(io_err("reading", path)(source)),
+        Err(e @ nusa_fsutil::ReadError::TooLarge { .. }) => Err(SlotError::Corrupt {
             path: path.to_path_buf(),
-            reason: format!("larger than {MAX_READ} bytes"),
-        });
+            reason: e.detail().to_string(),
+        }),
     }
-    Ok(Some(buf))
 }
 
 #[cfg(test)]

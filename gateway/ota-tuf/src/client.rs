@@ -16,7 +16,7 @@
 //! reinstall of the same image. Expiry is always enforced.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -688,15 +688,9 @@ fn self_signed(bytes: &[u8]) -> Result<Signed<Root>, String> {
 
 /// Reads a file of at most `max` bytes; `None` when it is larger.
 fn read_bounded(path: &Path, max: u64) -> Result<Option<Vec<u8>>, TufError> {
-    let io = |source| TufError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .map_err(io)?
-        .take(max.saturating_add(1))
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
-    Ok((bytes.len() as u64 <= max).then_some(bytes))
+    match nusa_fsutil::read_bounded(path, max) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(nusa_fsutil::ReadError::TooLarge { .. }) => Ok(None),
+        Err(nusa_fsutil::ReadError::Io { path, source }) => Err(TufError::Io { path, source }),
+    }
 }

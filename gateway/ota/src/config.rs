@@ -347,19 +347,19 @@ fn is_loopback(url: &nusa_ota_tuf::Url) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// A small file, 1 MiB at most: a larger one is an error
+/// (`InvalidData`), not a truncated read.
 fn read_small(path: &Path) -> Result<String, ConfigError> {
-    use std::io::Read;
-    let err = |source| ConfigError::Read {
+    nusa_fsutil::read_to_string_bounded(path, 1 << 20).map_err(|e| ConfigError::Read {
         path: path.to_path_buf(),
-        source,
-    };
-    let mut s = String::new();
-    std::fs::File::open(path)
-        .map_err(err)?
-        .take(1 << 20)
-        .read_to_string(&mut s)
-        .map_err(err)?;
-    Ok(s)
+        source: match e {
+            nusa_fsutil::ReadError::Io { source, .. } => source,
+            too_large => std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                too_large.detail().to_string(),
+            ),
+        },
+    })
 }
 
 #[cfg(test)]

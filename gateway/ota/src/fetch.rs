@@ -9,7 +9,6 @@
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,8 +19,7 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
+use nusa_tls_config::{Roots, TlsError};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 /// Takes the bytes of a range in order; an error stops the download (not
@@ -526,87 +524,29 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Where the system's CA bundle may be (Debian's first), for an update
-/// server trusted without a `ca` of its own.
-pub const SYSTEM_CA_BUNDLES: [&str; 3] = [
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/cert.pem",
-];
+pub use nusa_tls_config::{system_ca_bundle, SYSTEM_CA_BUNDLES};
 
 /// TLS for an update server: trusting `ca` only, or without one the
 /// system's roots (the first bundle of [`SYSTEM_CA_BUNDLES`] there is); no
 /// bundle at all: no roots, so https fails rather than pass unverified.
 pub(crate) fn server_tls(ca: Option<&Path>) -> Result<rustls::ClientConfig, FetchError> {
-    match ca {
-        Some(path) => tls_config(path),
-        None => match system_ca_bundle() {
-            Some(path) => tls_config(path),
-            None => empty_tls_config(),
-        },
-    }
-}
-
-/// The first system CA bundle that exists.
-pub fn system_ca_bundle() -> Option<&'static Path> {
-    SYSTEM_CA_BUNDLES
-        .iter()
-        .map(Path::new)
-        .find(|path| path.is_file())
+    tls_config(ca.map_or(Roots::System, Roots::Bundle))
 }
 
 /// TLS trusting `ca` only (no roots: https fails, plain http works).
 pub(crate) fn client_tls(ca: Option<&Path>) -> Result<rustls::ClientConfig, FetchError> {
-    match ca {
-        Some(path) => tls_config(path),
-        None => empty_tls_config(),
-    }
+    tls_config(ca.map_or(Roots::Empty, Roots::Bundle))
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    // Named explicitly: builds that include tough also compile in aws-lc-rs,
-    // and rustls refuses to guess between two providers.
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn tls_config(path: &Path) -> Result<rustls::ClientConfig, FetchError> {
-    let err = |message: String| FetchError::Tls {
-        path: path.to_path_buf(),
-        message,
-    };
-    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
-    if meta.len() > 1 << 20 {
-        return Err(err("larger than 1 MiB: not a CA bundle".into()));
-    }
-    let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| err(format!("not a PEM certificate bundle: {e}")))?;
-        roots
-            .add(cert)
-            .map_err(|e| err(format!("unusable CA certificate: {e}")))?;
-    }
-    if roots.is_empty() {
-        return Err(err("no certificate in the file".into()));
-    }
-    Ok(rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| err(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
-
-/// For plain-HTTP sources: https URLs then fail certificate checks (no
-/// roots), never pass unverified.
-fn empty_tls_config() -> Result<rustls::ClientConfig, FetchError> {
-    rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map(|b| {
-            b.with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth()
-        })
-        .map_err(|e| FetchError::Tls {
+fn tls_config(roots: Roots<'_>) -> Result<rustls::ClientConfig, FetchError> {
+    nusa_tls_config::client_config(roots, None).map_err(|e| match e {
+        TlsError::File { path, detail } => FetchError::Tls {
+            path,
+            message: detail,
+        },
+        other => FetchError::Tls {
             path: PathBuf::from("(none)"),
-            message: e.to_string(),
-        })
+            message: other.to_string(),
+        },
+    })
 }

@@ -9,7 +9,7 @@
 //! metrics port goes to `metrics_file` (in /run).
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use nusa_ota_core::{History, State, UnixSecs};
@@ -121,24 +121,19 @@ impl Store {
 
     fn read_json<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
         let path = self.dir.join(name);
-        let file = match fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(StoreError::Io { path, source }),
+        let bytes = match nusa_fsutil::read_bounded(&path, MAX_JSON_BYTES) {
+            Ok(bytes) => bytes,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(nusa_fsutil::ReadError::Io { path, source }) => {
+                return Err(StoreError::Io { path, source })
+            }
+            Err(e @ nusa_fsutil::ReadError::TooLarge { .. }) => {
+                return Err(StoreError::Corrupt {
+                    path,
+                    message: e.detail().to_string(),
+                })
+            }
         };
-        let mut bytes = Vec::new();
-        file.take(MAX_JSON_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|source| StoreError::Io {
-                path: path.clone(),
-                source,
-            })?;
-        if bytes.len() as u64 > MAX_JSON_BYTES {
-            return Err(StoreError::Corrupt {
-                path,
-                message: format!("larger than {MAX_JSON_BYTES} bytes"),
-            });
-        }
         serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| StoreError::Corrupt {

@@ -1,6 +1,5 @@
 //! `<model>/config.toml`: batching, queue and instances for one model.
 
-use std::io::Read;
 use std::path::Path;
 
 use nusa_sched::Policy;
@@ -224,21 +223,17 @@ impl Default for Instances {
 impl ModelConfig {
     /// Reads a model config; a missing file is the defaults.
     pub fn load(path: &Path) -> Result<ModelConfig, String> {
-        let file = match std::fs::File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ModelConfig::default()),
-            Err(e) => return Err(format!("reading {}: {e}", path.display())),
+        let text = match nusa_fsutil::read_to_string_bounded(path, MAX_CONFIG_BYTES) {
+            Ok(text) => text,
+            Err(e) if e.is_not_found() => return Ok(ModelConfig::default()),
+            Err(nusa_fsutil::ReadError::TooLarge { .. }) => {
+                return Err(format!(
+                    "{} is larger than {MAX_CONFIG_BYTES} bytes",
+                    path.display()
+                ))
+            }
+            Err(e) => return Err(format!("reading {}: {}", path.display(), e.detail())),
         };
-        let mut text = String::new();
-        file.take(MAX_CONFIG_BYTES + 1)
-            .read_to_string(&mut text)
-            .map_err(|e| format!("reading {}: {e}", path.display()))?;
-        if text.len() as u64 > MAX_CONFIG_BYTES {
-            return Err(format!(
-                "{} is larger than {MAX_CONFIG_BYTES} bytes",
-                path.display()
-            ));
-        }
         ModelConfig::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 

@@ -690,11 +690,8 @@ impl Repository {
 
 /// A version's `rollout.toml`: `[rollout]` keys at its top level.
 fn read_policy(path: &Path) -> Result<nusa_rollout::PlanSpec, String> {
-    use std::io::Read;
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(64 << 10).read_to_string(&mut text))
-        .map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let text = nusa_fsutil::read_to_string_bounded(path, 64 << 10)
+        .map_err(|e| format!("reading {}: {}", path.display(), e.detail()))?;
     toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 

@@ -165,7 +165,7 @@ impl StateDir {
             None => self.memory.clone(),
             Some(dir) => {
                 let path = dir.join("history.jsonl");
-                match read_bounded(&path, MAX_HISTORY_BYTES) {
+                match read_head(&path, MAX_HISTORY_BYTES) {
                     Ok(text) => text
                         .lines()
                         .filter_map(|l| serde_json::from_str(l).ok())
@@ -190,7 +190,7 @@ fn append(path: &Path, event: &Event) -> std::io::Result<()> {
     line.push(b'\n');
     if std::fs::metadata(path).is_ok_and(|m| m.len() + line.len() as u64 > MAX_HISTORY_BYTES) {
         // Keep the newer half, from a line start.
-        let text = read_bounded(path, MAX_HISTORY_BYTES)?;
+        let text = read_head(path, MAX_HISTORY_BYTES)?;
         let half = text.len() / 2;
         let cut = text[half..].find('\n').map_or(text.len(), |i| half + i + 1);
         let tmp = path.with_extension("jsonl.tmp");
@@ -212,10 +212,10 @@ pub fn read_json_file<T: Default + serde::de::DeserializeOwned>(
     max: u64,
 ) -> Result<T, String> {
     let path = dir.join(name);
-    let text = match read_bounded(&path, max) {
+    let text = match nusa_fsutil::read_to_string_bounded(&path, max) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(T::default()),
-        Err(e) => return Err(format!("reading {}: {e}", path.display())),
+        Err(e) if e.is_not_found() => return Ok(T::default()),
+        Err(e) => return Err(format!("reading {}: {}", path.display(), e.detail())),
     };
     serde_json::from_str::<T>(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
@@ -238,7 +238,10 @@ pub fn write_json_file<T: Serialize>(dir: &Path, name: &str, value: &T) -> Resul
     write().map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
-fn read_bounded(path: &Path, max: u64) -> std::io::Result<String> {
+/// The first `max` bytes of the history, which `append` keeps under `max`:
+/// a longer file is read up to the bound, not refused, so that a history
+/// that overgrew it is still shown and still halved.
+fn read_head(path: &Path, max: u64) -> std::io::Result<String> {
     let mut text = String::new();
     std::fs::File::open(path)?
         .take(max)

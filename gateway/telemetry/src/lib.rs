@@ -93,16 +93,11 @@ pub struct Metrics {
     filesystems: Mutex<Vec<(PathBuf, u64)>>,
 }
 
-/// A textfile's samples and comments, at most 64 KiB of them; anything
-/// that is not a metric or comment line (or an `# EOF`) is left out.
+/// A textfile's samples and comments; anything that is not a metric or
+/// comment line (or an `# EOF`) is left out. A file over 64 KiB is left
+/// out whole: cut short, it could end in half a sample.
 fn textfile(path: &Path) -> Option<String> {
-    use std::io::Read;
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .ok()?
-        .take(64 << 10)
-        .read_to_string(&mut text)
-        .ok()?;
+    let text = nusa_fsutil::read_to_string_bounded(path, 64 << 10).ok()?;
     let mut out = String::new();
     for line in text.lines() {
         let metric = line

@@ -8,7 +8,7 @@
 //! another concern's folder and limits.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::core::{RestoreError, Snapshot};
@@ -44,25 +44,16 @@ pub enum StateError {
 
 /// The saved snapshot, or none when there is no file yet.
 pub(super) fn read(path: &Path) -> Result<Option<Snapshot>, StateError> {
-    let read_err = |source| StateError::Read {
-        path: path.to_path_buf(),
-        source,
+    let bytes = match nusa_fsutil::read_bounded(path, MAX_STATE_BYTES) {
+        Ok(bytes) => bytes,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(nusa_fsutil::ReadError::Io { path, source }) => {
+            return Err(StateError::Read { path, source })
+        }
+        Err(nusa_fsutil::ReadError::TooLarge { path, max }) => {
+            return Err(StateError::TooLarge { path, max })
+        }
     };
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(read_err(e)),
-    };
-    let mut bytes = Vec::new();
-    file.take(MAX_STATE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(read_err)?;
-    if bytes.len() as u64 > MAX_STATE_BYTES {
-        return Err(StateError::TooLarge {
-            path: path.to_path_buf(),
-            max: MAX_STATE_BYTES,
-        });
-    }
     serde_json::from_slice(&bytes)
         .map(Some)
         .map_err(|source| StateError::Damaged {

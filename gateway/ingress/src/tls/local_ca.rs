@@ -101,25 +101,33 @@ pub(super) fn ensure(dir: &Path, now: OffsetDateTime) -> Result<(), Error> {
 /// The kept CA, when both its files are there, readable and agree.
 fn kept_ca(files: &Files) -> Option<(Issuer<'static, KeyPair>, Known)> {
     let ca = read_known(&files.ca, Some(&files.ca_key))?;
-    let pem = std::fs::read_to_string(&files.ca).ok()?;
-    let key = KeyPair::from_pem(&std::fs::read_to_string(&files.ca_key).ok()?).ok()?;
+    let pem = read_pem(&files.ca)?;
+    let key = KeyPair::from_pem(&read_pem(&files.ca_key)?).ok()?;
     let issuer = Issuer::from_ca_cert_pem(&pem, key).ok()?;
     Some((issuer, ca))
+}
+
+/// One of the files kept here, bounded like every PEM file; `None` when it
+/// cannot be read (then it is made again).
+fn read_pem(path: &Path) -> Option<String> {
+    nusa_fsutil::read_to_string_bounded(path, nusa_tls_config::MAX_PEM_BYTES).ok()
 }
 
 /// Reads the first certificate of `cert`; with `key`, `None` unless that
 /// key's public half is the certificate's (a renewal cut short between its
 /// two renames leaves them apart).
 fn read_known(cert: &Path, key: Option<&Path>) -> Option<Known> {
-    let pem = std::fs::read(cert).ok()?;
-    let der: CertificateDer<'_> = CertificateDer::pem_slice_iter(&pem).next()?.ok()?;
+    let pem = read_pem(cert)?;
+    let der: CertificateDer<'_> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()?
+        .ok()?;
     let (_, x509) = x509_parser::parse_x509_certificate(&der).ok()?;
     let known = Known {
         not_after: x509.validity().not_after.to_datetime(),
         public_key: x509.public_key().subject_public_key.data.to_vec(),
     };
     if let Some(key) = key {
-        let pair = KeyPair::from_pem(&std::fs::read_to_string(key).ok()?).ok()?;
+        let pair = KeyPair::from_pem(&read_pem(key)?).ok()?;
         if pair.der_bytes() != known.public_key.as_slice() {
             return None;
         }

@@ -9,7 +9,6 @@
 //! reachable only through the one above it and the timestamp is the entry
 //! point. Targets are copied before any of this.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use tough::{ExpirationEnforcement, FilesystemTransport, Repository, RepositoryLoader};
@@ -149,20 +148,10 @@ fn sync_file(path: &Path) -> Result<(), PublishError> {
 /// Reads at most `max` bytes of a file; a larger file is an error, not a
 /// silently truncated read.
 pub(crate) fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, PublishError> {
-    let io = |source| PublishError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .map_err(io)?
-        .take(max.saturating_add(1))
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
-    if bytes.len() as u64 > max {
-        return Err(PublishError::Conflict {
+    nusa_fsutil::read_bounded(path, max).map_err(|e| match e {
+        nusa_fsutil::ReadError::Io { path, source } => PublishError::Io { path, source },
+        nusa_fsutil::ReadError::TooLarge { .. } => PublishError::Conflict {
             detail: format!("{} is over {max} bytes", path.display()),
-        });
-    }
-    Ok(bytes)
+        },
+    })
 }

@@ -4,20 +4,18 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::Uri;
 use hyper_rustls::HttpsConnectorBuilder;
 use hyper_util::client::legacy::connect::HttpConnector;
+use nusa_tls_config::{Roots, TlsError};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::KeyValue;
 use opentelemetry_http::hyper::HyperClient;
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter as _};
 use opentelemetry_sdk::Resource;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 use tracing::Subscriber;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::registry::LookupSpan;
@@ -26,9 +24,6 @@ use tracing_subscriber::Layer;
 use super::export;
 use super::sampling::{HeadSampler, TailProcessor};
 use super::spans::{turn_off, turn_on, TARGET};
-
-/// A CA bundle is small; a larger file is not one.
-const MAX_PEM_BYTES: u64 = 1 << 20;
 
 /// How traces leave the box (`[tracing]` in nusad's config).
 #[derive(Clone, Debug, PartialEq)]
@@ -87,8 +82,8 @@ where
 {
     let endpoint = traces_url(&settings.endpoint)?;
     let https = endpoint.scheme_str() == Some("https");
-    let mut tls = match (&settings.ca, https) {
-        (Some(ca), _) => tls_config(ca)?,
+    let roots = match (&settings.ca, https) {
+        (Some(ca), _) => Roots::Bundle(ca),
         (None, true) => {
             return Err(InstallError::Endpoint {
                 endpoint: settings.endpoint.clone(),
@@ -97,8 +92,15 @@ where
             })
         }
         // Plain HTTP: the TLS settings are never used.
-        (None, false) => empty_tls()?,
+        (None, false) => Roots::Empty,
     };
+    let mut tls = nusa_tls_config::client_config(roots, None).map_err(|e| match e {
+        TlsError::File { path, detail } => InstallError::Ca {
+            path,
+            message: detail,
+        },
+        other => InstallError::Start(other.to_string()),
+    })?;
     tls.alpn_protocols.clear();
     let mut tcp = HttpConnector::new();
     tcp.enforce_http(false);
@@ -184,46 +186,6 @@ fn traces_url(endpoint: &str) -> Result<Uri, InstallError> {
             .map_err(|_| err("not a URL like http://collector:4318"));
     }
     Ok(uri)
-}
-
-fn tls_config(path: &std::path::Path) -> Result<rustls::ClientConfig, InstallError> {
-    let err = |message: String| InstallError::Ca {
-        path: path.to_path_buf(),
-        message,
-    };
-    let len = std::fs::metadata(path)
-        .map_err(|e| err(e.to_string()))?
-        .len();
-    if len > MAX_PEM_BYTES {
-        return Err(err(format!("{len} bytes is too large for a PEM file")));
-    }
-    let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| err(format!("not a PEM certificate bundle: {e}")))?;
-        roots
-            .add(cert)
-            .map_err(|e| err(format!("unusable CA certificate: {e}")))?;
-    }
-    if roots.is_empty() {
-        return Err(err("no certificate in the file".into()));
-    }
-    Ok(builder()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
-
-fn empty_tls() -> Result<rustls::ClientConfig, InstallError> {
-    Ok(builder()?
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth())
-}
-
-fn builder(
-) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>, InstallError> {
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| InstallError::Start(format!("TLS versions: {e}")))
 }
 
 #[cfg(test)]
